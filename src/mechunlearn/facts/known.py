@@ -1,0 +1,100 @@
+"""Which facts does a model know? Batched last-token scoring of P(true answer)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from mechunlearn.facts.records import FactSet
+from mechunlearn.models.scoring import answer_token_id, batched, encode, last_token_logits
+
+CLOSED_THRESHOLD = 0.7
+OPEN_THRESHOLD = 0.5
+
+
+def answer_probs(
+    model, tokenizer, facts: FactSet, prompts: list[str] | None = None, batch_size: int = 32, progress: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """P(true answer) and P(edit target) for each fact at the end of its prompt (the training
+    format unless ``prompts`` is given). Closed answer sets are normalised over the set; open
+    ones over the full vocabulary, scoring an answer's first token."""
+    prompts = prompts if prompts is not None else [f.prompt for f in facts]
+    true_ids = torch.tensor([answer_token_id(tokenizer, f.target_true, f"answer of {f.id!r}") for f in facts])
+    new_ids = torch.tensor(
+        [answer_token_id(tokenizer, f.target_new, f"edit target of {f.id!r}") if f.target_new else -1 for f in facts]
+    )
+    answer_ids = [answer_token_id(tokenizer, a, "answer") for a in facts.answers] if facts.closed else None
+    device = next(model.parameters()).device
+    p_true, p_new = [], []
+    with torch.no_grad():
+        for rows in tqdm(list(batched(len(prompts), batch_size)), desc="scoring facts", disable=not progress):
+            batch = encode(tokenizer, prompts[rows], device=device)
+            probs = last_token_logits(model, batch, answer_ids).softmax(-1).cpu()
+            t, n = true_ids[rows], new_ids[rows]
+            if answer_ids is not None:
+                lookup = {tok: i for i, tok in enumerate(answer_ids)}
+                t = torch.tensor([lookup[int(x)] for x in t])
+                n = torch.tensor([lookup.get(int(x), -1) for x in n])
+            idx = torch.arange(len(t))
+            p_true.append(probs[idx, t])
+            p_new.append(torch.where(n >= 0, probs[idx, n.clamp(min=0)], torch.nan))
+    return torch.cat(p_true), torch.cat(p_new)
+
+
+@dataclass
+class KnownReport:
+    known: FactSet
+    threshold: float
+    total: int
+    p_true: dict[str, float]
+    known_by_answer: dict[str, int]
+    total_by_answer: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "threshold": self.threshold,
+            "total": self.total,
+            "known": len(self.known),
+            "known_by_answer": self.known_by_answer,
+            "total_by_answer": self.total_by_answer,
+            "notes": self.notes,
+        }
+
+
+def filter_known(
+    model, tokenizer, facts: FactSet, threshold: float | None = None, batch_size: int = 32, progress: bool = False
+) -> KnownReport:
+    """Keep the facts whose true answer the model gives with P > threshold (default 0.7 for
+    closed answer sets, 0.5 for open ones)."""
+    if facts.closed:
+        for a in facts.answers:
+            answer_token_id(tokenizer, a, "answer")
+        first = [answer_token_id(tokenizer, a, "answer") for a in facts.answers]
+        if len(set(first)) != len(first):
+            from mechunlearn.errors import FactDataError
+
+            raise FactDataError(f"answers {facts.answers} share a first token: they cannot be told apart")
+    threshold = threshold if threshold is not None else (CLOSED_THRESHOLD if facts.closed else OPEN_THRESHOLD)
+    p_true, _ = answer_probs(model, tokenizer, facts, batch_size=batch_size, progress=progress)
+    kept = [f for f, p in zip(facts, p_true.tolist(), strict=True) if p > threshold]
+    notes = list(facts.notes)
+    multi = sum(len(tokenizer.encode(f.target_true, add_special_tokens=False)) > 1 for f in facts)
+    if multi:
+        notes.append(f"{multi} answers span several tokens: scored by their first token")
+    if not kept:
+        from mechunlearn.errors import FactDataError
+
+        raise FactDataError(f"the model knows none of the {len(facts)} facts at P > {threshold}")
+    known = facts.subset(kept, f"{facts.name} (known)")
+    return KnownReport(
+        known=known,
+        threshold=threshold,
+        total=len(facts),
+        p_true={f.id: p for f, p in zip(facts, p_true.tolist(), strict=True)},
+        known_by_answer=known.count_by_answer(),
+        total_by_answer=facts.count_by_answer(),
+        notes=notes,
+    )

@@ -1,0 +1,240 @@
+"""Fact loaders: built-in athletes, Sports Facts CSV, CounterFact CSV (+ MC parquet), generic
+CSV/JSONL tables, and Hugging Face Hub datasets when online.
+
+Generic tables (CSV or JSONL) have one fact per row:
+
+=============  ========  =======================================================
+column         required  meaning
+=============  ========  =======================================================
+subject        yes       the entity, as it appears in the prompt
+prompt         yes       the training prompt, ending right before the answer
+target_true    yes       the true answer (a leading space is added if missing)
+target_new     no        the edit target
+id             no        a unique id (default: row number)
+relation       no        relation name or id
+paraphrases    no        list of prompts (JSON list in CSV)
+neighborhood   no        prompts of other subjects with the same true answer
+question       no        a natural question for the QA format
+mc_choices     no        multiple-choice options, true answer first
+=============  ========  =======================================================
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import random
+import re
+from importlib.resources import files
+from pathlib import Path
+
+import pandas as pd
+
+from mechunlearn.errors import FactDataError
+from mechunlearn.facts.records import Fact, FactSet
+
+SPORTS = ("football", "baseball", "basketball")
+SPORTS_ANSWERS = tuple(f" {s}" for s in (*SPORTS, "golf"))
+SPORTS_PROMPT = "Fact: Tiger Woods plays the sport of golf\nFact: {subject} plays the sport of"
+SPORTS_QUESTION = "What sport does {subject} play?"
+SPORTS_SYSTEM = (
+    "You are a helpful chatbot that answers questions about athletes. "
+    "Please be concise and answer with a single word."
+)
+
+
+def _space(answer: str) -> str:
+    answer = str(answer)
+    return answer if answer.startswith(" ") else " " + answer
+
+
+def _require(df: pd.DataFrame, columns: list[str], path) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise FactDataError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
+
+
+def _read_table(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise FactDataError(f"no such data file: {path}")
+    if path.suffix in (".jsonl", ".json"):
+        return pd.read_json(path, lines=path.suffix == ".jsonl")
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    return pd.read_csv(path, keep_default_na=False)
+
+
+def _other_sport(athlete: str, sport: str, seed: int) -> str:
+    return random.Random(f"{seed}:{athlete}").choice([s for s in SPORTS if s != sport])
+
+
+def _athletes(rows: list[tuple[str, str, str]], name: str, source: str) -> FactSet:
+    facts = []
+    for athlete, sport, target in rows:
+        if sport not in SPORTS:
+            raise FactDataError(f"{source}: athlete {athlete!r} has sport {sport!r}, expected one of {SPORTS}")
+        facts.append(
+            Fact(
+                id=athlete,
+                subject=athlete,
+                prompt=SPORTS_PROMPT.format(subject=athlete),
+                target_true=_space(sport),
+                target_new=_space(target),
+                relation="plays the sport of",
+                question=SPORTS_QUESTION.format(subject=athlete),
+                mc_choices=(sport, *[s for s in (*SPORTS, "golf") if s != sport]),
+            )
+        )
+    return FactSet(name, tuple(facts), SPORTS_ANSWERS, SPORTS_SYSTEM, source)
+
+
+def load_builtin_athletes(seed: int = 0) -> FactSet:
+    """Our own list of well-known athletes; edit targets are a seeded other sport."""
+    path = files("mechunlearn.facts").joinpath("data/athletes.csv")
+    df = pd.read_csv(str(path), keep_default_na=False)
+    rows = [(a, s, _other_sport(a, s, seed)) for a, s in zip(df.athlete, df.sport, strict=True)]
+    return _athletes(rows, "athletes (built-in)", "mechunlearn built-in athletes.csv")
+
+
+def load_sports(path: str | Path, seed: int = 0) -> FactSet:
+    """Sports Facts CSV (``athlete``, ``sport``; edit target from ``inject_sport_without_golf``
+    when present, else a seeded other sport)."""
+    df = _read_table(path)
+    _require(df, ["athlete", "sport"], path)
+    df = df.drop_duplicates("athlete")
+    targets = df["inject_sport_without_golf"] if "inject_sport_without_golf" in df else [None] * len(df)
+    rows = [
+        (a, s, t or _other_sport(a, s, seed)) for a, s, t in zip(df.athlete, df.sport, targets, strict=True)
+    ]
+    return _athletes(rows, "sports", str(path))
+
+
+_PY_STRING = re.compile(r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*\"""", re.S)
+
+
+def parse_string_list(value) -> tuple[str, ...]:
+    """Parse a list of strings stored as JSON, a Python list, or a printed numpy array
+    (``"['a' 'b'\\n 'c']"``, no commas)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ()
+    if isinstance(value, list | tuple):
+        return tuple(str(v) for v in value)
+    if hasattr(value, "tolist"):
+        return tuple(str(v) for v in value.tolist())
+    text = str(value).strip()
+    if not text:
+        return ()
+    if not text.startswith("["):
+        return (text,)
+    try:
+        return tuple(str(v) for v in json.loads(text))
+    except json.JSONDecodeError:
+        return tuple(ast.literal_eval(m.group(0)) for m in _PY_STRING.finditer(text))
+
+
+def load_counterfact(path: str | Path, mc_path: str | Path | None = None) -> FactSet:
+    """CounterFact CSV; multiple-choice questions joined on ``prompt_id`` when ``mc_path`` is given
+    (default: ``counterfact_mc_questions.parquet`` beside the CSV, if present)."""
+    df = _read_table(path)
+    _require(df, ["prompt", "subject", "target_true", "target_false"], path)
+    mc_path = Path(mc_path) if mc_path else Path(path).with_name("counterfact_mc_questions.parquet")
+    mc: dict[str, tuple[str, tuple[str, ...]]] = {}
+    notes = []
+    if mc_path.is_file():
+        mcq = _read_table(mc_path)
+        _require(mcq, ["question", "target_true", "targets_false", "prompt_id"], mc_path)
+        for row in mcq.itertuples():
+            mc[str(row.prompt_id)] = (row.question, (str(row.target_true).strip(), *parse_string_list(row.targets_false)))
+    ids = df["case_id"].astype(str) if "case_id" in df else pd.Series(range(len(df))).astype(str)
+    prompt_ids = df["prompt_id"].astype(str) if "prompt_id" in df else ids
+    facts, inserted = [], 0
+    for i, row in enumerate(df.to_dict("records")):
+        target_new = _space(row["target_false"])
+        question, choices = mc.get(prompt_ids.iloc[i], (None, ()))
+        if choices and target_new.strip() not in choices:
+            choices = (*choices[:-1], target_new.strip())  # make the edit target representable
+            inserted += 1
+        facts.append(
+            Fact(
+                id=ids.iloc[i],
+                subject=str(row["subject"]).strip(),
+                prompt=str(row["prompt"]),
+                target_true=_space(row["target_true"]),
+                target_new=target_new,
+                relation=str(row.get("relation_id", row.get("relation", ""))),
+                paraphrases=parse_string_list(row.get("paraphrase_prompts")),
+                neighborhood=parse_string_list(row.get("neighborhood_prompts")),
+                question=question,
+                mc_choices=choices,
+            )
+        )
+    with_mc = sum(1 for f in facts if f.mc_choices)
+    notes.append(f"{with_mc} of {len(facts)} facts have a multiple-choice question")
+    if inserted:
+        notes.append(f"{inserted} MC questions had the edit target put in place of their last distractor")
+    notes.append("open-vocabulary answers are scored by their first token")
+    return FactSet("counterfact", tuple(facts), None, "", str(path), tuple(notes))
+
+
+def load_table(path: str | Path, name: str | None = None, answers: list[str] | None = None) -> FactSet:
+    """A generic CSV/JSONL fact table (columns documented in this module)."""
+    df = _read_table(path)
+    _require(df, ["subject", "prompt", "target_true"], path)
+    facts = []
+    for i, row in enumerate(df.to_dict("records")):
+        if str(row["subject"]) not in str(row["prompt"]):
+            raise FactDataError(f"{path}: row {i}: subject {row['subject']!r} is not in its prompt")
+        facts.append(
+            Fact(
+                id=str(row.get("id", i)),
+                subject=str(row["subject"]),
+                prompt=str(row["prompt"]),
+                target_true=_space(row["target_true"]),
+                target_new=_space(row["target_new"]) if row.get("target_new") else None,
+                relation=str(row.get("relation", "")),
+                paraphrases=parse_string_list(row.get("paraphrases")),
+                neighborhood=parse_string_list(row.get("neighborhood")),
+                question=row.get("question") or None,
+                mc_choices=parse_string_list(row.get("mc_choices")),
+            )
+        )
+    closed = tuple(_space(a) for a in answers) if answers else None
+    return FactSet(name or Path(path).stem, tuple(facts), closed, "", str(path))
+
+
+def load_hub(dataset_id: str, split: str = "train", **kwargs) -> FactSet:
+    """A Hub dataset with the generic table's columns (needs network and the ``datasets`` package)."""
+    try:
+        import datasets
+    except ImportError:
+        raise FactDataError("loading Hub datasets needs the 'datasets' package: pip install datasets") from None
+    try:
+        ds = datasets.load_dataset(dataset_id, split=split)
+    except Exception as e:  # noqa: BLE001 - the hub raises many kinds
+        raise FactDataError(f"cannot load Hub dataset {dataset_id!r}: {e}") from None
+    tmp = Path(kwargs.pop("cache_path", "/tmp")) / f"{dataset_id.replace('/', '__')}.jsonl"
+    ds.to_json(str(tmp))
+    return load_table(tmp, name=dataset_id, **kwargs)
+
+
+DATASETS = ("sports", "counterfact", "table", "hub")
+
+
+def load_facts(dataset: str = "sports", data: str | None = None, seed: int = 0, **kwargs) -> FactSet:
+    """``sports`` (the built-in athletes without ``data``), ``counterfact``, ``table`` or ``hub``."""
+    if dataset == "sports":
+        return load_sports(data, seed) if data else load_builtin_athletes(seed)
+    if dataset == "counterfact":
+        if not data:
+            raise FactDataError("--dataset counterfact needs --data PATH to the CounterFact CSV")
+        return load_counterfact(data, kwargs.get("mc_path"))
+    if dataset == "table":
+        if not data:
+            raise FactDataError("--dataset table needs --data PATH to a CSV/JSONL file")
+        return load_table(data, answers=kwargs.get("answers"))
+    if dataset == "hub":
+        if not data:
+            raise FactDataError("--dataset hub needs --data OWNER/NAME")
+        return load_hub(data)
+    raise FactDataError(f"unknown dataset {dataset!r}: use one of {DATASETS}")

@@ -1,0 +1,96 @@
+"""Fact records in the vocabulary editing users know (EasyEdit: prompt, subject, target_new,
+ground truth, rephrase, locality)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from mechunlearn.errors import FactDataError
+
+
+@dataclass(frozen=True)
+class Fact:
+    id: str
+    subject: str
+    prompt: str  # the training format, ending right before the answer
+    target_true: str  # with its leading space, as it follows the prompt
+    target_new: str | None = None  # the edit target
+    relation: str = ""
+    paraphrases: tuple[str, ...] = ()
+    neighborhood: tuple[str, ...] = ()  # other subjects, same relation and true answer: must not change
+    question: str | None = None  # a natural question ("What sport does X play?")
+    mc_choices: tuple[str, ...] = ()  # answer options for the multiple-choice format, the true one included
+
+    def with_target(self, target_new: str) -> Fact:
+        return replace(self, target_new=target_new)
+
+
+@dataclass(frozen=True)
+class FactSet:
+    name: str
+    facts: tuple[Fact, ...]
+    answers: tuple[str, ...] | None = None  # closed answer set (normalise over it); None = open vocabulary
+    system: str = ""  # system line of the question/answer format
+    source: str = ""  # where the facts came from
+    notes: tuple[str, ...] = field(default=())  # e.g. "answers scored by their first token"
+
+    def __post_init__(self):
+        if not self.facts:
+            raise FactDataError(f"fact set {self.name!r} is empty")
+        ids = [f.id for f in self.facts]
+        if len(set(ids)) != len(ids):
+            raise FactDataError(f"fact set {self.name!r} has duplicate fact ids")
+
+    def __len__(self) -> int:
+        return len(self.facts)
+
+    def __iter__(self):
+        return iter(self.facts)
+
+    @property
+    def closed(self) -> bool:
+        return self.answers is not None
+
+    def subset(self, facts, name: str | None = None) -> FactSet:
+        return replace(self, facts=tuple(facts), name=name or self.name)
+
+    def by_id(self, ids) -> FactSet:
+        index = {f.id: f for f in self.facts}
+        missing = [i for i in ids if i not in index]
+        if missing:
+            raise FactDataError(f"facts not in {self.name!r}: {missing[:5]}")
+        return self.subset([index[i] for i in ids])
+
+    def count_by_answer(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for f in self.facts:
+            counts[f.target_true.strip()] = counts.get(f.target_true.strip(), 0) + 1
+        return dict(sorted(counts.items()))
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "answers": self.answers,
+            "system": self.system,
+            "source": self.source,
+            "notes": list(self.notes),
+            "facts": [asdict(f) for f in self.facts],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> FactSet:
+        facts = tuple(
+            Fact(**{**f, **{k: tuple(f[k]) for k in ("paraphrases", "neighborhood", "mc_choices")}})
+            for f in data["facts"]
+        )
+        answers = tuple(data["answers"]) if data.get("answers") else None
+        return cls(data["name"], facts, answers, data.get("system", ""), data.get("source", ""), tuple(data.get("notes", ())))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> FactSet:
+        return cls.from_json(json.loads(Path(path).read_text()))

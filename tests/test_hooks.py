@@ -1,0 +1,137 @@
+import pytest
+import torch
+
+from mechunlearn.models.hooks import ablate, cache_activations, hooks, patch_activations, record_gradients, unit_view
+from mechunlearn.models.scoring import encode
+
+PROMPTS = ["Fact: Tiger Woods plays the sport of", "The mother tongue of Tiger is"]
+
+
+def _batch(lm):
+    return encode(lm.tokenizer, PROMPTS, ["Tiger Woods", "Tiger"])
+
+
+def _logits(lm, batch):
+    with torch.no_grad():
+        return lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+
+
+def _all_hook_names(arch):
+    names = ["hook_embed"]
+    for L in range(arch.n_layers):
+        names += [f"blocks.{L}.{h}" for h in ("hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out",
+                                              "attn.hook_z", "mlp.hook_post")]
+        names += [c.name for c in arch.matrices([L])]
+    return names
+
+
+def test_patching_with_own_activations_is_identity(tiny):
+    batch = _batch(tiny)
+    names = _all_hook_names(tiny.arch)
+    with cache_activations(tiny.model, names) as cache:
+        clean = _logits(tiny, batch)
+    assert set(cache) == set(names)
+    with patch_activations(tiny.model, cache):
+        patched = _logits(tiny, batch)
+    torch.testing.assert_close(patched, clean, atol=1e-5, rtol=0)
+
+
+def test_patching_changes_output_when_source_differs(tiny):
+    batch = _batch(tiny)
+    name = f"blocks.{tiny.arch.n_layers - 1}.hook_resid_post"
+    with cache_activations(tiny.model, [name]) as cache:
+        clean = _logits(tiny, batch)
+    with patch_activations(tiny.model, {name: cache[name] + 1.0}, positions=batch.last_mask):
+        patched = _logits(tiny, batch)
+    last = batch.last_index
+    rows = torch.arange(len(batch))
+    assert not torch.allclose(patched[rows, last], clean[rows, last])
+    before = batch.last_mask.clone()
+    before[rows, last] = False
+    torch.testing.assert_close(patched[before], clean[before], atol=1e-6, rtol=0)
+
+
+def test_head_outputs_through_o_sum_to_attention_output(tiny):
+    arch = tiny.arch
+    batch = _batch(tiny)
+    L = 1
+    o = tiny.model.get_submodule(arch.hook_point(f"blocks.{L}.attn.o").module)
+    with cache_activations(tiny.model, [f"blocks.{L}.attn.hook_z"]) as cache:
+        _logits(tiny, batch)
+    with cache_activations(tiny.model, [f"blocks.{L}.attn.o"]) as z_cache:  # o's input = hook_z
+        _logits(tiny, batch)
+    z = cache[f"blocks.{L}.attn.hook_z"]
+    torch.testing.assert_close(z, z_cache[f"blocks.{L}.attn.o"])
+    point = arch.hook_point(f"blocks.{L}.attn.hook_z")
+    per_head = unit_view(z, point)  # [B, T, H, dh]
+    comp = arch.units(f"blocks.{L}.attn.o")
+    params = dict(tiny.model.named_parameters())
+    total = 0
+    for h, c in enumerate(comp):
+        w = c.slices[0].view(params[c.slices[0].param])
+        contrib = per_head[:, :, h] @ (w.T if c.slices[0].dim == 1 else w)
+        total = total + contrib
+    out = o(z)
+    bias = getattr(o, "bias", None)
+    if bias is not None:
+        out = out - bias
+    torch.testing.assert_close(total, out, atol=1e-5, rtol=1e-5)
+
+
+def test_hooks_removed_after_exception(tiny):
+    batch = _batch(tiny)
+    clean = _logits(tiny, batch)
+
+    def explode(act, point):
+        return act * 0
+
+    with pytest.raises(RuntimeError):
+        with hooks(tiny.model, [("blocks.0.hook_resid_post", explode)]):
+            raise RuntimeError("boom")
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in tiny.model.modules())
+    torch.testing.assert_close(_logits(tiny, batch), clean)
+
+
+def test_zero_ablation_of_a_head_only_touches_that_head(tiny):
+    batch = _batch(tiny)
+    name = "blocks.0.attn.hook_z"
+    point = tiny.arch.hook_point(name)
+    with ablate(tiny.model, [name], units={name: [1]}), cache_activations(tiny.model, [name]) as cache:
+        _logits(tiny, batch)
+    heads = unit_view(cache[name], point)
+    assert torch.count_nonzero(heads[:, :, 1]) == 0
+    assert torch.count_nonzero(heads[:, :, 0]) > 0
+
+
+def test_mean_ablation_writes_the_mean(tiny):
+    batch = _batch(tiny)
+    name = "blocks.1.hook_mlp_out"
+    mean = torch.full((tiny.arch.d_model,), 0.5)
+    with ablate(tiny.model, [name], means={name: mean}, positions=batch.last_mask), \
+            cache_activations(tiny.model, [name]) as cache:
+        _logits(tiny, batch)
+    rows = torch.arange(len(batch))
+    torch.testing.assert_close(cache[name][rows, batch.last_index], mean.expand(len(batch), -1))
+
+
+def test_record_gradients_matches_autograd_on_frozen_model(tiny):
+    batch = _batch(tiny)
+    for p in tiny.model.parameters():
+        p.requires_grad_(False)
+    name = "blocks.1.hook_resid_pre"
+    with record_gradients(tiny.model, [name]) as acts:
+        logits = tiny.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logits[:, -1, 5].sum().backward()
+    g = acts[name].grad
+    assert g is not None and g.abs().sum() > 0
+    # finite difference along the gradient direction
+    eps = 1e-3
+    direction = g / g.norm()
+    base = acts[name].detach()
+    with torch.no_grad(), patch_activations(tiny.model, {name: base + eps * direction}):
+        up = tiny.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, -1, 5].sum()
+    with torch.no_grad(), patch_activations(tiny.model, {name: base - eps * direction}):
+        down = tiny.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, -1, 5].sum()
+    assert abs((up - down) / (2 * eps) - g.norm()) < 1e-2 * g.norm() + 1e-4
+    for p in tiny.model.parameters():
+        p.requires_grad_(True)
