@@ -14,3 +14,19 @@ def tiny(request):
 @pytest.fixture(scope="session")
 def tiny_llama():
     return tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    """The embedded Gemma 3 270M (converted to the safetensors cache on first use)."""
+    from mechunlearn.models.loading import load_model
+
+    return load_model("default")
+
+
+@pytest.fixture(scope="session")
+def gemma_known_athletes(gemma):
+    """The built-in athletes the embedded model knows (P(true) > 0.7 over the answer set)."""
+    from mechunlearn.facts import filter_known, load_builtin_athletes
+
+    return filter_known(gemma.model, gemma.tokenizer, load_builtin_athletes()).known
