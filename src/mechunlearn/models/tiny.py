@@ -21,7 +21,9 @@ _CORPUS = [
 ]
 
 
-def tiny_tokenizer(extra_text: list[str] | None = None, vocab_size: int = 400) -> PreTrainedTokenizerFast:
+def tiny_tokenizer(extra_text: list[str] | None = None, vocab_size: int = 600) -> PreTrainedTokenizerFast:
+    """Answers (` football`, ` golf`, ` A` ...) are frequent in the training text, so each has
+    a first token of its own."""
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -31,7 +33,7 @@ def tiny_tokenizer(extra_text: list[str] | None = None, vocab_size: int = 400) -
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS + (extra_text or []), trainer)
+    tok.train_from_iterator(_CORPUS * 50 + (extra_text or []), trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
     return fast
 
