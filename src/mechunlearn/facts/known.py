@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
 
+from mechunlearn.errors import FactDataError
 from mechunlearn.facts.records import FactSet
 from mechunlearn.models.scoring import answer_token_id, batched, encode, last_token_logits
 
@@ -68,25 +69,21 @@ def filter_known(
     model, tokenizer, facts: FactSet, threshold: float | None = None, batch_size: int = 32, progress: bool = False
 ) -> KnownReport:
     """Keep the facts whose true answer the model gives with P > threshold (default 0.7 for
-    closed answer sets, 0.5 for open ones)."""
+    closed answer sets, normalised over the relation's answers, e.g. the three sports without
+    the edit-only " golf"; 0.5 over the full vocabulary for open ones)."""
     if facts.closed:
-        for a in facts.answers:
-            answer_token_id(tokenizer, a, "answer")
         first = [answer_token_id(tokenizer, a, "answer") for a in facts.answers]
         if len(set(first)) != len(first):
-            from mechunlearn.errors import FactDataError
-
             raise FactDataError(f"answers {facts.answers} share a first token: they cannot be told apart")
     threshold = threshold if threshold is not None else (CLOSED_THRESHOLD if facts.closed else OPEN_THRESHOLD)
-    p_true, _ = answer_probs(model, tokenizer, facts, batch_size=batch_size, progress=progress)
+    scored = replace(facts, answers=facts.relation_answers)
+    p_true, _ = answer_probs(model, tokenizer, scored, batch_size=batch_size, progress=progress)
     kept = [f for f, p in zip(facts, p_true.tolist(), strict=True) if p > threshold]
     notes = list(facts.notes)
     multi = sum(len(tokenizer.encode(f.target_true, add_special_tokens=False)) > 1 for f in facts)
     if multi:
         notes.append(f"{multi} answers span several tokens: scored by their first token")
     if not kept:
-        from mechunlearn.errors import FactDataError
-
         raise FactDataError(f"the model knows none of the {len(facts)} facts at P > {threshold}")
     known = facts.subset(kept, f"{facts.name} (known)")
     return KnownReport(

@@ -86,7 +86,7 @@ def _athletes(rows: list[tuple[str, str, str]], name: str, source: str) -> FactS
                 mc_choices=(sport, *[s for s in (*SPORTS, "golf") if s != sport]),
             )
         )
-    return FactSet(name, tuple(facts), SPORTS_ANSWERS, SPORTS_SYSTEM, source)
+    return FactSet(name, tuple(facts), SPORTS_ANSWERS, (" golf",), SPORTS_SYSTEM, source)
 
 
 def load_builtin_athletes(seed: int = 0) -> FactSet:
@@ -174,7 +174,7 @@ def load_counterfact(path: str | Path, mc_path: str | Path | None = None) -> Fac
     if inserted:
         notes.append(f"{inserted} MC questions had the edit target put in place of their last distractor")
     notes.append("open-vocabulary answers are scored by their first token")
-    return FactSet("counterfact", tuple(facts), None, "", str(path), tuple(notes))
+    return FactSet("counterfact", tuple(facts), None, (), "", str(path), tuple(notes))
 
 
 def load_table(path: str | Path, name: str | None = None, answers: list[str] | None = None) -> FactSet:
@@ -200,7 +200,7 @@ def load_table(path: str | Path, name: str | None = None, answers: list[str] | N
             )
         )
     closed = tuple(_space(a) for a in answers) if answers else None
-    return FactSet(name or Path(path).stem, tuple(facts), closed, "", str(path))
+    return FactSet(name or Path(path).stem, tuple(facts), closed, source=str(path))
 
 
 def load_hub(dataset_id: str, split: str = "train", **kwargs) -> FactSet:

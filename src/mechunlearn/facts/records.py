@@ -32,6 +32,7 @@ class FactSet:
     name: str
     facts: tuple[Fact, ...]
     answers: tuple[str, ...] | None = None  # closed answer set (normalise over it); None = open vocabulary
+    edit_only_answers: tuple[str, ...] = ()  # in `answers` only as edit targets (sports: " golf")
     system: str = ""  # system line of the question/answer format
     source: str = ""  # where the facts came from
     notes: tuple[str, ...] = field(default=())  # e.g. "answers scored by their first token"
@@ -53,6 +54,11 @@ class FactSet:
     def closed(self) -> bool:
         return self.answers is not None
 
+    @property
+    def relation_answers(self) -> tuple[str, ...] | None:
+        """The answers a fact of this relation can truly have (what "knowing" normalises over)."""
+        return None if self.answers is None else tuple(a for a in self.answers if a not in self.edit_only_answers)
+
     def subset(self, facts, name: str | None = None) -> FactSet:
         return replace(self, facts=tuple(facts), name=name or self.name)
 
@@ -73,6 +79,7 @@ class FactSet:
         return {
             "name": self.name,
             "answers": self.answers,
+            "edit_only_answers": self.edit_only_answers,
             "system": self.system,
             "source": self.source,
             "notes": list(self.notes),
@@ -86,7 +93,8 @@ class FactSet:
             for f in data["facts"]
         )
         answers = tuple(data["answers"]) if data.get("answers") else None
-        return cls(data["name"], facts, answers, data.get("system", ""), data.get("source", ""), tuple(data.get("notes", ())))
+        return cls(data["name"], facts, answers, tuple(data.get("edit_only_answers", ())), data.get("system", ""),
+                   data.get("source", ""), tuple(data.get("notes", ())))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1))
