@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -122,7 +124,10 @@ def test_answer_probs_batched_equals_unbatched(tiny_llama):
 
 def test_filter_known_threshold(tiny_llama):
     facts = load_builtin_athletes().subset(load_builtin_athletes().facts[:20])
-    p, _ = answer_probs(tiny_llama.model, tiny_llama.tokenizer, facts)
+    assert facts.relation_answers == (" football", " baseball", " basketball")
+    p, _ = answer_probs(tiny_llama.model, tiny_llama.tokenizer, replace(facts, answers=facts.relation_answers))
+    p4, _ = answer_probs(tiny_llama.model, tiny_llama.tokenizer, facts)
+    assert torch.all(p > p4)  # golf takes no mass when knowing is judged
     cut = float(p.median())
     report = filter_known(tiny_llama.model, tiny_llama.tokenizer, facts, threshold=cut)
     assert len(report.known) == int((p > cut).sum())
