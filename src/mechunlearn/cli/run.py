@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from mechunlearn.cli.app import app, console
+
+
+@app.command("run")
+def run(
+    config: Path = typer.Argument(..., help="Experiment YAML (see configs/ in the package: demo.yaml, quick.yaml)."),
+    out: Path = typer.Option(..., "--out", help="Run folder; rerunning with the same folder resumes."),
+):
+    """The paper's comparison: localize with every method, edit at the same budget, evaluate, report."""
+    from mechunlearn.experiment import Experiment, load_config
+
+    if not config.is_file():
+        raise typer.BadParameter(f"no such config file: {config}")
+    start = time.perf_counter()
+    Experiment(load_config(config), out, console).run()
+    console.print(f"finished in {time.perf_counter() - start:.0f} s")
+
+
+@app.command("demo")
+def demo(
+    out: Path = typer.Option(Path("demo-results"), "--out", help="Run folder (resumes if it exists)."),
+    quick: bool = typer.Option(False, "--quick", help="A smoke run: fewer methods, facts and steps."),
+):
+    """The default comparison on the embedded Gemma 3 270M and the built-in athletes: FLU, causal
+    tracing, attribution patching, random and all-MLPs at FLU's budget; edit 16 athletes;
+    evaluate formats, maintain, LM loss, relearning and probes; write the report."""
+    from mechunlearn.experiment import Experiment, load_config
+
+    start = time.perf_counter()
+    Experiment(load_config("quick" if quick else "demo"), out, console).run()
+    console.print(f"demo finished in {time.perf_counter() - start:.0f} s")
+
+
+@app.command("report")
+def report(run_dir: Path = typer.Argument(..., help="A run folder written by 'run' or 'demo'.")):
+    """(Re)write the HTML report, results.csv and verdicts.json of a run folder."""
+    from mechunlearn.report import write_report
+
+    if not (run_dir / "cells").is_dir():
+        raise typer.BadParameter(f"{run_dir} is not a run folder (no cells/)")
+    console.print(f"wrote {write_report(run_dir)}")

@@ -1,0 +1,297 @@
+"""The paper's comparison: localization methods x settings x seeds, every method at the same
+trained-parameter budget, each cell written atomically so that a rerun resumes where it stopped.
+
+Run folder::
+
+    config.json                 the fully resolved config
+    data.json                   facts known, localization facts, split sizes
+    localizations/{method}__s{seed}.json (+ .png, .selection.json)
+    cells/{setting}__{method}__s{seed}.json   (method "unedited": the model before editing)
+    results.csv, verdicts.json, report.html, report/*.png
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from mechunlearn.edit import EditConfig, train, train_sequential
+from mechunlearn.errors import MechunlearnError
+from mechunlearn.evaluate import EvalConfig, evaluate_run
+from mechunlearn.facts import FactSet, filter_known, load_facts, split_facts
+from mechunlearn.facts.splits import Split
+from mechunlearn.io import read_json, write_json_atomic
+from mechunlearn.localize import Localization, Selection, localize, select
+from mechunlearn.models.loading import LoadedModel, load_model
+from mechunlearn.report import write_report
+from mechunlearn.report.flatten import curves, flatten
+
+log = logging.getLogger(__name__)
+BASE = "unedited"
+PACKAGED = Path(__file__).parent / "configs"
+
+DEFAULTS: dict = {
+    "model": "default",
+    "dtype": "float32",
+    "device": None,
+    "seeds": [0],
+    "facts": {"dataset": "sports", "data": None, "threshold": None, "mc_path": None, "limit": None},
+    "localization": {
+        "n_facts": 32,
+        "methods": ["fact_lookup", "causal_tracing", "attribution_patching", "random", "all_mlps"],
+        "budget": {"match": "fact_lookup", "params": None, "granularity": "layer", "rule": "closest"},
+        "params": {},
+    },
+    "settings": [{"name": "edit16", "objective": "edit", "forget": 16, "mode": "random"}],
+    "training": {"default": {}, "per_method": {}, "sweep": None},
+    "evaluation": {"formats": ["train", "qa", "mcq"], "attacks": ["relearn", "probe"], "config": {}},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """A YAML config merged over the defaults; ``demo`` / ``quick`` name the packaged ones."""
+    if path in ("demo", "quick"):
+        path = PACKAGED / f"{path}.yaml"
+    user = yaml.safe_load(Path(path).read_text()) if path else {}
+    if user is not None and not isinstance(user, dict):
+        raise MechunlearnError(f"{path}: a config is a YAML mapping")
+    config = _merge(DEFAULTS, _merge(user or {}, overrides or {}))
+    names = [s.get("name") for s in config["settings"]]
+    if len(set(names)) != len(names) or not all(names):
+        raise MechunlearnError("every setting needs a unique name")
+    if not config["seeds"]:
+        raise MechunlearnError("no seeds to run")
+    return config
+
+
+def _edit_config(config: dict, method: str, setting: dict, seed: int) -> EditConfig:
+    values = {**config["training"]["default"], **config["training"]["per_method"].get(method, {}),
+              **setting.get("training", {}), "objective": setting.get("objective", "edit"), "seed": seed}
+    known = {f.name for f in fields(EditConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise MechunlearnError(f"unknown training option(s) {sorted(unknown)}; known: {sorted(known)}")
+    return EditConfig(**values)
+
+
+def _eval_config(config: dict, seed: int) -> EvalConfig:
+    return EvalConfig.from_dict({**config["evaluation"].get("config", {}), "seed": seed})
+
+
+class Experiment:
+    def __init__(self, config: dict, out: str | Path, console: Console | None = None):
+        self.config = config
+        self.out = Path(out)
+        self.console = console or Console(stderr=True)
+        self._lm: LoadedModel | None = None
+        self._pristine: dict[str, torch.Tensor] | None = None
+
+    # --- model, reset to its original weights before every cell --------------------------
+    @property
+    def lm(self) -> LoadedModel:
+        if self._lm is None:
+            c = self.config
+            self._lm = load_model(c["model"], dtype=c["dtype"], device=c["device"] or _default_device())
+            self._pristine = {k: v.detach().clone() for k, v in self._lm.model.state_dict().items()}
+        return self._lm
+
+    def fresh_model(self) -> LoadedModel:
+        lm = self.lm
+        lm.model.load_state_dict(self._pristine)
+        lm.model.eval()
+        for p in lm.model.parameters():
+            p.requires_grad_(True)
+        return lm
+
+    # --- data ----------------------------------------------------------------------------
+    def facts_for(self, setting: dict) -> tuple[FactSet, dict]:
+        spec = _merge(self.config["facts"], setting.get("facts", {}))
+        key = f"{spec['dataset']}:{spec['data']}:{spec['threshold']}:{spec.get('limit')}"
+        cache = getattr(self, "_facts", {})
+        if key not in cache:
+            facts = load_facts(spec["dataset"], spec["data"], mc_path=spec.get("mc_path"))
+            if spec.get("limit") and spec["limit"] < len(facts):
+                facts = facts.subset(random.Random("facts").sample(list(facts.facts), spec["limit"]))
+            report = filter_known(self.lm.model, self.lm.tokenizer, facts, spec["threshold"], progress=True)
+            cache[key] = (report.known, {**report.to_json(), "dataset": spec["dataset"], "data": spec["data"]})
+            self._facts = cache
+        return cache[key]
+
+    def localization_facts(self, known: FactSet, seed: int) -> FactSet:
+        n = min(self.config["localization"]["n_facts"], len(known))
+        chosen = random.Random(f"localization:{seed}").sample(list(known.facts), n)
+        return known.subset(chosen, f"{known.name} localization")
+
+    def split_for(self, known: FactSet, setting: dict, seed: int) -> list[Split]:
+        """One split, or for ``blocks: K`` sequential editing K disjoint forget blocks sharing
+        one maintain set."""
+        mode = setting.get("mode", "random" if "category" not in setting else "category")
+        if setting.get("blocks"):
+            k, n = int(setting["blocks"]), int(setting.get("forget", 16))
+            whole = split_facts(known, forget=k * n, mode=mode, seed=seed)
+            ids = [f.id for f in whole.forget]
+            return [Split(b, b, whole.maintain_train, whole.maintain_test, seed, f"sequential block {i + 1}/{k} of {n}")
+                    for i, b in enumerate(whole.forget.by_id(ids[i * n:(i + 1) * n]) for i in range(k))]
+        return [split_facts(known, forget=setting.get("forget"), mode=mode, category=setting.get("category"),
+                            new_target=setting.get("new_target"), seed=seed)]
+
+    # --- localization --------------------------------------------------------------------
+    def localization(self, method: str, facts: FactSet, seed: int, tag: str) -> Localization:
+        path = self.out / "localizations" / f"{tag}{method}__s{seed}.json"
+        if path.exists():
+            return Localization.load(path)
+        lm = self.fresh_model()
+        self.console.print(f"localizing: {method} (seed {seed}, {len(facts)} facts)")
+        params = self.config["localization"]["params"].get(method, {})
+        loc = localize(lm, facts, method, seed=seed, **params)
+        loc.save(path)
+        _try_heatmap(loc, path.with_suffix(".png"))
+        return loc
+
+    def selections(self, facts: FactSet, seed: int, tag: str) -> dict[str, Selection]:
+        lc = self.config["localization"]
+        budget = lc["budget"]
+        arch = self.lm.arch
+        locs = {m: self.localization(m, facts, seed, tag) for m in lc["methods"]}
+        match = None
+        if budget.get("params") is None and budget.get("match"):
+            if budget["match"] not in locs:
+                raise MechunlearnError(f"budget.match {budget['match']!r} is not among the methods {lc['methods']}")
+            match = select(locs[budget["match"]], arch, granularity=budget["granularity"], rule=budget["rule"])
+        chosen = {}
+        for method, loc in locs.items():
+            sel = select(loc, arch, budget=budget.get("params"), match=match if method != budget.get("match") else None,
+                         granularity=budget["granularity"], rule=budget["rule"])
+            sel.save(self.out / "localizations" / f"{tag}{method}__s{seed}.selection.json")
+            chosen[method] = sel
+        return chosen
+
+    # --- cells ---------------------------------------------------------------------------
+    def cell_path(self, setting: str, method: str, seed: int) -> Path:
+        return self.out / "cells" / f"{setting}__{method}__s{seed}.json"
+
+    def run_cell(self, setting: dict, method: str, seed: int, splits: list[Split], selection: Selection | None) -> dict:
+        lm = self.fresh_model()
+        start = time.perf_counter()
+        train_info: dict = {}
+        if selection is not None:
+            cfg = _edit_config(self.config, method, setting, seed)
+            if len(splits) > 1:
+                results = train_sequential(lm, selection.components, splits, cfg, progress=True)
+            else:
+                results = [train(lm, selection.components, splits[0], cfg, progress=True)]
+            train_info = {"config": asdict(cfg), "history": [r.history for r in results],
+                          "seconds": sum(r.seconds for r in results)}
+        evaluated = self.evaluate(lm, setting, splits, seed)
+        return {
+            "setting": setting["name"], "method": method, "seed": seed,
+            "objective": setting.get("objective", "edit"),
+            "n_params": selection.n_params if selection else 0,
+            "components": selection.components if selection else [],
+            "metrics": flatten(evaluated, setting.get("objective", "edit")),
+            "curves": curves(evaluated),
+            "train": train_info, "evaluation": evaluated,
+            "seconds": time.perf_counter() - start,
+        }
+
+    def evaluate(self, lm: LoadedModel, setting: dict, splits: list[Split], seed: int) -> dict:
+        ev = self.config["evaluation"]
+        merged = splits[0] if len(splits) == 1 else _union(splits)
+        return evaluate_run(lm, merged, formats=ev["formats"], attacks=ev["attacks"], config=_eval_config(self.config, seed))
+
+    def run(self) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        _write_config(self.out / "config.json", self.config)
+        data = read_json(self.out / "data.json") if (self.out / "data.json").exists() else {}
+        methods = self.config["localization"]["methods"]
+        for seed in self.config["seeds"]:
+            for setting in self.config["settings"]:
+                known, known_info = self.facts_for(setting)
+                tag = "" if not setting.get("facts") else f"{setting['name']}__"
+                loc_facts = self.localization_facts(known, seed)
+                splits = self.split_for(known, setting, seed)
+                data.setdefault("known", known_info) if not tag else data.setdefault("known_" + setting["name"], known_info)
+                data.setdefault("localization_facts", {})[f"{tag}s{seed}"] = [f.id for f in loc_facts]
+                data.setdefault("splits", {}).setdefault(setting["name"], {})[str(seed)] = {
+                    "rule": splits[0].rule if len(splits) == 1 else f"{len(splits)} sequential blocks",
+                    **{k: sum(s.sizes()[k] for s in splits) if k.startswith("forget") else splits[0].sizes()[k]
+                       for k in splits[0].sizes()}}
+                write_json_atomic(self.out / "data.json", data)
+                todo = [m for m in [BASE, *methods] if not self.cell_path(setting["name"], m, seed).exists()]
+                if not todo:
+                    continue
+                selections = self.selections(loc_facts, seed, tag) if set(todo) - {BASE} else {}
+                for method in todo:
+                    self.console.print(f"[b]{setting['name']}[/b] · {method} · seed {seed}")
+                    cell = self.run_cell(setting, method, seed, splits, selections.get(method))
+                    write_json_atomic(self.cell_path(setting["name"], method, seed), cell)
+        report = write_report(self.out)
+        self.console.print(summary_table(self.out))
+        self.console.print(f"report: {report}")
+        return report
+
+
+def _union(splits: list[Split]) -> Split:
+    forget = [f for s in splits for f in s.forget]
+    first = splits[0]
+    return Split(first.forget.subset(forget), first.forget.subset(forget), first.maintain_train, first.maintain_test,
+                 first.seed, f"{len(splits)} sequential blocks")
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _write_config(path: Path, config: dict) -> None:
+    if path.exists() and read_json(path) != config:
+        raise MechunlearnError(f"{path.parent} holds a run with a different config; use another --out folder")
+    write_json_atomic(path, config)
+
+
+def _try_heatmap(loc: Localization, path: Path) -> None:
+    try:
+        from mechunlearn.localize.plots import plot_heatmap, plot_probe_curves
+
+        plot_heatmap(loc, path)
+        if loc.method == "fact_lookup":
+            plot_probe_curves(loc, path.with_name(path.stem + ".probes.png"))
+    except Exception as e:  # noqa: BLE001 - a missing plot must not lose a finished localization
+        log.warning("could not plot %s: %s", path.name, e)
+
+
+def summary_table(run_dir: Path) -> Table:
+    from mechunlearn.report import results_table
+    from mechunlearn.report.html import load_cells
+    from mechunlearn.report.metrics import present
+
+    cells = load_cells(run_dir)
+    df = results_table(cells)
+    metrics = present(cells)
+    table = Table(title="mean over seeds")
+    for col in ["setting", "method", "params", *[m.name for m in metrics]]:
+        table.add_column(col, justify="right" if col not in ("setting", "method") else "left")
+    for (setting, method), group in df.groupby(["setting", "method"], sort=True):
+        table.add_row(setting, method, f"{int(group.n_params.iloc[0]):,}",
+                      *[f"{group[m.name].mean():.3f}" if m.name in group and group[m.name].notna().any() else "–"
+                        for m in metrics])
+    return table
+
+
+def dump_config(config: dict) -> str:
+    return yaml.safe_dump(config, sort_keys=False)
