@@ -1,0 +1,3 @@
+from mechunlearn.cli.app import main
+
+main()

@@ -1,0 +1,112 @@
+"""The runner: a grid of cells written atomically; a killed run resumes without losing or
+doubling anything."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from mechunlearn.errors import MechunlearnError
+from mechunlearn.experiment import Experiment, load_config
+from mechunlearn.models.tiny import tiny_model
+
+SPORTS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sports.csv"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    lm = tiny_model("llama", n_layers=4)
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _config(tiny_dir, tmp_path, seeds=(0,), data=None):
+    cfg = {
+        "model": str(tiny_dir),
+        "seeds": list(seeds),
+        "facts": {"dataset": "sports", "data": str(data) if data else None, "threshold": 0.0, "limit": 80},
+        "localization": {"n_facts": 8, "methods": ["all_mlps", "random"],
+                         "budget": {"match": "all_mlps", "granularity": "layer", "rule": "closest"}},
+        "settings": [{"name": "edit4", "objective": "edit", "forget": 4}],
+        "training": {"default": {"steps": 2, "forget_batch_size": 4, "maintain_batch_size": 4,
+                                 "general_batch_size": 1, "general_length": 16}},
+        "evaluation": {"formats": ["train", "mcq"], "attacks": ["relearn", "probe"],
+                       "config": {"lm_windows": 2, "lm_window_length": 16,
+                                  "relearn": {"steps": 2, "eval_every": 1, "rank": 4, "n_maintain": 2,
+                                              "general_length": 16}}},
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_config_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("settings: [{name: a}, {name: a}]\n")
+    with pytest.raises(MechunlearnError, match="unique"):
+        load_config(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(MechunlearnError, match="mapping"):
+        load_config(bad)
+
+
+def test_unknown_training_option_is_an_error(tiny_dir, tmp_path):
+    cfg = load_config(_config(tiny_dir, tmp_path))
+    cfg["training"]["default"]["learning_rate"] = 1.0
+    with pytest.raises(MechunlearnError, match="learning_rate"):
+        Experiment(cfg, tmp_path / "run").run()
+
+
+def test_grid_runs_with_equal_budgets_and_a_report(tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    Experiment(load_config(_config(tiny_dir, tmp_path)), out).run()
+    table = pd.read_csv(out / "results.csv")
+    assert sorted(table.method) == ["all_mlps", "random", "unedited"]
+    budgets = table.set_index("method").n_params
+    assert budgets["unedited"] == 0
+    # random is cut to all_mlps' parameter count (rule "closest": within one layer's worth)
+    assert abs(budgets["random"] - budgets["all_mlps"]) <= budgets["all_mlps"] / 4
+    assert (out / "report.html").exists() and (out / "data.json").exists()
+    edited = table.set_index("method").loc["all_mlps"]
+    assert edited["edit.train.p_new"] != table.set_index("method").loc["unedited"]["edit.train.p_new"]
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.json"))}
+
+
+@pytest.mark.skipif(not SPORTS.exists(), reason="../shared/data not present")
+def test_killed_run_resumes_without_losing_or_doubling(tiny_dir, tmp_path):
+    config = _config(tiny_dir, tmp_path, seeds=(0, 1, 2), data=SPORTS)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mechunlearn", "run", str(config), "--out", str(out)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    cells = out / "cells"
+    while time.time() < deadline and len(list(cells.glob("*.json"))) < 4:
+        time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _digest(cells)
+    assert 4 <= len(before) < 9
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = _digest(cells)
+    assert len(after) == 9  # 3 seeds x (unedited, all_mlps, random)
+    assert all(after[name] == digest for name, digest in before.items())  # finished cells untouched
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    table = pd.read_csv(out / "results.csv")
+    assert len(table) == 9 and not table.duplicated(["setting", "method", "seed"]).any()
+    assert set(table.seed) == {0, 1, 2}
