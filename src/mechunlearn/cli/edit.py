@@ -1,0 +1,161 @@
+"""``mechunlearn edit`` (train only the localized components) and ``mechunlearn apply-diff``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from mechunlearn.cli.app import app, console
+from mechunlearn.cli.common import (
+    DATA,
+    DATASET,
+    DEVICE,
+    DTYPE,
+    MODEL,
+    SEED,
+    THRESHOLD,
+    known_facts,
+    open_model,
+)
+from mechunlearn.edit import EditConfig, apply_diff, expand_components, read_diff, save_edit, train
+from mechunlearn.edit.saving import check_output_dir, save_model
+from mechunlearn.errors import MechunlearnError
+from mechunlearn.facts import answer_probs, split_facts
+from mechunlearn.io import atomic_dir
+from mechunlearn.models.loading import load_model
+
+DEFAULTS = EditConfig()
+
+
+def _components(lm, localization: Path | None, components: str | None, budget: int | None,
+                match: Path | None) -> tuple[list[str], str]:
+    if (localization is None) == (components is None):
+        raise MechunlearnError("give either --localization LOC.json or --components NAMES")
+    if components is not None:
+        if budget is not None or match is not None:
+            raise MechunlearnError("--budget and --match apply to --localization, not to --components")
+        return expand_components(lm.arch, components), "--components"
+    try:
+        from mechunlearn.localize import load_selection
+    except ImportError:
+        from mechunlearn.localize.budget import load_selection
+    selection = load_selection(localization, lm.arch, budget=budget, match=match)
+    return expand_components(lm.arch, selection.components), f"{localization} ({selection.n_params} parameters)"
+
+
+def _accelerator(device: str | None):
+    """An Accelerator when launched as several processes (``accelerate launch`` / ``torchrun``)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=(device or "").startswith("cpu"))
+
+
+def _probs(lm, split) -> dict[str, float]:
+    p_true, p_new = answer_probs(lm.model, lm.tokenizer, split.forget_eval)
+    keep, _ = answer_probs(lm.model, lm.tokenizer, split.maintain_test)
+    out = {"forget P(true)": float(p_true.mean()), "maintain-test P(true)": float(keep.mean())}
+    if not p_new.isnan().all():
+        out["forget P(edit target)"] = float(p_new.nanmean())
+    return out
+
+
+@app.command("edit")
+def edit(
+    out: Path = typer.Option(..., "--out", help="Output folder: model/ (HF checkpoint), diff.safetensors, train_log.json."),
+    model: str = MODEL,
+    localization: Path = typer.Option(None, "--localization", help="A localization or selection JSON (mechunlearn localize)."),
+    budget: int = typer.Option(None, "--budget", help="Cut the localization to this many trained parameters."),
+    match: Path = typer.Option(None, "--match", help="Cut the localization to the size of this localization/selection."),
+    components: str = typer.Option(None, "--components", help="Components instead of a localization, e.g. "
+                                   "'blocks.2..7.mlp' or 'blocks.3.mlp.in,blocks.4.attn,blocks.2.attn.q.h1'."),
+    dataset: str = DATASET, data: str = DATA, threshold: float = THRESHOLD, seed: int = SEED,
+    forget: int = typer.Option(16, "--forget", help="Number of known facts to edit / unlearn."),
+    mode: str = typer.Option("random", "--mode", help="random | first | category"),
+    category: str = typer.Option(None, "--category", help="With --mode category: the true answer to edit (e.g. basketball)."),
+    new_target: str = typer.Option(None, "--new-target", help="With --mode category: the new answer (e.g. golf)."),
+    objective: str = typer.Option(DEFAULTS.objective, "--objective", help="edit | log1m | grad_ascent | npo"),
+    steps: int = typer.Option(DEFAULTS.steps, "--steps"),
+    lr: float = typer.Option(DEFAULTS.lr, "--lr"),
+    c_forget: float = typer.Option(None, "--c-forget", help="Weight of the edit/unlearning term (default: 0.2 for "
+                                   "log1m, 1 for the others)."),
+    c_maintain: float = typer.Option(DEFAULTS.c_maintain, "--c-maintain"),
+    c_general: float = typer.Option(DEFAULTS.c_general, "--c-general", help="Weight of the general-text LM term (0: off)."),
+    forget_batch: int = typer.Option(DEFAULTS.forget_batch_size, "--forget-batch"),
+    maintain_batch: int = typer.Option(DEFAULTS.maintain_batch_size, "--maintain-batch"),
+    general_batch: int = typer.Option(DEFAULTS.general_batch_size, "--general-batch", help="General-text windows per step."),
+    general_length: int = typer.Option(DEFAULTS.general_length, "--general-length", help="Tokens per general-text window."),
+    general_text: str = typer.Option(None, "--general-text", help="Text file (paragraphs split by blank lines) or "
+                                     "hf:DATASET[:SPLIT[:COLUMN]]; default: the built-in text."),
+    warmup: int = typer.Option(DEFAULTS.warmup, "--warmup"),
+    grad_accum: int = typer.Option(DEFAULTS.grad_accum, "--grad-accum"),
+    grad_clip: float = typer.Option(DEFAULTS.grad_clip, "--grad-clip"),
+    forget_over: str = typer.Option(DEFAULTS.forget_over, "--forget-over", help="auto | vocab | answers: the forget term's softmax (auto: vocab for edit, the answer set for unlearning a closed set)"),
+    weight_mask: bool = typer.Option(False, "--weight-mask", help="Learn an elementwise mask over the selected matrices."),
+    mask_l1: float = typer.Option(DEFAULTS.mask_l1, "--mask-l1"),
+    mask_threshold: float = typer.Option(None, "--mask-threshold", help="Binarize the learned mask at this value."),
+    dtype: str = DTYPE, device: str = DEVICE,
+    device_map: str = typer.Option(None, "--device-map", help="'auto' spreads a model too big for one GPU over "
+                                   "all visible GPUs (one process; see docs/scaling.md)."),
+):
+    """Edit or unlearn facts by fine-tuning only the localized components."""
+    config = EditConfig(
+        objective=objective, steps=steps, lr=lr, c_forget=c_forget, c_maintain=c_maintain, c_general=c_general,
+        forget_batch_size=forget_batch, maintain_batch_size=maintain_batch, general_batch_size=general_batch,
+        general_length=general_length, general_text=general_text, warmup=warmup, grad_clip=grad_clip,
+        grad_accum=grad_accum, seed=seed, forget_over=forget_over, weight_mask=weight_mask, mask_l1=mask_l1,
+        mask_threshold=mask_threshold,
+    ).validate()
+    accelerator = _accelerator(device)
+    if device_map and accelerator is not None:
+        raise MechunlearnError("--device-map splits one model over GPUs in one process; do not combine it with a "
+                               "multi-process launch")
+    if device_map:
+        lm = load_model(model, dtype=dtype, device_map=device_map)
+    else:
+        lm = open_model(model, dtype, str(accelerator.device) if accelerator is not None else device)
+    names, source = _components(lm, localization, components, budget, match)
+    known, report = known_facts(lm, dataset, data, seed, threshold)
+    split = split_facts(known, forget=forget, mode=mode, category=category, new_target=new_target, seed=seed)
+    before = _probs(lm, split)
+    result = train(lm, names, split, config, progress=True, accelerator=accelerator)
+    if accelerator is not None and not accelerator.is_main_process:
+        return
+    after = _probs(lm, split)
+    facts_info = {"dataset": dataset, "data": data, "seed": seed, "threshold": report.threshold,
+                  "known": len(known), "total": report.total}
+    save_edit(lm, result, out, base_spec=model, facts=facts_info,
+              extra={"selection": source, "quick_eval": {"before": before, "after": after}})
+
+    table = Table(title=f"{config.objective}: {len(split.forget)} facts, {len(names)} components, "
+                        f"{result.n_trained_params:,} trained parameters, {result.seconds:.0f} s")
+    for col in ("training format", "before", "after"):
+        table.add_column(col, justify="left" if col == "training format" else "right")
+    for key in before:
+        table.add_row(key, f"{before[key]:.3f}", f"{after[key]:.3f}")
+    console.print(table)
+    console.print(f"known facts: {len(known)} of {report.total}; split {split.sizes()}")
+    console.print(f"wrote {out}/model, {out}/diff.safetensors, {out}/train_log.json")
+
+
+@app.command("apply-diff")
+def apply_diff_cmd(
+    diff: Path = typer.Argument(..., help="An edit's diff.safetensors (or its folder)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the rebuilt HF checkpoint."),
+    model: str = typer.Option(None, "--model", help="The base model (default: the one recorded in the diff)."),
+    dtype: str = typer.Option(None, "--dtype", help="Default: the dtype the diff was made in."),
+    device: str = DEVICE,
+):
+    """Rebuild an edited model from its base model and the small diff (the base's hash is checked)."""
+    record = read_diff(diff)
+    base = load_model(model or record.base_model, dtype=dtype or record.dtype, device=device)
+    check_output_dir(base, out, ("config.json",))
+    edited = apply_diff(base, diff)
+    with atomic_dir(out) as tmp:
+        save_model(edited, tmp)
+    console.print(f"applied {len(record.slices)} slices ({', '.join(record.components[:4])}"
+                  f"{' ...' if len(record.components) > 4 else ''}) to {base.spec}; wrote {out}")

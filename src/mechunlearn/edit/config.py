@@ -1,0 +1,98 @@
+"""Every knob of a localized edit, in one plain dataclass (written next to each result)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from mechunlearn.errors import MechunlearnError
+
+FORGET_OVER = ("auto", "vocab", "answers")
+
+
+@dataclass
+class EditConfig:
+    """Loss = c_forget * forget term + c_maintain * maintain term + c_general * general-text LM term.
+
+    Batch sizes are per optimizer step (the global batch, whatever the number of processes);
+    ``grad_accum`` splits each step's batch into that many micro-batches to save memory and
+    gives the same update.
+    """
+
+    objective: str = "edit"  # edit | log1m | grad_ascent | npo
+    steps: int = 10
+    lr: float = 1e-4
+    c_forget: float | None = None  # None: the objective's default (edit, grad_ascent, npo: 1.0; log1m: 0.2)
+    c_maintain: float = 1.0
+    c_general: float = 1.0
+    forget_batch_size: int = 16
+    maintain_batch_size: int = 16
+    general_batch_size: int = 2
+    general_length: int = 64  # tokens per general-text window
+    general_text: str | None = None  # None: the built-in text; a text file (paragraphs split by blank lines)
+    warmup: int = 0  # linear warm-up steps before the cosine decay
+    grad_clip: float = 1.0  # max grad norm; 0 disables clipping
+    grad_accum: int = 1
+    weight_decay: float = 0.0
+    seed: int = 0
+    # the forget term's softmax: over the full vocabulary, or over a closed answer set only.
+    # "auto": vocab for edit (the paper's CE), answers for unlearning on a closed set (see resolve_forget_over)
+    forget_over: str = "auto"
+    log1m_cutoff: float = -5.0  # log1m terms with log p_true below this are zeroed (the paper)
+    npo_beta: float = 0.1
+    # weight-mask variant: learn W = W0 * M, M in [0, 1] elementwise, L1 penalty on (1 - M)
+    weight_mask: bool = False
+    mask_l1: float = 1e-6  # coefficient of sum(1 - M) (a sum over all mask entries)
+    mask_threshold: float | None = None  # binarize M >= threshold after training; None keeps it soft
+    autocast: bool = True  # bf16 autocast when the model is on CUDA (never on CPU)
+
+    def validate(self) -> EditConfig:
+        from mechunlearn.edit.objectives import forget_objectives
+
+        if self.objective not in forget_objectives():
+            raise MechunlearnError(f"unknown objective {self.objective!r}: use one of {forget_objectives()}")
+        positive = ("steps", "forget_batch_size", "maintain_batch_size", "general_batch_size", "grad_accum")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise MechunlearnError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.general_length < 2:
+            raise MechunlearnError(f"general_length must be >= 2 tokens, got {self.general_length}")
+        if not self.lr > 0:
+            raise MechunlearnError(f"lr must be > 0, got {self.lr}")
+        for name in ("c_forget", "c_maintain", "c_general", "grad_clip", "weight_decay", "mask_l1", "warmup"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise MechunlearnError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.warmup >= self.steps and self.warmup > 0:
+            raise MechunlearnError(f"warmup ({self.warmup}) must be shorter than steps ({self.steps})")
+        if self.forget_over not in FORGET_OVER:
+            raise MechunlearnError(f"forget_over must be one of {FORGET_OVER}, got {self.forget_over!r}")
+        if self.npo_beta <= 0:
+            raise MechunlearnError(f"npo_beta must be > 0, got {self.npo_beta}")
+        if self.mask_threshold is not None and not 0 <= self.mask_threshold <= 1:
+            raise MechunlearnError(f"mask_threshold must lie in [0, 1], got {self.mask_threshold}")
+        return self
+
+    def resolve_forget_over(self, closed: bool) -> str:
+        """Unlearning on a closed answer set (sports) is scored over the answers: over the full
+        vocabulary, log1m can push p_true below its cutoff by lowering every answer at once (the
+        model stops naming a sport) while the true one still leads among the answers."""
+        if self.forget_over != "auto":
+            return self.forget_over
+        return "answers" if closed and self.objective != "edit" else "vocab"
+
+    def resolved(self, closed: bool) -> EditConfig:
+        """A copy with every "default" filled in (what a run records)."""
+        from mechunlearn.edit.objectives import get_objective
+
+        c_forget = self.c_forget if self.c_forget is not None else get_objective(self.objective).c_forget
+        return replace(self, c_forget=c_forget, forget_over=self.resolve_forget_over(closed)).validate()
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> EditConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise MechunlearnError(f"unknown edit config keys: {sorted(unknown)}")
+        return cls(**data)

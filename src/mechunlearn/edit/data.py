@@ -1,0 +1,128 @@
+"""Training data for the three loss terms: fact prompts with their answer tokens, general-text
+windows, and the seeded draw of each step's batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mechunlearn.errors import FactDataError, MechunlearnError
+from mechunlearn.facts import FactSet
+from mechunlearn.facts.general_text import load_general_text, token_chunks
+from mechunlearn.models.scoring import answer_token_id
+
+
+@dataclass
+class FactTerm:
+    """The facts of one loss term: prompts and, per prompt, the index of its answer among the
+    columns of the logits the objective sees (a vocabulary id, or a position in the answer set)."""
+
+    prompts: list[str]
+    targets: torch.Tensor  # [N] long
+    columns: list[int] | None  # vocabulary ids of the logit columns; None = full vocabulary
+    reference: torch.Tensor | None = None  # [N] log p(target) before training (NPO)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def fact_term(tokenizer, facts: FactSet, answer: str, over: str = "vocab") -> FactTerm:
+    """``answer``: ``true`` or ``new`` (the edit target); ``over``: ``vocab`` or ``answers``
+    (a closed answer set only)."""
+    if answer == "new":
+        missing = [f.id for f in facts if not f.target_new]
+        if missing:
+            raise FactDataError(f"{len(missing)} facts have no edit target (e.g. {missing[:3]}); editing needs one")
+    ids = [
+        answer_token_id(tokenizer, f.target_new if answer == "new" else f.target_true, f"answer of {f.id!r}")
+        for f in facts
+    ]
+    columns = None
+    if over == "answers":
+        if not facts.closed:
+            raise MechunlearnError(f"{facts.name!r} has no closed answer set: use forget_over='vocab'")
+        columns = [answer_token_id(tokenizer, a, "answer") for a in facts.answers]
+        position = {tok: i for i, tok in enumerate(columns)}
+        outside = [f.id for f, i in zip(facts, ids, strict=True) if i not in position]
+        if outside:
+            raise FactDataError(f"answers of {outside[:3]} are not in the answer set {facts.answers}")
+        ids = [position[i] for i in ids]
+    return FactTerm([f.prompt for f in facts], torch.tensor(ids, dtype=torch.long), columns)
+
+
+def general_windows(tokenizer, source: str | None, length: int) -> torch.Tensor:
+    """``[n, length]`` token windows of general English text: the built-in text (``None``), a
+    text file (paragraphs separated by blank lines), or ``hf:DATASET[:SPLIT[:COLUMN]]`` (needs the
+    ``datasets`` package and the dataset in its cache or network access)."""
+    if source and source.startswith("hf:"):
+        paragraphs = _hub_paragraphs(source[3:])
+    else:
+        paragraphs = load_general_text(Path(source) if source else None)
+    return token_chunks(tokenizer, paragraphs, length)
+
+
+def _hub_paragraphs(spec: str, limit: int = 2000) -> list[str]:
+    name, _, rest = spec.partition(":")
+    split, _, column = rest.partition(":")
+    try:
+        import datasets
+    except ImportError:
+        raise MechunlearnError("general text from the Hub needs the 'datasets' package: pip install datasets") from None
+    try:
+        ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as e:  # noqa: BLE001 - the hub raises many kinds
+        raise MechunlearnError(f"cannot load general text {name!r}: {e}") from None
+    column = column or "text"
+    if column not in ds.column_names:
+        raise MechunlearnError(f"dataset {name!r} has no column {column!r}: {ds.column_names}")
+    texts = [t for t in ds.select(range(min(limit, len(ds))))[column] if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise MechunlearnError(f"dataset {name!r} column {column!r} holds no text")
+    return texts
+
+
+class StepSampler:
+    """Seeded batches of indices: every item once per epoch, in a fresh permutation each epoch.
+    A batch as large as the data is the whole data every step."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator):
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self._queue: list[int] = []
+
+    def next(self) -> list[int]:
+        if self.batch_size >= self.n:
+            return list(range(self.n))
+        while len(self._queue) < self.batch_size:
+            self._queue += torch.randperm(self.n, generator=self.generator).tolist()
+        batch, self._queue = self._queue[: self.batch_size], self._queue[self.batch_size:]
+        return batch
+
+
+def micro_batches(indices: list[int], rank: int, world: int, n_micro: int) -> list[list[int]]:
+    """This process's share of a step's batch, cut into ``n_micro`` micro-batches (some may be
+    empty when the batch is small)."""
+    local = indices[rank::world]
+    return [local[i::n_micro] for i in range(n_micro)]
+
+
+def sequential_blocks(facts: FactSet, n_blocks: int, block_size: int, seed: int = 0,
+                      maintain_test_fraction: float = 0.2) -> list:
+    """``n_blocks`` disjoint seeded blocks of ``block_size`` facts to edit one after another;
+    all blocks share one maintain train/test split of the remaining facts."""
+    from dataclasses import replace
+
+    from mechunlearn.facts import split_facts
+
+    if n_blocks < 1 or block_size < 1:
+        raise FactDataError(f"need at least one block of at least one fact, got {n_blocks} x {block_size}")
+    whole = split_facts(facts, forget=n_blocks * block_size, mode="random",
+                        maintain_test_fraction=maintain_test_fraction, seed=seed)
+    chosen = list(whole.forget)
+    blocks = []
+    for b in range(n_blocks):
+        block = whole.forget.subset(chosen[b * block_size:(b + 1) * block_size], f"{facts.name} block {b + 1}")
+        blocks.append(replace(whole, forget=block, forget_eval=block,
+                              rule=f"sequential block {b + 1}/{n_blocks} of {block_size} (seed {seed})"))
+    return blocks
