@@ -16,7 +16,7 @@ import copy
 import logging
 import random
 import time
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -196,7 +196,7 @@ class Experiment:
                 results = train_sequential(lm, selection.components, splits, cfg, progress=True)
             else:
                 results = [train(lm, selection.components, splits[0], cfg, progress=True)]
-            train_info = {"config": asdict(cfg), "history": [r.history for r in results],
+            train_info = {"config": results[0].config.to_json(), "history": [r.history for r in results],
                           "seconds": sum(r.seconds for r in results)}
         evaluated = self.evaluate(lm, setting, splits, seed)
         return {
@@ -276,20 +276,26 @@ def _try_heatmap(loc: Localization, path: Path) -> None:
 
 
 def summary_table(run_dir: Path) -> Table:
+    """Metrics as rows, methods as columns (mean over seeds), one block per setting."""
     from mechunlearn.report import results_table
-    from mechunlearn.report.html import load_cells
+    from mechunlearn.report.html import OURS, load_cells
     from mechunlearn.report.metrics import present
 
     cells = load_cells(run_dir)
     df = results_table(cells)
-    metrics = present(cells)
-    table = Table(title="mean over seeds")
-    for col in ["setting", "method", "params", *[m.name for m in metrics]]:
-        table.add_column(col, justify="right" if col not in ("setting", "method") else "left")
-    for (setting, method), group in df.groupby(["setting", "method"], sort=True):
-        table.add_row(setting, method, f"{int(group.n_params.iloc[0]):,}",
-                      *[f"{group[m.name].mean():.3f}" if m.name in group and group[m.name].notna().any() else "–"
-                        for m in metrics])
+    methods = sorted(df.method.unique(), key=lambda m: (m == BASE, m != OURS, m))
+    table = Table(title="mean over seeds (↑ higher is better, ↓ lower is better)")
+    table.add_column("setting / metric")
+    for m in methods:
+        table.add_column(m.replace("_", " "), justify="right")
+    for setting, group in df.groupby("setting", sort=True):
+        by_method = group.groupby("method")
+        table.add_row(f"[b]{setting}[/b] params trained",
+                      *[f"{int(by_method.get_group(m).n_params.iloc[0]):,}" if m in by_method.groups else "–" for m in methods])
+        for metric in present([c for c in cells if c["setting"] == setting]):
+            values = [by_method.get_group(m)[metric.name].mean() if m in by_method.groups else float("nan") for m in methods]
+            arrow = "↑" if metric.higher_is_better else "↓"
+            table.add_row(f"  {metric.label} {arrow}", *["–" if v != v else f"{v:.3f}" for v in values])
     return table
 
 
