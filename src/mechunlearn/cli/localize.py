@@ -1,0 +1,144 @@
+"""``mechunlearn localize``: score components with one method, cut them to a budget, plot."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from mechunlearn.cli.app import app, console
+from mechunlearn.cli.common import DATA, DATASET, DEVICE, DTYPE, MODEL, SEED, THRESHOLD, open_model
+from mechunlearn.errors import MechunlearnError
+from mechunlearn.facts import FactSet, filter_known, load_facts
+from mechunlearn.localize import GRANULARITIES, METHODS, RULES, load_selection, localize
+from mechunlearn.localize.plots import plot_heatmap, plot_probe_curves
+from mechunlearn.localize.scores import candidates
+
+
+def _params(items: list[str]) -> dict:
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MechunlearnError(f"--param takes KEY=VALUE, got {item!r}")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+def _known_sample(lm, facts: FactSet, n: int, seed: int, threshold: float | None) -> list:
+    """``n`` known facts in a seeded order, scoring the facts chunk by chunk (only as many as
+    needed)."""
+    order = list(facts.facts)
+    random.Random(seed).shuffle(order)
+    known: list = []
+    for start in range(0, len(order), 64):
+        try:
+            known += list(filter_known(lm.model, lm.tokenizer, facts.subset(order[start:start + 64]), threshold).known)
+        except MechunlearnError:  # none known in this chunk
+            pass
+        if len(known) >= n:
+            break
+    return known[:n]
+
+
+def _choose_facts(lm, facts: FactSet, n: int | None, n_probe: int, seed: int,
+                  threshold: float | None) -> tuple[FactSet, FactSet | None]:
+    """The localization facts (``n`` known facts of a seeded sample, in file order; all known
+    when ``n`` is None) and, when ``n_probe`` asks for more, a larger sample for FLU's probes
+    (a superset of the localization facts)."""
+    if n is None:
+        known = filter_known(lm.model, lm.tokenizer, facts, threshold, progress=True).known
+        return known, None
+    if n < 1:
+        raise MechunlearnError(f"--facts must be at least 1, got {n}")
+    sample = _known_sample(lm, facts, max(n, n_probe), seed, threshold)
+    if len(sample) < n:
+        raise MechunlearnError(f"the model knows only {len(sample)} of the {len(facts)} facts; asked for {n}")
+
+    def in_file_order(chosen, name):
+        ids = {f.id for f in chosen}
+        return facts.subset([f for f in facts if f.id in ids], name)
+
+    local = in_file_order(sample[:n], f"{facts.name} ({n} known, seed {seed})")
+    probe = in_file_order(sample, f"{facts.name} ({len(sample)} known, seed {seed})") if len(sample) > n else None
+    return local, probe
+
+
+@app.command("localize")
+def localize_command(
+    method: str = typer.Option(..., "--method", help="One of: " + ", ".join(METHODS)),
+    out: Path = typer.Option(..., "--out", help="Localization JSON to write (heatmap PNG beside it)."),
+    model: str = MODEL, dataset: str = DATASET, data: str = DATA, dtype: str = DTYPE, device: str = DEVICE,
+    seed: int = SEED, threshold: float = THRESHOLD,
+    facts: int = typer.Option(None, "--facts", help="Localize on N known facts (seeded sample; default: all known)."),
+    probe_facts: int = typer.Option(96, "--probe-facts", help="fact_lookup: probe on this many known facts (a "
+                                    "superset of --facts; probes are noisy on ~30 facts). 0: the localization facts."),
+    budget: int = typer.Option(None, "--budget", help="Trainable-parameter budget for the selection."),
+    match: Path = typer.Option(None, "--match", help="Use this localization's (or selection's) parameter count."),
+    granularity: str = typer.Option(None, "--granularity", help=" | ".join(GRANULARITIES) + " (default: the method's)"),
+    rule: str = typer.Option("under", "--rule", help="under: never exceed the budget; closest: may overshoot by < 1 unit"),
+    param: list[str] = typer.Option([], "--param", help="Method parameter KEY=VALUE (repeatable), e.g. n_noise=3."),
+):
+    """Score components with one localization method and choose the ones to train."""
+    if method not in METHODS:
+        raise MechunlearnError(f"unknown method {method!r}: {', '.join(METHODS)}")
+    if budget is not None and match is not None:
+        raise MechunlearnError("give --budget or --match, not both")
+    if rule not in RULES:
+        raise MechunlearnError(f"unknown --rule {rule!r}: {RULES}")
+    params = _params(param)
+    if "progress" in getattr(METHODS[method], "defaults", {}):
+        params.setdefault("progress", True)
+    lm = open_model(model, dtype, device)
+    n_probe = probe_facts if method == "fact_lookup" else 0
+    chosen_facts, probe_set = _choose_facts(lm, load_facts(dataset, data, seed=seed), facts, n_probe, seed, threshold)
+    console.print(f"localizing with {method} on {len(chosen_facts)} known facts ({chosen_facts.count_by_answer()})")
+    if probe_set is not None and "probe_facts" not in params:
+        params["probe_facts"] = probe_set
+        console.print(f"probes on {len(probe_set)} known facts ({probe_set.count_by_answer()})")
+    loc = localize(lm, chosen_facts, method, seed=seed, **params)
+    loc.save(out)
+    if "mlp_path_patching" in loc.evidence:
+        console.print(f"FLU: receiver layer {loc.evidence['receiver_layer']}, MLP layers {loc.evidence['flu_layers']}"
+                      f"; rule: {loc.evidence['rule']}")
+    try:
+        selection = load_selection(loc, lm.arch, budget=budget, match=match, granularity=granularity, rule=rule)
+    except MechunlearnError as e:
+        if budget is not None or match is not None or loc.chosen:
+            raise
+        _print_ranking(loc, lm.arch, granularity)
+        console.print(f"note: {e}")
+        selection = None
+    written = [out, plot_heatmap(loc, out.with_suffix(".png"), selection.components if selection else None)]
+    if "mlp_path_patching" in loc.evidence:
+        written.append(plot_probe_curves(loc, out.with_suffix(".probes.png")))
+    if selection is not None:
+        written.append(selection.save(out.with_suffix(".selection.json")))
+        table = Table(title=f"{method}: {len(selection.components)} components, {selection.n_params:,} parameters "
+                            f"(budget {selection.budget:,}, rule {selection.rule}, {selection.granularity})")
+        table.add_column("component")
+        table.add_column("parameters", justify="right")
+        for name in selection.components:
+            table.add_row(name, f"{lm.arch.component(name).n_params:,}")
+        console.print(table)
+        if selection.note:
+            console.print(f"note: {selection.note}")
+    console.print("wrote " + ", ".join(str(p) for p in written))
+
+
+def _print_ranking(loc, arch, granularity: str | None, top: int = 12) -> None:
+    ranked = sorted(candidates(loc.scores, arch, granularity or loc.evidence.get("granularity", "layer")),
+                    key=lambda c: (-c.score, c.order))
+    table = Table(title=f"{loc.method}: top {min(top, len(ranked))} of {len(ranked)} candidates")
+    table.add_column("candidate")
+    table.add_column("|score|", justify="right")
+    table.add_column("parameters", justify="right")
+    for c in ranked[:top]:
+        table.add_row(c.label, f"{c.score:.4f}", f"{c.n_params(arch):,}")
+    console.print(table)

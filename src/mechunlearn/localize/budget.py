@@ -1,0 +1,149 @@
+"""From scores to a set of trainable components at an exact parameter budget.
+
+Candidates (``scores.candidates``: whole layers, matrices, heads or neurons) are ranked by
+|score| (ties: lower layer, attention before MLP, q k v o in gate out, lower unit), then:
+
+* ``under``: walk the ranking and take every candidate that still fits; never exceeds the
+  budget (a smaller, lower-ranked candidate may fill what a large one could not).
+* ``closest``: take candidates in rank order until the budget is reached or passed (the
+  paper's rule); keep the last one only if that lands closer to the budget than stopping
+  before it. May overshoot, by less than one candidate.
+
+Without a budget the method's own choice (``Localization.chosen``: FLU's layers, all MLPs...)
+is used; a method that only ranks (causal tracing, attribution patching, random) then needs a
+budget or a localization/selection to match (``match``: the paper compares every method at
+FLU's parameter count). The selection records its exact parameter count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mechunlearn.errors import MechunlearnError
+from mechunlearn.io import read_json, write_json_atomic
+from mechunlearn.localize.base import Localization
+from mechunlearn.localize.scores import GRANULARITIES, candidates
+from mechunlearn.models.components import Architecture
+
+RULES = ("under", "closest")
+
+
+@dataclass
+class Selection:
+    components: list[str]
+    n_params: int
+    budget: int
+    rule: str
+    granularity: str
+    method: str
+    note: str = ""
+
+    def to_json(self) -> dict:
+        return {"format": "mechunlearn.selection", **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Selection:
+        if data.get("format") != "mechunlearn.selection":
+            raise MechunlearnError("not a selection JSON (missing format 'mechunlearn.selection')")
+        return cls(**{k: data[k] for k in ("components", "n_params", "budget", "rule", "granularity", "method", "note")
+                      if k in data})
+
+    def save(self, path: str | Path) -> Path:
+        return write_json_atomic(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Selection:
+        return cls.from_json(_read(path))
+
+    def check(self, arch: Architecture) -> Selection:
+        """Raise unless every component exists in ``arch`` and the count matches."""
+        n = sum(arch.component(c).n_params for c in self.components)
+        if n != self.n_params:
+            raise MechunlearnError(f"selection says {self.n_params} parameters but its components have {n} in this model")
+        return self
+
+
+def _read(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise MechunlearnError(f"no such file: {path}")
+    return read_json(path)
+
+
+def _budget_of(match: Localization | Selection, arch: Architecture) -> int:
+    if isinstance(match, Selection):
+        return match.check(arch).n_params
+    return select(match, arch).n_params
+
+
+def select(loc: Localization, arch: Architecture, budget: int | None = None,
+           match: Localization | Selection | None = None, granularity: str | None = None,
+           rule: str = "under") -> Selection:
+    granularity = granularity or loc.evidence.get("granularity", "layer")
+    if granularity not in GRANULARITIES:
+        raise MechunlearnError(f"unknown granularity {granularity!r}: {GRANULARITIES}")
+    if rule not in RULES:
+        raise MechunlearnError(f"unknown budget rule {rule!r}: {RULES}")
+    note = ""
+    if match is not None:
+        if budget is not None:
+            raise MechunlearnError("give a budget or a localization to match, not both")
+        budget = _budget_of(match, arch)
+        note = f"budget matched to {match.method} ({budget} parameters)"
+    if budget is None:
+        if not loc.chosen:
+            raise MechunlearnError(f"{loc.method} ranks components but does not choose any: give a budget "
+                                   "(--budget N) or a localization to match (--match LOC.json)")
+        n = sum(arch.component(c).n_params for c in loc.chosen)
+        return Selection(list(loc.chosen), n, n, "own choice", loc.evidence.get("granularity", "layer"), loc.method,
+                         f"the method's own choice ({len(loc.chosen)} components)")
+    if budget <= 0:
+        raise MechunlearnError(f"the parameter budget must be positive, got {budget}")
+    ranked = sorted(candidates(loc.scores, arch, granularity), key=lambda c: (-c.score, c.order))
+    if not ranked:
+        raise MechunlearnError(f"{loc.method} scored no components")
+    sizes = [c.n_params(arch) for c in ranked]
+    if rule == "under":
+        taken, total = [], 0
+        for c, n in zip(ranked, sizes, strict=True):
+            if total + n <= budget:
+                taken.append(c)
+                total += n
+        if not taken:
+            raise MechunlearnError(f"budget {budget} is smaller than the smallest {granularity} candidate "
+                                   f"({min(sizes)} parameters): nothing fits")
+    else:
+        taken, total = [], 0
+        for c, n in zip(ranked, sizes, strict=True):
+            if total >= budget:
+                break
+            if total + n > budget and total > 0 and (total + n - budget) >= (budget - total):
+                break
+            taken.append(c)
+            total += n
+    components = [name for c in taken for name in c.components]
+    if len(taken) == len(ranked) and total < budget:
+        note = "; ".join(filter(None, [note, f"every scored {granularity} candidate taken: {total} < budget {budget}"]))
+    return Selection(components, total, budget, rule, granularity, loc.method, note)
+
+
+def load_selection(path_or_loc: str | Path | Localization | Selection, arch: Architecture, budget: int | None = None,
+                   match: str | Path | Localization | Selection | None = None, granularity: str | None = None,
+                   rule: str = "under") -> Selection:
+    """What the edit command trains: a saved selection as it is, or a localization cut to
+    ``budget`` / to the size of ``match`` (a localization or selection, object or JSON path)."""
+    if isinstance(path_or_loc, str | Path):
+        data = _read(path_or_loc)
+        item = Selection.from_json(data) if data.get("format") == "mechunlearn.selection" else Localization.from_json(data)
+    else:
+        item = path_or_loc
+    if isinstance(match, str | Path):
+        data = _read(match)
+        match = Selection.from_json(data) if data.get("format") == "mechunlearn.selection" else Localization.from_json(data)
+    if isinstance(item, Selection):
+        if budget is not None or match is not None:
+            raise MechunlearnError("a saved selection is already cut to its budget: pass the localization JSON "
+                                   "to choose another budget")
+        return item.check(arch)
+    return select(item, arch, budget, match, granularity, rule)
