@@ -35,7 +35,7 @@ def _config(tiny_dir, tmp_path, seeds=(0,), data=None):
         "seeds": list(seeds),
         "facts": {"dataset": "sports", "data": str(data) if data else None, "threshold": 0.0, "limit": 80},
         "localization": {"n_facts": 8, "methods": ["all_mlps", "random"],
-                         "budget": {"match": "all_mlps", "granularity": "layer", "rule": "closest"}},
+                         "budget": {"match": None, "params": 20000, "rule": "under", "exempt": ["all_mlps"]}},
         "settings": [{"name": "edit4", "objective": "edit", "forget": 4}],
         "training": {"default": {"steps": 2, "forget_batch_size": 4, "maintain_batch_size": 4,
                                  "general_batch_size": 1, "general_length": 16}},
@@ -73,8 +73,8 @@ def test_grid_runs_with_equal_budgets_and_a_report(tiny_dir, tmp_path):
     assert sorted(table.method) == ["all_mlps", "random", "unedited"]
     budgets = table.set_index("method").n_params
     assert budgets["unedited"] == 0
-    # random is cut to all_mlps' parameter count (rule "closest": within one layer's worth)
-    assert abs(budgets["random"] - budgets["all_mlps"]) <= budgets["all_mlps"] / 4
+    assert budgets["all_mlps"] == 4 * 3 * 64 * 128  # exempt from the budget: every MLP matrix
+    assert 20000 - 8192 < budgets["random"] <= 20000  # whole matrices, closest without exceeding
     assert (out / "report.html").exists() and (out / "data.json").exists()
     edited = table.set_index("method").loc["all_mlps"]
     assert edited["edit.train.p_new"] != table.set_index("method").loc["unedited"]["edit.train.p_new"]

@@ -47,8 +47,13 @@ DEFAULTS: dict = {
     "facts": {"dataset": "sports", "data": None, "threshold": None, "mc_path": None, "limit": None},
     "localization": {
         "n_facts": 32,
+        "probe_facts": 96,  # fact_lookup's probes: this many known facts, a superset of the localization facts
         "methods": ["fact_lookup", "causal_tracing", "attribution_patching", "random", "all_mlps"],
-        "budget": {"match": "fact_lookup", "params": None, "granularity": "layer", "rule": "closest"},
+        # every method at the size of `match`'s own selection (or `params`), except the `exempt`
+        # baselines that are defined by their size (all MLPs, everything); granularity null =
+        # each method's own (whole layers; single matrices for random)
+        "budget": {"match": "fact_lookup", "params": None, "granularity": None, "rule": "closest",
+                   "exempt": ["all_mlps", "everything"]},
         "params": {},
     },
     "settings": [{"name": "edit16", "objective": "edit", "forget": 16, "mode": "random"}],
@@ -133,10 +138,14 @@ class Experiment:
             self._facts = cache
         return cache[key]
 
-    def localization_facts(self, known: FactSet, seed: int) -> FactSet:
-        n = min(self.config["localization"]["n_facts"], len(known))
-        chosen = random.Random(f"localization:{seed}").sample(list(known.facts), n)
-        return known.subset(chosen, f"{known.name} localization")
+    def localization_facts(self, known: FactSet, seed: int) -> tuple[FactSet, FactSet]:
+        """The localization facts (the same for every method) and, drawn with them, the larger
+        set that fact_lookup's probes are trained on."""
+        lc = self.config["localization"]
+        n = min(lc["n_facts"], len(known))
+        n_probe = min(max(n, lc.get("probe_facts") or 0), len(known))
+        drawn = random.Random(f"localization:{seed}").sample(list(known.facts), n_probe)
+        return known.subset(drawn[:n], f"{known.name} localization"), known.subset(drawn, f"{known.name} probes")
 
     def split_for(self, known: FactSet, setting: dict, seed: int) -> list[Split]:
         """One split, or for ``blocks: K`` sequential editing K disjoint forget blocks sharing
@@ -152,23 +161,25 @@ class Experiment:
                             new_target=setting.get("new_target"), seed=seed)]
 
     # --- localization --------------------------------------------------------------------
-    def localization(self, method: str, facts: FactSet, seed: int, tag: str) -> Localization:
+    def localization(self, method: str, facts: FactSet, probe_facts: FactSet, seed: int, tag: str) -> Localization:
         path = self.out / "localizations" / f"{tag}{method}__s{seed}.json"
         if path.exists():
             return Localization.load(path)
         lm = self.fresh_model()
         self.console.print(f"localizing: {method} (seed {seed}, {len(facts)} facts)")
-        params = self.config["localization"]["params"].get(method, {})
+        params = dict(self.config["localization"]["params"].get(method, {}))
+        if method == "fact_lookup" and len(probe_facts) > len(facts):
+            params.setdefault("probe_facts", probe_facts)
         loc = localize(lm, facts, method, seed=seed, **params)
         loc.save(path)
         _try_heatmap(loc, path.with_suffix(".png"))
         return loc
 
-    def selections(self, facts: FactSet, seed: int, tag: str) -> dict[str, Selection]:
+    def selections(self, facts: FactSet, probe_facts: FactSet, seed: int, tag: str) -> dict[str, Selection]:
         lc = self.config["localization"]
         budget = lc["budget"]
         arch = self.lm.arch
-        locs = {m: self.localization(m, facts, seed, tag) for m in lc["methods"]}
+        locs = {m: self.localization(m, facts, probe_facts, seed, tag) for m in lc["methods"]}
         match = None
         if budget.get("params") is None and budget.get("match"):
             if budget["match"] not in locs:
@@ -176,7 +187,8 @@ class Experiment:
             match = select(locs[budget["match"]], arch, granularity=budget["granularity"], rule=budget["rule"])
         chosen = {}
         for method, loc in locs.items():
-            sel = select(loc, arch, budget=budget.get("params"), match=match if method != budget.get("match") else None,
+            own_size = method == budget.get("match") or method in budget.get("exempt", [])
+            sel = select(loc, arch, budget=None if own_size else budget.get("params"), match=None if own_size else match,
                          granularity=budget["granularity"], rule=budget["rule"])
             sel.save(self.out / "localizations" / f"{tag}{method}__s{seed}.selection.json")
             chosen[method] = sel
@@ -224,10 +236,11 @@ class Experiment:
             for setting in self.config["settings"]:
                 known, known_info = self.facts_for(setting)
                 tag = "" if not setting.get("facts") else f"{setting['name']}__"
-                loc_facts = self.localization_facts(known, seed)
+                loc_facts, probe_facts = self.localization_facts(known, seed)
                 splits = self.split_for(known, setting, seed)
                 data.setdefault("known", known_info) if not tag else data.setdefault("known_" + setting["name"], known_info)
                 data.setdefault("localization_facts", {})[f"{tag}s{seed}"] = [f.id for f in loc_facts]
+                data.setdefault("probe_facts", {})[f"{tag}s{seed}"] = [f.id for f in probe_facts]
                 data.setdefault("splits", {}).setdefault(setting["name"], {})[str(seed)] = {
                     "rule": splits[0].rule if len(splits) == 1 else f"{len(splits)} sequential blocks",
                     **{k: sum(s.sizes()[k] for s in splits) if k.startswith("forget") else splits[0].sizes()[k]
@@ -236,7 +249,7 @@ class Experiment:
                 todo = [m for m in [BASE, *methods] if not self.cell_path(setting["name"], m, seed).exists()]
                 if not todo:
                     continue
-                selections = self.selections(loc_facts, seed, tag) if set(todo) - {BASE} else {}
+                selections = self.selections(loc_facts, probe_facts, seed, tag) if set(todo) - {BASE} else {}
                 for method in todo:
                     self.console.print(f"[b]{setting['name']}[/b] · {method} · seed {seed}")
                     cell = self.run_cell(setting, method, seed, splits, selections.get(method))

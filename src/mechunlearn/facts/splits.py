@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 from mechunlearn.errors import FactDataError
@@ -26,6 +27,8 @@ class Split:
             "seed": self.seed,
             "rule": self.rule,
             **{k: [f.id for f in getattr(self, k)] for k in ("forget", "forget_eval", "maintain_train", "maintain_test")},
+            # the edit targets of the edited facts (a category edit overrides them, e.g. " golf")
+            "targets": {f.id: f.target_new for s in (self.forget, self.forget_eval) for f in s},
         }
 
 
@@ -95,3 +98,60 @@ def split_facts(
         seed=seed,
         rule=rule,
     )
+
+
+_CATEGORY_RULE = re.compile(r"^category '(.*)' -> '(.*)':")
+
+
+def split_from_facts(facts: FactSet, data: dict | list[dict]) -> Split:
+    """Rebuild a split from ``Split.to_json()`` output and the fact set its ids come from. The
+    edited facts get the recorded ``targets`` (older records without them: the target named in a
+    category rule). A list (the blocks of a sequential edit, sharing one maintain split) gives
+    one split whose edited facts are those of every block."""
+    if isinstance(data, list):
+        if not data:
+            raise FactDataError("empty list of split records")
+        blocks = [split_from_facts(facts, d) for d in data]
+        first = blocks[0]
+        forget = list({f.id: f for b in blocks for f in b.forget}.values())
+        forget_eval = list({f.id: f for b in blocks for f in b.forget_eval}.values())
+        return Split(first.forget.subset(forget), first.forget_eval.subset(forget_eval), first.maintain_train,
+                     first.maintain_test, first.seed, f"{len(blocks)} sequential blocks: " + "; ".join(b.rule for b in blocks))
+    targets = dict(data.get("targets") or {})
+    if not targets:
+        m = _CATEGORY_RULE.match(str(data.get("rule", "")))
+        if m:
+            target = m.group(2) if m.group(2).startswith(" ") else " " + m.group(2)
+            targets = {i: target for k in ("forget", "forget_eval") for i in data[k]}
+
+    def part(key: str, edited: bool) -> FactSet:
+        ids = data.get(key)
+        if ids is None:
+            raise FactDataError(f"split record has no {key!r} list")
+        subset = facts.by_id(ids).subset(facts.by_id(ids).facts, f"{facts.name} {key.replace('_', ' ')}")
+        if edited and targets:
+            subset = subset.subset([f.with_target(targets[f.id]) if targets.get(f.id) else f for f in subset])
+        return subset
+
+    return Split(
+        forget=part("forget", True),
+        forget_eval=part("forget_eval", True),
+        maintain_train=part("maintain_train", False),
+        maintain_test=part("maintain_test", False),
+        seed=int(data.get("seed", 0)),
+        rule=str(data.get("rule", "")),
+    )
+
+
+def split_from_log(log: dict) -> Split:
+    """The split recorded in an edit's ``train_log.json``: ``{"facts": {"dataset", "data",
+    "seed", ...}, "split": Split.to_json() or a list of them}``; the facts are reloaded with
+    ``load_facts``."""
+    from mechunlearn.facts.loaders import load_facts
+
+    try:
+        spec, data = log["facts"], log["split"]
+    except (KeyError, TypeError):
+        raise FactDataError("the training log has no 'facts' and 'split' records") from None
+    facts = load_facts(spec.get("dataset", "sports"), spec.get("data"), seed=int(spec.get("seed", 0)))
+    return split_from_facts(facts, data)
