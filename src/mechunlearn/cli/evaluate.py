@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import typer
+import yaml
+from rich.table import Table
+
+from mechunlearn.cli.app import app, console
+from mechunlearn.cli.common import DEVICE, DTYPE, THRESHOLD, known_facts, open_model
+from mechunlearn.errors import MechunlearnError
+from mechunlearn.evaluate.run import EvalConfig, compare_runs, evaluate_run, write_results
+from mechunlearn.facts import load_facts, split_facts, split_from_facts
+from mechunlearn.io import read_json
+
+HEADLINE_SKIP = (".n", ".n_missing", ".err")
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def _load_config(path: Path | None) -> dict:
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise MechunlearnError(f"no such config file: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise MechunlearnError(f"{path}: expected a mapping of evaluation settings")
+    return data
+
+
+def _edit_folder(model: str, forget_from: Path | None) -> tuple[str, Path | None]:
+    """An edit's output folder (``DIR/model`` + ``DIR/train_log.json``) stands for its model and log."""
+    folder = Path(model).expanduser()
+    if folder.is_dir() and not (folder / "config.json").exists() and (folder / "model" / "config.json").exists():
+        log = folder / "train_log.json"
+        return str(folder / "model"), forget_from or (log if log.is_file() else None)
+    return model, forget_from
+
+
+def _print_table(result: dict) -> None:
+    table = Table(title="evaluation (base = unedited model)")
+    for col, justify in (("metric", "left"), ("base", "right"), ("edited", "right"), ("delta", "right")):
+        table.add_column(col, justify=justify)
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    for name, v in result["aggregates"].items():
+        if name.endswith(HEADLINE_SKIP) or name.startswith("edit."):
+            continue
+        table.add_row(name, fmt(v.get("base")), fmt(v.get("edited")), fmt(v.get("delta")))
+    console.print(table)
+
+
+@app.command("evaluate")
+def evaluate(
+    model: str = typer.Option("default", "--model", help="The model to evaluate: an edit's output folder (its "
+                              "model/ and train_log.json), a HF folder, 'default', a Hub id or a .gguf file."),
+    base: str = typer.Option(None, "--base", help="The unedited model ('default', Hub id, folder); default: the "
+                             "model named in the training log, else 'default'. 'none' skips it."),
+    dataset: str = typer.Option(None, "--dataset", help="sports | counterfact | table | hub (default: the log's, else sports)"),
+    data: str = typer.Option(None, "--data", help="Data file (default: the log's; sports: built-in athletes)."),
+    forget_from: Path = typer.Option(None, "--forget-from", help="train_log.json of the edit: evaluate its split."),
+    forget: int = typer.Option(16, "--forget", help="Without --forget-from: a seeded split of this many known facts."),
+    threshold: float = THRESHOLD,
+    formats: str = typer.Option(None, "--formats", help="Comma list of train,qa,mcq,paraphrase,neighborhood (default train,qa,mcq)."),
+    attacks: str = typer.Option(None, "--attacks", help="Comma list of relearn,probe,softprompt (default none)."),
+    mmlu: str = typer.Option(None, "--mmlu", help="MMLU file in the cais/mmlu layout (CSV/JSONL/parquet) or Hub id."),
+    mmlu_shots: int = typer.Option(None, "--mmlu-shots", help="Solved examples before each MMLU question (default 1)."),
+    mmlu_limit: int = typer.Option(None, "--mmlu-limit", help="Evaluate a seeded sample of this many questions."),
+    general_text: Path = typer.Option(None, "--general-text", help="Text file for the LM loss (default: built-in)."),
+    relearn_method: str = typer.Option(None, "--relearn-method", help="lora | full"),
+    relearn_steps: int = typer.Option(None, "--relearn-steps"),
+    config: Path = typer.Option(None, "--config", help="JSON/YAML of evaluation settings (EvalConfig fields; "
+                                "nested relearn/probe/softprompt)."),
+    seed: int = typer.Option(None, "--seed", help="Seed of the evaluation, its attacks and (without a log) the split; default 0."),
+    dtype: str = DTYPE,
+    device: str = DEVICE,
+    out: Path = typer.Option(Path("eval.json"), "--out", help="Results JSON (a CSV of per-fact rows is written beside it)."),
+    csv: Path = typer.Option(None, "--csv", help="Per-fact rows CSV (default: --out with .csv)."),
+):
+    """Evaluate an edited model and its unedited base on the edited and maintain facts, in
+    several prompt formats, with side effects and attacks."""
+    model, forget_from = _edit_folder(model, forget_from)
+    settings = _load_config(config)
+    overrides = {"formats": _names(formats), "attacks": _names(attacks), "mmlu_path": mmlu, "mmlu_shots": mmlu_shots,
+                 "mmlu_limit": mmlu_limit, "general_text": str(general_text) if general_text else None}
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    if seed is not None:
+        settings["seed"] = seed
+    seed = int(settings.get("seed", 0))
+    for key, value in (("method", relearn_method), ("steps", relearn_steps)):
+        if value is not None:
+            settings.setdefault("relearn", {})
+            if isinstance(settings["relearn"], dict):
+                settings["relearn"][key] = value
+    eval_config = EvalConfig.from_dict(settings)
+
+    log = read_json(forget_from) if forget_from else None
+    if forget_from and not isinstance(log, dict):
+        raise MechunlearnError(f"{forget_from}: not a training log")
+    base = base or (log.get("model") if log else None) or "default"
+    base = None if base.lower() == "none" else base
+
+    base_lm = open_model(base, dtype, device) if base else None
+    model_lm = None
+    if log:
+        if "split" not in log:
+            raise MechunlearnError(f"{forget_from} has no 'split' record")
+        spec = log.get("facts") or {}
+        facts = load_facts(dataset or spec.get("dataset", "sports"), data or spec.get("data"), seed=int(spec.get("seed", 0)))
+        split = split_from_facts(facts, log["split"])
+    else:
+        reference = base_lm or (model_lm := open_model(model, dtype, device))
+        known, report = known_facts(reference, dataset or "sports", data, seed, threshold)
+        console.print(f"{len(known)} of {report.total} facts known at P(true) > {report.threshold}")
+        split = split_facts(known, forget=forget, seed=seed)
+    console.print(f"split: {split.rule}; sizes {split.sizes()}")
+
+    runs = {}
+    if base_lm is not None:
+        console.print(f"evaluating the base model {base}")
+        runs["base"] = evaluate_run(base_lm, split, config=eval_config, progress=True)
+        del base_lm
+        gc.collect()
+    if base == model and "base" in runs:
+        runs["edited"] = runs["base"]
+    else:
+        console.print(f"evaluating {model}")
+        runs["edited"] = evaluate_run(model_lm or open_model(model, dtype, device), split, config=eval_config,
+                                      progress=True)
+    result = compare_runs(runs.get("base"), runs["edited"])
+    result["command"] = {"model": model, "base": base, "forget_from": str(forget_from) if forget_from else None}
+    _print_table(result)
+    json_path, csv_path = write_results(result, out, csv)
+    console.print(f"wrote {json_path} and {csv_path}")

@@ -1,0 +1,158 @@
+"""Relearning attack: fine-tune a copy of the model on half of the edited facts toward their
+TRUE answers (plus maintain facts and general text) and watch P(true) come back on the other
+half. "Relearning error" = 1 - P(true) on the held-out half; a robust edit keeps it high.
+
+Each step trains on one fixed batch: the training half of the edited facts, ``n_maintain``
+seeded maintain-train facts and ``n_general`` seeded windows of general text. The loss is the
+full-vocabulary cross-entropy of the true answer's first token at the last prompt token (mean
+over the edited facts) + the same over the maintain facts + next-token cross-entropy on the
+general text. LoRA (peft, on all linear layers of the blocks) or full fine-tuning of every
+weight; AdamW without weight decay, constant learning rate, gradient-norm clip 1.0."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from mechunlearn.errors import MechunlearnError, TrainingDivergedError
+from mechunlearn.evaluate.attacks.common import attack_halves, model_copy, seeded, true_token_ids
+from mechunlearn.evaluate.lm_loss import general_windows, next_token_loss
+from mechunlearn.evaluate.metrics import FormatResults, evaluate_facts
+from mechunlearn.facts import FactSet, Split
+from mechunlearn.models.loading import LoadedModel
+from mechunlearn.models.scoring import encode, final_hidden, unembed
+
+METHODS = ("lora", "full")
+DEFAULT_LR = {"lora": 2e-4, "full": 1e-5}
+
+
+@dataclass
+class RelearnConfig:
+    method: str = "lora"  # lora | full
+    rank: int = 512
+    alpha: float = 32.0
+    steps: int = 20
+    lr: float | None = None  # default: 2e-4 for LoRA, 1e-5 for full fine-tuning
+    eval_every: int = 5
+    n_maintain: int = 4
+    n_general: int = 1
+    general_length: int = 64
+    general_text: str | None = None  # a text file; None = the built-in general text
+    eval_formats: tuple[str, ...] = ("train",)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise MechunlearnError(f"unknown relearning method {self.method!r}: use one of {METHODS}")
+        for name in ("rank", "steps", "eval_every"):
+            if getattr(self, name) < 1:
+                raise MechunlearnError(f"relearning {name} must be >= 1, got {getattr(self, name)}")
+        if self.n_maintain < 0 or self.n_general < 0:
+            raise MechunlearnError("relearning n_maintain and n_general must be >= 0")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+
+
+def _trainable(model, config: RelearnConfig) -> list[torch.nn.Parameter]:
+    if config.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return list(model.parameters())
+    from peft import LoraConfig, inject_adapter_in_model
+
+    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules="all-linear", lora_dropout=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # GPT-2 Conv1D: peft switches fan_in_fan_out itself and warns
+        inject_adapter_in_model(lora, model)
+    params = [p for n, p in model.named_parameters() if "lora_" in n]
+    for n, p in model.named_parameters():
+        p.requires_grad_("lora_" in n)
+    if not params:
+        raise MechunlearnError("LoRA found no linear layers to adapt in this model")
+    return params
+
+
+def _curve_point(lm: LoadedModel, held_out: FactSet, step: int, formats, seed: int) -> tuple[dict, FormatResults]:
+    results = evaluate_facts(lm, held_out, formats, seed=seed)
+    aggs = results.aggregates()
+    point = {"step": step}
+    for fmt, a in aggs.items():
+        prefix = "" if fmt == formats[0] else f"{fmt}."
+        point[f"{prefix}p_true"] = a["p_true"]
+        point[f"{prefix}p_new"] = a["p_new"]
+        point[f"{prefix}accuracy"] = a["accuracy"]
+        point[f"{prefix}relearning_error"] = None if a["p_true"] is None else 1 - a["p_true"]
+    return point, results
+
+
+def relearn(lm: LoadedModel, split: Split, config: RelearnConfig | None = None, progress: bool = False) -> dict:
+    """Relearn the truth on one half of the edited facts (a copy of the model is trained) and
+    report the curve of P(true) on the other half after every ``eval_every`` steps."""
+    config = config or RelearnConfig()
+    start = time.perf_counter()
+    train, held_out, rule = attack_halves(split, config.seed)
+    with seeded(config.seed):
+        maintain_order = torch.randperm(len(split.maintain_train)).tolist()[: config.n_maintain]
+    maintain = [split.maintain_train.facts[i] for i in maintain_order]
+    tok = lm.tokenizer
+    attacked = model_copy(lm)
+    model = attacked.model
+    device = attacked.device
+
+    facts = list(train) + maintain
+    batch = encode(tok, [f.prompt for f in facts], device=device)
+    targets = true_token_ids(tok, train.subset(facts)).to(device)
+    n_train = len(train)
+    windows = (general_windows(tok, config.general_text, config.general_length, config.n_general, config.seed).to(device)
+               if config.n_general else None)
+
+    with seeded(config.seed):
+        params = _trainable(model, config)
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    formats = tuple(config.eval_formats)
+    point, results = _curve_point(attacked, held_out, 0, formats, config.seed)
+    curve = [point]
+    losses = []
+    for step in tqdm(range(1, config.steps + 1), desc=f"relearn ({config.method})", disable=not progress, leave=False):
+        optimizer.zero_grad(set_to_none=True)
+        logits = unembed(model, final_hidden(model, batch)).float()
+        per_fact = F.cross_entropy(logits, targets, reduction="none")
+        loss = per_fact[:n_train].mean()
+        if len(facts) > n_train:
+            loss = loss + per_fact[n_train:].mean()
+        if windows is not None:
+            loss = loss + next_token_loss(model, windows)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(f"relearning loss became {loss.item()} at step {step}; lower the learning rate")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        if step % config.eval_every == 0 or step == config.steps:
+            point, results = _curve_point(attacked, held_out, step, formats, config.seed)
+            curve.append(point)
+    fitted = evaluate_facts(attacked, train, formats[:1], seed=config.seed).aggregates()[formats[0]]
+    del attacked, model, optimizer, params
+    return {
+        "config": {**asdict(config), "learning_rate": config.learning_rate},
+        "halves": rule,
+        "train_facts": [f.id for f in train],
+        "eval_facts": [f.id for f in held_out],
+        "maintain_facts": [f.id for f in maintain],
+        "curve": curve,
+        "losses": losses,
+        "p_true_before": curve[0]["p_true"],
+        "p_true_after": curve[-1]["p_true"],
+        "relearning_error": curve[-1]["relearning_error"],
+        "train_p_true_after": fitted["p_true"],  # did the attack fit the facts it trained on?
+        "rows": results.to_json()["rows"],
+        "seconds": time.perf_counter() - start,
+    }
+

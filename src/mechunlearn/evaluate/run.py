@@ -1,0 +1,217 @@
+"""One evaluation of one model on one split: formats, side effects and attacks, as a single
+JSON-able dict with flat ``aggregates`` and per-fact ``rows``; and the comparison of an edited
+model with its unedited base, so that every number has its "before"."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import pandas as pd
+
+from mechunlearn.errors import MechunlearnError
+from mechunlearn.evaluate.attacks.probe import ProbeConfig, probe_attack
+from mechunlearn.evaluate.attacks.relearn import RelearnConfig, relearn
+from mechunlearn.evaluate.attacks.softprompt import SoftPromptConfig, softprompt_attack
+from mechunlearn.evaluate.formats import FORMATS
+from mechunlearn.evaluate.metrics import DEFAULT_FORMATS, evaluate_facts
+from mechunlearn.evaluate.side_effects import side_effects
+from mechunlearn.facts import Split
+from mechunlearn.io import write_json_atomic, write_text_atomic
+from mechunlearn.models.loading import LoadedModel
+
+ATTACKS = ("relearn", "probe", "softprompt")
+ROW_COLUMNS = ["model", "set", "format", "id", "p_true", "p_new", "correct", "edited", "n_prompts", "options"]
+
+
+@dataclass
+class EvalConfig:
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+    attacks: tuple[str, ...] = ()
+    seed: int = 0  # MCQ shuffles, LM-loss windows, MMLU shots
+    batch_size: int = 16
+    general_text: str | None = None  # None = the built-in general text
+    lm_windows: int = 16
+    lm_window_length: int = 64
+    mmlu_path: str | None = None  # a cais/mmlu-layout file; None = no MMLU
+    mmlu_shots: int = 1
+    mmlu_limit: int | None = None
+    relearn: RelearnConfig = field(default_factory=RelearnConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    softprompt: SoftPromptConfig = field(default_factory=SoftPromptConfig)
+
+    def __post_init__(self):
+        self.formats = tuple(self.formats)
+        self.attacks = tuple(self.attacks)
+        check_names(self.formats, FORMATS, "format")
+        check_names(self.attacks, ATTACKS, "attack")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EvalConfig:
+        """Build from plain values (e.g. a JSON/YAML file); nested attack configs are dicts. A
+        top-level ``seed`` also seeds the attacks, unless their own section sets one."""
+        nested = {"relearn": RelearnConfig, "probe": ProbeConfig, "softprompt": SoftPromptConfig}
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise MechunlearnError(f"unknown evaluation setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        data = dict(data)
+        if "seed" in data:
+            for key in nested:
+                section = data.get(key, {})
+                if isinstance(section, dict) and "seed" not in section:
+                    data[key] = {**section, "seed": data["seed"]}
+        values = {}
+        for key, value in data.items():
+            if key in nested and isinstance(value, dict):
+                allowed = {f.name for f in fields(nested[key])}
+                if set(value) - allowed:
+                    raise MechunlearnError(f"unknown {key} setting(s) {sorted(set(value) - allowed)}; known: {sorted(allowed)}")
+                tuples = {k: tuple(v) for k, v in value.items() if isinstance(v, list)}
+                value = nested[key](**{**value, **tuples})
+            values[key] = value
+        return cls(**values)
+
+
+def check_names(names: Sequence[str], allowed: Sequence[str], what: str) -> None:
+    bad = [n for n in names if n not in allowed]
+    if bad:
+        raise MechunlearnError(f"unknown {what}(s) {bad}: use {', '.join(allowed)}")
+
+
+def _flat(result: dict) -> dict[str, float | None]:
+    """The headline numbers of one run, under names the report knows."""
+    out: dict[str, float | None] = {}
+    for set_name, res in (("forget", result["forget"]), ("maintain", result["side_effects"]["maintain"])):
+        for fmt, agg in res["aggregates"].items():
+            for key in ("p_true", "p_new", "accuracy", "edit_accuracy", "n", "n_missing"):
+                out[f"{set_name}.{fmt}.{key}"] = agg[key]
+            if set_name == "forget":
+                out[f"edit.{fmt}.p_new"] = agg["p_new"]
+                out[f"forget.{fmt}.err"] = None if agg["p_true"] is None else 1 - agg["p_true"]
+    if "neighborhood" in result["forget"]["aggregates"]:
+        out["neighborhood.p_true"] = result["forget"]["aggregates"]["neighborhood"]["p_true"]
+    se = result["side_effects"]
+    out["lm_loss"] = se["lm_loss"]["loss"]
+    out["perplexity"] = se["lm_loss"]["perplexity"]
+    if se.get("mmlu"):
+        out["mmlu.acc"] = se["mmlu"]["accuracy"]
+        out["mmlu.p_correct"] = se["mmlu"]["p_correct"]
+    attacks = result["attacks"]
+    if "relearn" in attacks:
+        out["relearn.p_true_before"] = attacks["relearn"]["p_true_before"]
+        out["relearn.p_true_after"] = attacks["relearn"]["p_true_after"]
+        out["relearn.error"] = attacks["relearn"]["relearning_error"]
+    if "probe" in attacks:
+        p = attacks["probe"]
+        out["probe.truth"] = p["reads_true_max"]
+        out["probe.truth_best_layer"] = p["reads_true_best"]
+        out["probe.target_best_layer"] = p["reads_target_best"]
+        out["probe.best_layer_accuracy"] = max(r["accuracy"] for r in p["layers"])
+    if "softprompt" in attacks:
+        s = attacks["softprompt"]
+        for i, (fmt, value) in enumerate(s["p_true_after"].items()):
+            prefix = "softprompt" if i == 0 else f"softprompt.{fmt}"
+            out[f"{prefix}.p_true_before"] = s["p_true_before"][fmt]
+            out[f"{prefix}.p_true_after"] = value
+            out[f"{prefix}.p_true_random"] = s["p_true_random"][fmt]
+            out[f"{prefix}.error"] = None if value is None else 1 - value
+    return out
+
+
+def _rows(result: dict) -> list[dict]:
+    rows = [{"set": "forget", **r} for r in result["forget"]["rows"]]
+    rows += [{"set": "maintain", **r} for r in result["side_effects"]["maintain"]["rows"]]
+    return rows
+
+
+def evaluate_run(
+    lm: LoadedModel,
+    split: Split,
+    formats: Sequence[str] | None = None,
+    attacks: Sequence[str] | None = None,
+    config: EvalConfig | None = None,
+    progress: bool = False,
+) -> dict:
+    """Everything for one model: the edited facts (``split.forget_eval``) and the held-out
+    maintain facts in each format, LM loss, MMLU (when a file is configured) and the attacks.
+    ``formats``/``attacks`` override the config's."""
+    config = config or EvalConfig()
+    formats = tuple(formats) if formats is not None else config.formats
+    attacks = tuple(attacks) if attacks is not None else config.attacks
+    check_names(formats, FORMATS, "format")
+    check_names(attacks, ATTACKS, "attack")
+    start = time.perf_counter()
+    forget = evaluate_facts(lm, split.forget_eval, formats, seed=config.seed, batch_size=config.batch_size,
+                            progress=progress)
+    effects = side_effects(
+        lm, split, config.general_text, config.mmlu_path, formats, config.seed, config.mmlu_shots,
+        config.mmlu_limit, config.lm_windows, config.lm_window_length, config.batch_size, progress,
+    )
+    attack_results = {}
+    if "relearn" in attacks:
+        attack_results["relearn"] = relearn(lm, split, config.relearn, progress)
+    if "probe" in attacks:
+        attack_results["probe"] = probe_attack(lm, split, config.probe, progress)
+    if "softprompt" in attacks:
+        attack_results["softprompt"] = softprompt_attack(lm, split, config.softprompt, progress)
+    result = {
+        "model": lm.spec,
+        "source": lm.source,
+        "config": {**asdict(config), "formats": list(formats), "attacks": list(attacks)},
+        "seeds": {"evaluation": config.seed, "split": split.seed, "relearn": config.relearn.seed,
+                  "probe": config.probe.seed, "softprompt": config.softprompt.seed},
+        "facts": {"name": split.forget_eval.name, "source": split.forget_eval.source,
+                  "notes": list(split.forget_eval.notes), "closed_answers": split.forget_eval.answers},
+        "split": {**split.to_json(), "sizes": split.sizes()},
+        "forget": forget.to_json(),
+        "side_effects": effects,
+        "attacks": attack_results,
+    }
+    result["aggregates"] = _flat(result)
+    result["rows"] = _rows(result)
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def compare_runs(base: dict | None, edited: dict) -> dict:
+    """The edited model's results beside its unedited base: ``aggregates[name] = {"base",
+    "edited", "delta"}``, the rows of both (column ``model``), and both full results. Without
+    a base (``None``) the base values are null."""
+    base_aggs = base["aggregates"] if base else {}
+    names = list(dict.fromkeys([*base_aggs, *edited["aggregates"]]))
+    aggregates = {}
+    for name in names:
+        b, e = base_aggs.get(name), edited["aggregates"].get(name)
+        delta = e - b if isinstance(b, int | float) and isinstance(e, int | float) else None
+        aggregates[name] = {"base": b, "edited": e, "delta": delta}
+    rows = [{"model": "base", **r} for r in (base["rows"] if base else [])]
+    rows += [{"model": "edited", **r} for r in edited["rows"]]
+    return {"aggregates": aggregates, "rows": rows, "base": base, "edited": edited}
+
+
+def rows_frame(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    return frame[[c for c in ROW_COLUMNS if c in frame.columns] + [c for c in frame.columns if c not in ROW_COLUMNS]]
+
+
+def write_results(result: dict, out: str | Path, csv: str | Path | None = None) -> tuple[Path, Path]:
+    """Write the JSON and the per-fact CSV (default: beside the JSON, ``.csv``), atomically."""
+    out = Path(out)
+    csv = Path(csv) if csv else out.with_suffix(".csv")
+    write_json_atomic(out, _clean(result))
+    write_text_atomic(csv, rows_frame(result["rows"]).to_csv(index=False))
+    return out, csv
+
+
+def _clean(value):
+    """NaN/inf become null, so the JSON is strict."""
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
