@@ -4,7 +4,17 @@ import pytest
 import torch
 
 from mechunlearn.errors import FactDataError
-from mechunlearn.facts import answer_probs, filter_known, halves, load_builtin_athletes, load_counterfact, load_facts, load_sports, load_table, split_facts
+from mechunlearn.facts import (
+    answer_probs,
+    filter_known,
+    halves,
+    load_builtin_athletes,
+    load_counterfact,
+    load_facts,
+    load_sports,
+    load_table,
+    split_facts,
+)
 from mechunlearn.facts.loaders import parse_string_list
 
 SHARED = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data"

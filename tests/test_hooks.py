@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from mechunlearn.models.hooks import ablate, cache_activations, hooks, patch_activations, record_gradients, unit_view
+from mechunlearn.models.hooks import (
+    ablate,
+    cache_activations,
+    hooks,
+    patch_activations,
+    record_gradients,
+    unit_view,
+)
 from mechunlearn.models.scoring import encode
 
 PROMPTS = ["Fact: Tiger Woods plays the sport of", "The mother tongue of Tiger is"]

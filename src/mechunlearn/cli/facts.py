@@ -7,7 +7,17 @@ import typer
 from rich.table import Table
 
 from mechunlearn.cli.app import app, console
-from mechunlearn.cli.common import DATA, DATASET, DEVICE, DTYPE, MODEL, SEED, THRESHOLD, known_facts, open_model
+from mechunlearn.cli.common import (
+    DATA,
+    DATASET,
+    DEVICE,
+    DTYPE,
+    MODEL,
+    SEED,
+    THRESHOLD,
+    known_facts,
+    open_model,
+)
 from mechunlearn.io import write_text_atomic
 
 facts_app = typer.Typer(no_args_is_help=True, help="Fact sets: which facts a model knows.")

@@ -1,5 +1,11 @@
 from mechunlearn.models.components import Architecture, Component, HookPoint, architecture
-from mechunlearn.models.hooks import ablate, cache_activations, hooks, patch_activations, record_gradients
+from mechunlearn.models.hooks import (
+    ablate,
+    cache_activations,
+    hooks,
+    patch_activations,
+    record_gradients,
+)
 from mechunlearn.models.loading import LoadedModel, from_model, load_model
 from mechunlearn.models.scoring import Encoded, encode, last_token_logits
 

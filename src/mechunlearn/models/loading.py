@@ -153,7 +153,7 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code, **kwargs
         )
-    except (OSError, EnvironmentError) as e:
+    except OSError as e:
         hint = " (offline: set HF_HUB_OFFLINE=0 with network access, or pass a local folder)" if _looks_like_hub_id(spec) else ""
         raise ModelLoadError(f"cannot load model {spec!r}: {str(e).splitlines()[0]}{hint}") from None
     return _finish(LoadedModel(model, tokenizer, spec, source), None if device_map else device)
