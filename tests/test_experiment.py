@@ -110,3 +110,19 @@ def test_killed_run_resumes_without_losing_or_doubling(tiny_dir, tmp_path):
     table = pd.read_csv(out / "results.csv")
     assert len(table) == 9 and not table.duplicated(["setting", "method", "seed"]).any()
     assert set(table.seed) == {0, 1, 2}
+
+
+def test_sweep_picks_by_its_rule_and_records_trials(tiny_dir, tmp_path):
+    cfg = load_config(_config(tiny_dir, tmp_path))
+    cfg["localization"]["methods"] = ["all_mlps"]
+    cfg["evaluation"]["attacks"] = []
+    cfg["training"]["sweep"] = {"lr": [1e-6, 1e-2], "max_maintain_drop": 1.0}
+    out = tmp_path / "run"
+    Experiment(cfg, out).run()
+    cell = __import__("json").loads((out / "cells" / "edit4__all_mlps__s0.json").read_text())
+    sweep = cell["train"]["sweep"]
+    assert [t["values"]["lr"] for t in sweep["trials"]] == [1e-6, 1e-2]
+    best = max(sweep["trials"], key=lambda t: t["forget_score"])
+    assert sweep["chosen"] == best["values"] and cell["train"]["config"]["lr"] == best["values"]["lr"]
+    assert best["values"]["lr"] == 1e-2  # a tiny lr barely moves the edit target
+    assert sweep["trials"][1]["forget_score"] > sweep["trials"][0]["forget_score"]

@@ -13,10 +13,11 @@ Run folder::
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import random
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from rich.table import Table
 from mechunlearn.edit import EditConfig, train, train_sequential
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.evaluate import EvalConfig, evaluate_run
-from mechunlearn.facts import FactSet, filter_known, load_facts, split_facts
+from mechunlearn.facts import FactSet, answer_probs, filter_known, load_facts, split_facts
 from mechunlearn.facts.splits import Split
 from mechunlearn.io import read_json, write_json_atomic
 from mechunlearn.localize import Localization, Selection, localize, select
@@ -204,12 +205,16 @@ class Experiment:
         train_info: dict = {}
         if selection is not None:
             cfg = _edit_config(self.config, method, setting, seed)
+            sweep = self.config["training"].get("sweep")
+            if sweep and len(splits) == 1:
+                cfg, train_info["sweep"] = self.sweep(cfg, sweep, selection, splits[0])
+                lm = self.fresh_model()
             if len(splits) > 1:
                 results = train_sequential(lm, selection.components, splits, cfg, progress=True)
             else:
                 results = [train(lm, selection.components, splits[0], cfg, progress=True)]
-            train_info = {"config": results[0].config.to_json(), "history": [r.history for r in results],
-                          "seconds": sum(r.seconds for r in results)}
+            train_info.update({"config": results[0].config.to_json(), "history": [r.history for r in results],
+                               "seconds": sum(r.seconds for r in results)})
         evaluated = self.evaluate(lm, setting, splits, seed)
         return {
             "setting": setting["name"], "method": method, "seed": seed,
@@ -221,6 +226,41 @@ class Experiment:
             "train": train_info, "evaluation": evaluated,
             "seconds": time.perf_counter() - start,
         }
+
+    def sweep(self, cfg: EditConfig, sweep: dict, selection: Selection, split: Split) -> tuple[EditConfig, dict]:
+        """Try each combination of the swept values on a validation carve of the maintain-train
+        facts (never the test facts) and keep the best by the stated rule: the highest forget
+        score (edit: P(edit target); unlearning: 1 - P(true); training prompt) among the
+        candidates whose maintain-validation P(true) drops by at most ``max_maintain_drop``
+        from the unedited model; if none qualifies, the smallest maintain drop."""
+        grid = {k: v for k, v in sweep.items() if k != "max_maintain_drop"}
+        max_drop = float(sweep.get("max_maintain_drop", 0.05))
+        bad = set(grid) - {f.name for f in fields(EditConfig)}
+        if bad or not grid or not all(isinstance(v, list) and v for v in grid.values()):
+            raise MechunlearnError(f"training.sweep maps EditConfig fields to lists of values; got {sweep}")
+        ids = [f.id for f in split.maintain_train]
+        n_val = max(1, len(ids) // 5)
+        val = split.maintain_train.by_id(ids[:n_val])
+        trial_split = Split(split.forget, split.forget, split.maintain_train.by_id(ids[n_val:]), val, split.seed,
+                            split.rule + " (sweep)")
+        lm = self.fresh_model()
+        before = float(answer_probs(lm.model, lm.tokenizer, val)[0].mean())
+        trials = []
+        for values in itertools.product(*grid.values()):
+            candidate = replace(cfg, **dict(zip(grid, values, strict=True)))
+            lm = self.fresh_model()
+            train(lm, selection.components, trial_split, candidate, progress=False)
+            p_true, p_new = answer_probs(lm.model, lm.tokenizer, split.forget)
+            forget = float(p_new.mean()) if cfg.objective == "edit" else 1 - float(p_true.mean())
+            maintain = float(answer_probs(lm.model, lm.tokenizer, val)[0].mean())
+            trials.append({"values": dict(zip(grid, values, strict=True)), "forget_score": forget,
+                           "maintain_val_p_true": maintain, "maintain_drop": before - maintain})
+        ok = [t for t in trials if t["maintain_drop"] <= max_drop]
+        best = max(ok, key=lambda t: t["forget_score"]) if ok else min(trials, key=lambda t: t["maintain_drop"])
+        rule = (f"highest forget score with maintain-validation drop <= {max_drop}"
+                if ok else "no candidate kept maintain within bound: smallest maintain drop")
+        return replace(cfg, **best["values"]), {"trials": trials, "chosen": best["values"], "rule": rule,
+                                                 "maintain_val_before": before, "n_val": n_val}
 
     def evaluate(self, lm: LoadedModel, setting: dict, splits: list[Split], seed: int) -> dict:
         ev = self.config["evaluation"]
