@@ -57,8 +57,9 @@ def test_probe_reads_the_truth_of_an_unedited_model(gemma, split):
 
 
 def test_short_relearning_and_soft_prompt_keep_an_unedited_model_right(gemma, split):
-    result = relearn(gemma, split, RelearnConfig(steps=1, eval_every=1, n_maintain=1))
-    print(f"relearning (LoRA r=512, 1 step): P(true) {result['p_true_before']:.3f} -> {result['p_true_after']:.3f} "
+    # rank 64 keeps this CPU test short; the paper's rank 512 is the default and runs the same code
+    result = relearn(gemma, split, RelearnConfig(rank=64, steps=1, eval_every=1, n_maintain=1))
+    print(f"relearning (LoRA r=64, 1 step): P(true) {result['p_true_before']:.3f} -> {result['p_true_after']:.3f} "
           f"in {result['seconds']:.0f}s")
     assert result["p_true_before"] > 0.45  # over four answers; golf takes some mass (the one-shot example)
     assert result["p_true_after"] > result["p_true_before"] - 0.05

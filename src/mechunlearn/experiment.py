@@ -265,7 +265,8 @@ class Experiment:
     def evaluate(self, lm: LoadedModel, setting: dict, splits: list[Split], seed: int) -> dict:
         ev = self.config["evaluation"]
         merged = splits[0] if len(splits) == 1 else _union(splits)
-        return evaluate_run(lm, merged, formats=ev["formats"], attacks=ev["attacks"], config=_eval_config(self.config, seed))
+        return evaluate_run(lm, merged, formats=ev["formats"], attacks=ev["attacks"], config=_eval_config(self.config, seed),
+                            progress=True)
 
     def run(self) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
