@@ -45,7 +45,7 @@ def verdict(diff: Estimate, ours: str, theirs: str, metric: str) -> str:
         return f"{metric}: no paired results for {ours} and {theirs}."
     seeds = f"{diff.n} seed{'s' if diff.n != 1 else ''}"
     if diff.low == diff.high == 0:
-        return f"{metric}: {ours} and {theirs} tied exactly ({seeds}; did they train the same components?)."
+        return f"{metric}: {ours} and {theirs} tied exactly ({seeds})."
     if diff.n == 1:
         word = "beat" if diff.mean > 0 else "did not beat"
         return (f"{metric}: {ours} {word} {theirs} by {abs(diff.mean):.3f} ({seeds}: no interval, "
