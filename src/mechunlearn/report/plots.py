@@ -17,9 +17,16 @@ from mechunlearn.report.stats import estimate  # noqa: E402
 BASE = "unedited"
 
 
+KNOWN_METHODS = ("fact_lookup", "causal_tracing", "attribution_patching", "random", "all_mlps", "everything",
+                 "random_mlps", "causal_tracing_mlps", "attribution_patching_mlps")
+
+
 def _colors(methods: list[str]) -> dict[str, str]:
+    """The same colour for a method in every plot."""
     cmap = plt.get_cmap("tab10")
-    return {m: cmap(i % 10) for i, m in enumerate(methods)}
+    extra = sorted(m for m in methods if m not in KNOWN_METHODS)
+    order = [*KNOWN_METHODS, *extra]
+    return {m: cmap(order.index(m) % 10) for m in methods}
 
 
 def _values(cells: list[dict], setting: str, method: str, metric: str) -> list[float]:
