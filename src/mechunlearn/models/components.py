@@ -282,9 +282,6 @@ class Architecture:
         spec = self.specs["out"]
         return HookPoint(name, self.module_path(layer, spec.module), "input", spec.layout)
 
-    def module(self, model: nn.Module, path: str) -> nn.Module:
-        return model.get_submodule(path)
-
 
 def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     merged: list[list[int]] = []
