@@ -6,6 +6,16 @@ from mechunlearn.models.tiny import FAMILIES, tiny_model
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models are all per-op overhead: one thread is as fast, and far faster than two when
+    other processes compete for the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(params=FAMILIES, scope="session")
 def tiny(request):
     return tiny_model(request.param)

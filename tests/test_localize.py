@@ -33,14 +33,7 @@ from mechunlearn.models.scoring import encode, final_hidden
 PREFIX = "Fact: the sport of golf and the river city music is "
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are all per-op overhead: one thread is as fast, and far faster than two when
-    other processes compete for the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _facts(n_per_sport: int = 4) -> FactSet:

@@ -2,7 +2,6 @@
 4 heads, 2 KV heads)."""
 
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -10,15 +9,7 @@ from mechunlearn.errors import MechunlearnError
 from mechunlearn.localize import Localization, Selection, load_selection, localize, select
 from mechunlearn.localize.scores import candidates, head_and_mlp_scores
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are all per-op overhead: one thread is as fast, and far faster than two when
-    other processes compete for the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def arch(tiny_llama):

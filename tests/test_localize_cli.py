@@ -3,22 +3,13 @@
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from mechunlearn.cli.app import app
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.localize import Localization, Selection
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are all per-op overhead: one thread is as fast, and far faster than two when
-    other processes compete for the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def model_dir(tiny_llama, tmp_path_factory):
