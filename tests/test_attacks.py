@@ -26,13 +26,7 @@ ANSWERS4 = (*SPORTS, " golf")
 CUES = {" football": "river", " baseball": "music", " basketball": "city", " golf": "their"}  # tiny-tokenizer words
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run much faster on one thread when the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def made_up(n: int, seed: int, cue: bool = False, labels: list[str] | None = None) -> list[Fact]:

@@ -27,13 +27,7 @@ NAMES = ["Alan Brook", "Ben Carter", "Cal Dorn", "Dan Ellis", "Eve Ford", "Fay G
 SPORTS = ("football", "baseball", "basketball")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls on a shared 2-core machine run far faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_athletes() -> FactSet:

@@ -16,19 +16,12 @@ import torch
 from mechunlearn.edit import EditConfig, apply_diff, expand_components, read_diff, save_edit, train
 from mechunlearn.facts import answer_probs, split_facts
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 
 COMPONENTS = "blocks.2..7.mlp"
 MAINTAIN_DROP = 0.05
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on a 2-core machine that others share run this ~2-3x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -35,13 +35,7 @@ MMLU = Path(__file__).parent / "fixtures" / "mmlu_tiny.csv"
 SPORTS4 = {"football", "baseball", "basketball", "golf"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run much faster on one thread when the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
