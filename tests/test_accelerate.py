@@ -13,7 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from mechunlearn.edit import train
-from test_edit import golf_split, one_thread, quick, sharp_tiny  # noqa: F401  (fixture)
+from test_edit import golf_split, quick, sharp_tiny
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TESTS = Path(__file__).parent
 COMPONENTS = "blocks.1.mlp,blocks.2.attn.q.h1,blocks.0.mlp.out.n3"

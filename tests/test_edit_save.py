@@ -25,7 +25,9 @@ from mechunlearn.errors import MechunlearnError
 from mechunlearn.models.loading import load_model
 from mechunlearn.models.scoring import encode
 from mechunlearn.models.tiny import tiny_model
-from test_edit import golf_split, one_thread, quick, sequential_blocks, tiny_athletes  # noqa: F401  (fixture)
+from test_edit import golf_split, quick, sequential_blocks, tiny_athletes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 COMPONENTS = "blocks.1.mlp.in,blocks.2.attn.q.h1"
 
