@@ -2,6 +2,7 @@
 doubling anything."""
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -126,3 +127,76 @@ def test_sweep_picks_by_its_rule_and_records_trials(tiny_dir, tmp_path):
     assert sweep["chosen"] == best["values"] and cell["train"]["config"]["lr"] == best["values"]["lr"]
     assert best["values"]["lr"] == 1e-2  # a tiny lr barely moves the edit target
     assert sweep["trials"][1]["forget_score"] > sweep["trials"][0]["forget_score"]
+
+
+SHARED = SPORTS.parent
+
+
+@pytest.mark.skipif(not (SHARED / "counterfact_gemma-7b.csv").exists(), reason="../shared/data not present")
+def test_the_paper_grid_runs_every_setting(tiny_dir, tmp_path):
+    """The packaged paper config's settings as they ship (sport edits, a sport to golf,
+    unlearning, CounterFact edits and sequential blocks), shrunk only in model, steps and
+    methods."""
+    small = {"steps": 2, "forget_batch_size": 8, "maintain_batch_size": 8, "general_batch_size": 1,
+             "general_length": 16}
+    cfg = load_config("paper", overrides={
+        "model": str(tiny_dir), "seeds": [0], "data_dir": str(SHARED),
+        "facts": {"data": "sports.csv", "threshold": 0.0, "limit": 200},
+        "localization": {"n_facts": 8, "probe_facts": 16, "methods": ["random", "all_mlps"],
+                         "budget": {"match": None, "params": 20000, "rule": "under"}},
+        "training": {"default": small, "sweep": None},
+        "evaluation": {"attacks": ["relearn", "probe"],
+                       "config": {"lm_windows": 2, "lm_window_length": 16,
+                                  "relearn": {"steps": 1, "eval_every": 1, "rank": 4, "n_maintain": 2,
+                                              "general_length": 16}}},
+    })
+    out = tmp_path / "run"
+    Experiment(cfg, out).run()
+    table = pd.read_csv(out / "results.csv")
+    names = ["edit16", "edit64", "basketball_to_golf", "unlearn16", "counterfact16", "counterfact64",
+             "counterfact_sequential"]
+    assert sorted(table.setting.unique()) == sorted(names)
+    assert len(table) == len(names) * 3 and not table.duplicated(["setting", "method", "seed"]).any()
+
+    def cell(setting, method="random"):
+        return json.loads((out / "cells" / f"{setting}__{method}__s0.json").read_text())
+
+    splits = json.loads((out / "data.json").read_text())["splits"]
+    assert splits["edit64"]["0"]["forget"] == 64
+    golf = cell("basketball_to_golf")["evaluation"]["split"]
+    assert golf["forget_eval"] and not set(golf["forget"]) & set(golf["forget_eval"])  # evaluated on the other half
+    assert abs(len(golf["forget"]) - len(golf["forget_eval"])) <= 1
+    assert set(golf["targets"].values()) == {" golf"}
+    assert {r["id"] for r in cell("basketball_to_golf")["evaluation"]["forget"]["rows"]} == set(golf["forget_eval"])
+    assert cell("unlearn16")["objective"] == "log1m" and cell("unlearn16")["train"]["config"]["objective"] == "log1m"
+    cf = cell("counterfact16")
+    assert 0 < cf["metrics"]["edit.paraphrase.p_new"] < 1 and 0 < cf["metrics"]["neighborhood.p_true"] < 1
+    assert cf["metrics"]["forget.paraphrase.n"] == 16
+    assert len(cell("counterfact_sequential")["train"]["history"]) == 4  # four blocks, one after another
+    assert splits["counterfact_sequential"]["0"]["forget"] == 64
+    # CounterFact settings localize on their own facts, sports ones share one localization
+    locs = sorted(p.name for p in (out / "localizations").glob("*random__s0.json"))
+    assert locs == ["counterfact16__random__s0.json", "counterfact64__random__s0.json",
+                    "counterfact_sequential__random__s0.json", "random__s0.json"]
+
+
+def test_missing_data_files_fail_before_any_work(tiny_dir, tmp_path):
+    cfg = load_config("paper", overrides={"model": str(tiny_dir)})
+    with pytest.raises(MechunlearnError, match="counterfact16.*data_dir"):
+        Experiment(cfg, tmp_path / "run").run()
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_overrides_and_setting_filter(tmp_path):
+    from mechunlearn.experiment import only_settings, parse_overrides
+
+    assert parse_overrides(["seeds=[0, 1]", "facts.limit=50", "facts.data=x.csv"]) == {
+        "seeds": [0, 1], "facts": {"limit": 50, "data": "x.csv"}}
+    with pytest.raises(MechunlearnError, match="KEY=VALUE"):
+        parse_overrides(["seeds"])
+    cfg = load_config("paper")
+    assert [s["name"] for s in only_settings(cfg, ["unlearn16", "edit16"])["settings"]] == ["edit16", "unlearn16"]
+    with pytest.raises(MechunlearnError, match="nope"):
+        only_settings(cfg, ["nope"])
+    with pytest.raises(MechunlearnError, match="packaged configs: demo, paper, quick"):
+        load_config(tmp_path / "absent.yaml")

@@ -54,7 +54,11 @@ def test_counterfact_parses_lists_and_mc():
     assert f.neighborhood[0] == "The mother tongue of Léon Blum is"
     assert f.question == "What is the mother tongue of Danielle Darrieux?" and f.mc_choices[0] == "French"
     assert "English" in f.mc_choices
-    assert any("2168 of 2189" in n for n in facts.notes)
+    assert any("2166 of 2189" in n for n in facts.notes)
+    # two published questions ask for another answer than their fact's ("Buddhist philosophy" for
+    # " Buddhism"): left out and counted, so the MCQ format never scores a wrong letter
+    assert any(n.startswith("2 MC questions left out") for n in facts.notes)
+    assert all(f.mc_choices[0] == f.target_true.strip() for f in facts if f.mc_choices)
 
 
 def test_parse_string_list_forms():

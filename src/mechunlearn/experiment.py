@@ -43,6 +43,9 @@ PACKAGED = Path(__file__).parent / "configs"
 DEFAULTS: dict = {
     "model": "default",
     "dtype": "float32",
+    # relative ``facts.data`` / ``facts.mc_path`` paths resolve against this folder (else the
+    # current one), so a packaged config can name the published files: --set data_dir=DIR
+    "data_dir": None,
     "device": None,
     "seeds": [0],
     "facts": {"dataset": "sports", "data": None, "threshold": None, "mc_path": None, "limit": None},
@@ -70,10 +73,17 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def packaged_configs() -> list[str]:
+    return sorted(p.stem for p in PACKAGED.glob("*.yaml"))
+
+
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
-    """A YAML config merged over the defaults; ``demo`` / ``quick`` name the packaged ones."""
-    if path in ("demo", "quick"):
+    """A YAML config merged over the defaults; a bare name (``demo``, ``quick``, ``paper``)
+    names a packaged one."""
+    if path is not None and str(path) in packaged_configs() and not Path(path).is_file():
         path = PACKAGED / f"{path}.yaml"
+    if path is not None and not Path(path).is_file():
+        raise MechunlearnError(f"no such config file: {path} (packaged configs: {', '.join(packaged_configs())})")
     user = yaml.safe_load(Path(path).read_text()) if path else {}
     if user is not None and not isinstance(user, dict):
         raise MechunlearnError(f"{path}: a config is a YAML mapping")
@@ -96,8 +106,38 @@ def _edit_config(config: dict, method: str, setting: dict, seed: int) -> EditCon
     return EditConfig(**values)
 
 
-def _eval_config(config: dict, seed: int) -> EvalConfig:
-    return EvalConfig.from_dict({**config["evaluation"].get("config", {}), "seed": seed})
+def parse_overrides(pairs: list[str]) -> dict:
+    """``a.b=VALUE`` pairs (VALUE read as YAML) as a nested mapping for :func:`load_config`."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise MechunlearnError(f"an override is KEY=VALUE with a dotted KEY, got {pair!r}")
+        *parents, leaf = key.strip().split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise MechunlearnError(f"override {pair!r} conflicts with another one")
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def only_settings(config: dict, names: list[str]) -> dict:
+    known = [s["name"] for s in config["settings"]]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise MechunlearnError(f"unknown setting(s) {unknown}; the config has {known}")
+    return {**config, "settings": [s for s in config["settings"] if s["name"] in names]}
+
+
+def _evaluation(config: dict, setting: dict) -> dict:
+    """The evaluation section with the setting's own overrides (e.g. CounterFact's formats)."""
+    return _merge(config["evaluation"], setting.get("evaluation", {}))
+
+
+def _eval_config(config: dict, setting: dict, seed: int) -> EvalConfig:
+    return EvalConfig.from_dict({**_evaluation(config, setting).get("config", {}), "seed": seed})
 
 
 class Experiment:
@@ -126,9 +166,33 @@ class Experiment:
         return lm
 
     # --- data ----------------------------------------------------------------------------
-    def facts_for(self, setting: dict) -> tuple[FactSet, dict]:
+    def facts_spec(self, setting: dict) -> dict:
+        """The setting's facts section with its file paths resolved; missing files fail here,
+        before any work, not hours into a grid."""
         spec = _merge(self.config["facts"], setting.get("facts", {}))
-        key = f"{spec['dataset']}:{spec['data']}:{spec['threshold']}:{spec.get('limit')}"
+        if spec["dataset"] == "hub":
+            return spec
+        for name in ("data", "mc_path"):
+            if not spec.get(name):
+                continue
+            path = Path(self.config["data_dir"] or ".").expanduser() / spec[name]
+            if not path.is_file():
+                hint = "" if self.config["data_dir"] else " (relative paths resolve against data_dir: --set data_dir=DIR)"
+                raise MechunlearnError(f"setting {setting['name']!r}: no such {name} file {path}{hint}")
+            spec[name] = str(path)
+        return spec
+
+    def check(self) -> None:
+        """Every cell's training and evaluation options and data files, before any work."""
+        for setting in self.config["settings"]:
+            self.facts_spec(setting)
+            _eval_config(self.config, setting, 0)
+            for method in self.config["localization"]["methods"]:
+                _edit_config(self.config, method, setting, 0).validate()
+
+    def facts_for(self, setting: dict) -> tuple[FactSet, dict]:
+        spec = self.facts_spec(setting)
+        key = f"{spec['dataset']}:{spec['data']}:{spec.get('mc_path')}:{spec['threshold']}:{spec.get('limit')}"
         cache = getattr(self, "_facts", {})
         if key not in cache:
             facts = load_facts(spec["dataset"], spec["data"], mc_path=spec.get("mc_path"))
@@ -263,12 +327,13 @@ class Experiment:
                                                  "maintain_val_before": before, "n_val": n_val}
 
     def evaluate(self, lm: LoadedModel, setting: dict, splits: list[Split], seed: int) -> dict:
-        ev = self.config["evaluation"]
+        ev = _evaluation(self.config, setting)
         merged = splits[0] if len(splits) == 1 else _union(splits)
-        return evaluate_run(lm, merged, formats=ev["formats"], attacks=ev["attacks"], config=_eval_config(self.config, seed),
-                            progress=True)
+        return evaluate_run(lm, merged, formats=ev["formats"], attacks=ev["attacks"],
+                            config=_eval_config(self.config, setting, seed), progress=True)
 
     def run(self) -> Path:
+        self.check()
         self.out.mkdir(parents=True, exist_ok=True)
         _write_config(self.out / "config.json", self.config)
         data = read_json(self.out / "data.json") if (self.out / "data.json").exists() else {}

@@ -10,16 +10,20 @@ from mechunlearn.cli.app import app, console
 
 @app.command("run")
 def run(
-    config: Path = typer.Argument(..., help="Experiment YAML (see configs/ in the package: demo.yaml, quick.yaml)."),
+    config: str = typer.Argument(..., help="Experiment YAML, or a packaged one by name: demo, quick, paper."),
     out: Path = typer.Option(..., "--out", help="Run folder; rerunning with the same folder resumes."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config value: KEY.PATH=YAML, e.g. seeds=[0,1,2] "
+                                   "or data_dir=../shared/data. Repeatable."),
+    settings: str | None = typer.Option(None, "--settings", help="Run only these settings (comma-separated names)."),
 ):
     """The paper's comparison: localize with every method, edit at the same budget, evaluate, report."""
-    from mechunlearn.experiment import Experiment, load_config
+    from mechunlearn.experiment import Experiment, load_config, only_settings, parse_overrides
 
-    if not config.is_file():
-        raise typer.BadParameter(f"no such config file: {config}")
+    resolved = load_config(config, parse_overrides(set_))
+    if settings:
+        resolved = only_settings(resolved, [s.strip() for s in settings.split(",") if s.strip()])
     start = time.perf_counter()
-    Experiment(load_config(config), out, console).run()
+    Experiment(resolved, out, console).run()
     console.print(f"finished in {time.perf_counter() - start:.0f} s")
 
 

@@ -78,8 +78,13 @@ def filter_known(
     threshold = threshold if threshold is not None else (CLOSED_THRESHOLD if facts.closed else OPEN_THRESHOLD)
     scored = replace(facts, answers=facts.relation_answers)
     p_true, _ = answer_probs(model, tokenizer, scored, batch_size=batch_size, progress=progress)
-    kept = [f for f, p in zip(facts, p_true.tolist(), strict=True) if p > threshold]
     notes = list(facts.notes)
+    clash = {f.id for f in facts
+             if f.target_new and answer_token_id(tokenizer, f.target_new) == answer_token_id(tokenizer, f.target_true)}
+    if clash:
+        notes.append(f"{len(clash)} facts dropped: true answer and edit target share their first token, so an "
+                     "edit cannot be scored (e.g. " + ", ".join(sorted(clash)[:3]) + ")")
+    kept = [f for f, p in zip(facts, p_true.tolist(), strict=True) if p > threshold and f.id not in clash]
     multi = sum(len(tokenizer.encode(f.target_true, add_special_tokens=False)) > 1 for f in facts)
     if multi:
         notes.append(f"{multi} answers span several tokens: scored by their first token")

@@ -148,10 +148,13 @@ def load_counterfact(path: str | Path, mc_path: str | Path | None = None) -> Fac
             mc[str(row.prompt_id)] = (row.question, (str(row.target_true).strip(), *parse_string_list(row.targets_false)))
     ids = df["case_id"].astype(str) if "case_id" in df else pd.Series(range(len(df))).astype(str)
     prompt_ids = df["prompt_id"].astype(str) if "prompt_id" in df else ids
-    facts, inserted = [], 0
+    facts, inserted, mismatched = [], 0, []
     for i, row in enumerate(df.to_dict("records")):
         target_new = _space(row["target_false"])
         question, choices = mc.get(prompt_ids.iloc[i], (None, ()))
+        if choices and choices[0] != str(row["target_true"]).strip():
+            mismatched.append(ids.iloc[i])  # the question asks about another answer than the fact
+            question, choices = None, ()
         if choices and target_new.strip() not in choices:
             choices = (*choices[:-1], target_new.strip())  # make the edit target representable
             inserted += 1
@@ -171,6 +174,9 @@ def load_counterfact(path: str | Path, mc_path: str | Path | None = None) -> Fac
         )
     with_mc = sum(1 for f in facts if f.mc_choices)
     notes.append(f"{with_mc} of {len(facts)} facts have a multiple-choice question")
+    if mismatched:
+        notes.append(f"{len(mismatched)} MC questions left out: their true answer is not the fact's "
+                     f"(facts {', '.join(mismatched[:5])})")
     if inserted:
         notes.append(f"{inserted} MC questions had the edit target put in place of their last distractor")
     notes.append("open-vocabulary answers are scored by their first token")
