@@ -334,7 +334,7 @@ def test_shared_prefix_pass_matches_a_full_pass(tiny):
 
 
 def test_general_text_from_a_file_or_built_in(tiny_llama, tmp_path):
-    from mechunlearn.edit import general_windows
+    from mechunlearn.facts.general_text import general_windows
 
     built_in = general_windows(tiny_llama.tokenizer, None, 16)
     assert built_in.shape[1] == 16 and built_in.shape[0] > 20
@@ -347,3 +347,5 @@ def test_general_text_from_a_file_or_built_in(tiny_llama, tmp_path):
     text.write_text("short")
     with pytest.raises(FactDataError, match="fewer than one window"):
         general_windows(tiny_llama.tokenizer, str(text), 64)
+    with pytest.raises(MechunlearnError, match="'datasets' package|cannot load general text"):  # offline tests
+        general_windows(tiny_llama.tokenizer, "hf:no-such/dataset", 8)

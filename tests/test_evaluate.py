@@ -25,9 +25,10 @@ from mechunlearn.evaluate import (
     write_results,
 )
 from mechunlearn.evaluate.formats import LETTERS
-from mechunlearn.evaluate.lm_loss import general_windows, lm_loss, next_token_loss
+from mechunlearn.evaluate.lm_loss import lm_loss, next_token_loss
 from mechunlearn.evaluate.mmlu import choose_shots, mmlu_prompt
 from mechunlearn.facts import Fact, FactSet, answer_probs, load_facts, split_facts, split_from_log
+from mechunlearn.facts.general_text import general_windows
 from mechunlearn.models.scoring import answer_token_id, encode, last_token_logits
 from mechunlearn.models.tiny import tiny_model
 

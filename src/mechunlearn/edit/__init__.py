@@ -2,7 +2,7 @@
 heads or neurons), save the edit as an HF checkpoint plus a small diff, rebuild it from the base."""
 
 from mechunlearn.edit.config import EditConfig
-from mechunlearn.edit.data import general_windows, sequential_blocks
+from mechunlearn.edit.data import sequential_blocks
 from mechunlearn.edit.objectives import OBJECTIVES, forget_objectives, get_objective
 from mechunlearn.edit.saving import (
     apply_diff,
@@ -17,6 +17,6 @@ from mechunlearn.edit.trainer import TrainResult, train, train_sequential
 
 __all__ = [
     "OBJECTIVES", "EditConfig", "TrainResult", "TrainableWeights", "apply_diff", "expand_components",
-    "forget_objectives", "general_windows", "get_objective", "merge_slices", "read_diff", "save_edit",
+    "forget_objectives", "get_objective", "merge_slices", "read_diff", "save_edit",
     "sequential_blocks", "train", "train_log", "train_sequential", "weights_hash", "write_diff",
 ]

@@ -4,13 +4,11 @@ windows, and the seeded draw of each step's batch."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from mechunlearn.errors import FactDataError, MechunlearnError
 from mechunlearn.facts import FactSet
-from mechunlearn.facts.general_text import load_general_text, token_chunks
 from mechunlearn.models.scoring import answer_token_id
 
 
@@ -50,37 +48,6 @@ def fact_term(tokenizer, facts: FactSet, answer: str, over: str = "vocab") -> Fa
             raise FactDataError(f"answers of {outside[:3]} are not in the answer set {facts.answers}")
         ids = [position[i] for i in ids]
     return FactTerm([f.prompt for f in facts], torch.tensor(ids, dtype=torch.long), columns)
-
-
-def general_windows(tokenizer, source: str | None, length: int) -> torch.Tensor:
-    """``[n, length]`` token windows of general English text: the built-in text (``None``), a
-    text file (paragraphs separated by blank lines), or ``hf:DATASET[:SPLIT[:COLUMN]]`` (needs the
-    ``datasets`` package and the dataset in its cache or network access)."""
-    if source and source.startswith("hf:"):
-        paragraphs = _hub_paragraphs(source[3:])
-    else:
-        paragraphs = load_general_text(Path(source) if source else None)
-    return token_chunks(tokenizer, paragraphs, length)
-
-
-def _hub_paragraphs(spec: str, limit: int = 2000) -> list[str]:
-    name, _, rest = spec.partition(":")
-    split, _, column = rest.partition(":")
-    try:
-        import datasets
-    except ImportError:
-        raise MechunlearnError("general text from the Hub needs the 'datasets' package: pip install datasets") from None
-    try:
-        ds = datasets.load_dataset(name, split=split or "train")
-    except Exception as e:  # noqa: BLE001 - the hub raises many kinds
-        raise MechunlearnError(f"cannot load general text {name!r}: {e}") from None
-    column = column or "text"
-    if column not in ds.column_names:
-        raise MechunlearnError(f"dataset {name!r} has no column {column!r}: {ds.column_names}")
-    texts = [t for t in ds.select(range(min(limit, len(ds))))[column] if isinstance(t, str) and t.strip()]
-    if not texts:
-        raise MechunlearnError(f"dataset {name!r} column {column!r} holds no text")
-    return texts
 
 
 class StepSampler:

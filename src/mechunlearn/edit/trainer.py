@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mechunlearn.edit.config import EditConfig
-from mechunlearn.edit.data import FactTerm, StepSampler, fact_term, general_windows
+from mechunlearn.edit.data import FactTerm, StepSampler, fact_term
 from mechunlearn.edit.objectives import get_objective
 from mechunlearn.edit.parallel import DataParallel
 from mechunlearn.edit.prefix import final_hidden_shared
@@ -28,6 +28,7 @@ from mechunlearn.edit.selection import TrainableWeights, expand_components
 from mechunlearn.edit.step import TERMS, LossTerms, autocast, fact_logits
 from mechunlearn.errors import MechunlearnError, TrainingDivergedError
 from mechunlearn.facts import Split
+from mechunlearn.facts.general_text import general_windows
 from mechunlearn.models.components import ParamSlice
 from mechunlearn.models.loading import LoadedModel
 from mechunlearn.models.scoring import batched, encode

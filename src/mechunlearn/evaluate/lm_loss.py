@@ -9,22 +9,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mechunlearn.errors import MechunlearnError
-from mechunlearn.facts.general_text import load_general_text, token_chunks
+from mechunlearn.facts.general_text import general_windows
 from mechunlearn.models.loading import LoadedModel
 from mechunlearn.models.scoring import batched, unembed
-
-
-def general_windows(tokenizer, path: str | Path | None = None, length: int = 64, n: int | None = None,
-                    seed: int = 0) -> torch.Tensor:
-    """``n`` seeded token windows ``[n, length]`` of the general text (all windows when ``n`` is None)."""
-    chunks = token_chunks(tokenizer, load_general_text(path), length)
-    if n is None or n >= len(chunks):
-        return chunks
-    if n < 1:
-        raise MechunlearnError(f"need at least one general-text window, got {n}")
-    order = torch.randperm(len(chunks), generator=torch.Generator().manual_seed(seed))
-    return chunks[order[:n].sort().values]
 
 
 def next_token_loss(model, input_ids: torch.Tensor, position_chunk: int = 16) -> torch.Tensor:

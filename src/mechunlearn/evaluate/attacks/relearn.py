@@ -21,9 +21,10 @@ from tqdm.auto import tqdm
 
 from mechunlearn.errors import MechunlearnError, TrainingDivergedError
 from mechunlearn.evaluate.attacks.common import attack_halves, model_copy, seeded, true_token_ids
-from mechunlearn.evaluate.lm_loss import general_windows, next_token_loss
+from mechunlearn.evaluate.lm_loss import next_token_loss
 from mechunlearn.evaluate.metrics import FormatResults, evaluate_facts
 from mechunlearn.facts import FactSet, Split
+from mechunlearn.facts.general_text import general_windows
 from mechunlearn.models.loading import LoadedModel
 from mechunlearn.models.scoring import encode, final_hidden, unembed
 
