@@ -7,6 +7,7 @@ from mechunlearn.models.hooks import (
     hooks,
     patch_activations,
     record_gradients,
+    skip_layers,
     unit_view,
 )
 from mechunlearn.models.scoring import encode
@@ -142,3 +143,22 @@ def test_record_gradients_matches_autograd_on_frozen_model(tiny):
     assert abs((up - down) / (2 * eps) - g.norm()) < 1e-2 * g.norm() + 1e-4
     for p in tiny.model.parameters():
         p.requires_grad_(True)
+
+
+def test_skipping_layers_whose_output_is_patched_changes_nothing(tiny):
+    """The early layers run as identities when the residual entering ``start`` is patched in
+    anyway; the layers are back in place afterwards, even after an exception."""
+    batch = _batch(tiny)
+    start = tiny.arch.n_layers - 1
+    name = f"blocks.{start}.hook_resid_pre"
+    with cache_activations(tiny.model, [name]) as cache:
+        clean = _logits(tiny, batch)
+    layers = list(tiny.model.get_submodule(tiny.arch.layers_path))
+    with skip_layers(tiny.model, start), patch_activations(tiny.model, cache):
+        torch.testing.assert_close(_logits(tiny, batch), clean, atol=1e-5, rtol=0)
+    with skip_layers(tiny.model, start):
+        assert not torch.allclose(_logits(tiny, batch), clean, atol=1e-3)  # unpatched: the layers really are skipped
+    with pytest.raises(RuntimeError), skip_layers(tiny.model, start):
+        raise RuntimeError("boom")
+    assert list(tiny.model.get_submodule(tiny.arch.layers_path)) == layers
+    torch.testing.assert_close(_logits(tiny, batch), clean)

@@ -25,8 +25,8 @@ import copy
 import inspect
 import re
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +35,13 @@ from tqdm.auto import tqdm
 
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.models.components import Architecture, HookPoint
-from mechunlearn.models.hooks import HookFn, cache_activations, hooks, patch_activations
+from mechunlearn.models.hooks import (
+    HookFn,
+    cache_activations,
+    hooks,
+    patch_activations,
+    skip_layers,
+)
 from mechunlearn.models.loading import LoadedModel
 from mechunlearn.models.scoring import Encoded, final_hidden
 
@@ -65,28 +71,6 @@ def layer_of(name: str) -> int:
     if not m:
         raise MechunlearnError(f"patches must be inside a block (blocks.L....), got {name!r}")
     return int(m.group(1))
-
-
-class _PassThrough(nn.Module):
-    def forward(self, hidden_states=None, *args, **kwargs):
-        return hidden_states if hidden_states is not None else kwargs["hidden_states"]
-
-
-@contextmanager
-def skip_layers(model: nn.Module, arch: Architecture, start: int) -> Iterator[None]:
-    """Run the decoder layers before ``start`` as identities (their output is replaced anyway)."""
-    if start <= 0:
-        yield
-        return
-    layers = model.get_submodule(arch.layers_path)
-    saved = [layers[i] for i in range(start)]
-    try:
-        for i in range(start):
-            layers[i] = _PassThrough()
-        yield
-    finally:
-        for i, module in enumerate(saved):
-            layers[i] = module
 
 
 def final_norm(lm: LoadedModel) -> nn.Module:
@@ -219,7 +203,7 @@ class PatchRunner:
             return fn
 
         fns = [(name, make(name, items)) for name, items in entries.items()]
-        with torch.no_grad(), skip_layers(self.model, self.arch, start), hooks(self.model, fns):
+        with torch.no_grad(), skip_layers(self.model, start), hooks(self.model, fns):
             if not P:
                 return final_hidden(self.model, _repeat(self.batch, V))
             T = self.batch.input_ids.shape[1]

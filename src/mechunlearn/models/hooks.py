@@ -159,3 +159,26 @@ def record_gradients(model: nn.Module, names: Sequence[str]) -> Iterator[dict[st
 
     with torch.enable_grad(), hooks(model, [("hook_embed", into_graph), *[(n, keep) for n in names]]):
         yield acts
+
+
+class _PassThrough(nn.Module):
+    def forward(self, hidden_states=None, *args, **kwargs):
+        return hidden_states if hidden_states is not None else kwargs["hidden_states"]
+
+
+@contextmanager
+def skip_layers(model: nn.Module, start: int) -> Iterator[None]:
+    """Run the decoder layers before ``start`` as identities: for patched runs that replace the
+    residual stream entering layer ``start`` anyway, so the earlier layers' work is wasted."""
+    if start <= 0:
+        yield
+        return
+    layers = model.get_submodule(architecture(model).layers_path)
+    saved = [layers[i] for i in range(start)]
+    try:
+        for i in range(start):
+            layers[i] = _PassThrough()
+        yield
+    finally:
+        for i, module in enumerate(saved):
+            layers[i] = module
