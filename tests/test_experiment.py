@@ -200,3 +200,13 @@ def test_cli_overrides_and_setting_filter(tmp_path):
         only_settings(cfg, ["nope"])
     with pytest.raises(MechunlearnError, match="packaged configs: demo, paper, quick"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_cli_run_names_a_packaged_config_and_fails_cleanly(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mechunlearn", "run", "paper", "--settings", "counterfact16",
+           "--set", f"data_dir={tmp_path / 'nowhere'}", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "counterfact16" in done.stderr and "no such data file" in done.stderr
+    assert not out.exists()
