@@ -27,8 +27,11 @@ def run_dir(tmp_path):
     for c in cells:
         write_json_atomic(tmp_path / "cells" / f"{c['setting']}__{c['method']}__s{c['seed']}.json", c)
     write_json_atomic(tmp_path / "config.json", {"model": "tiny"})
-    write_json_atomic(tmp_path / "data.json", {"known": {"known": 10, "total": 20, "threshold": 0.7,
-                                                         "known_by_answer": {"a": 10}, "notes": []}})
+    write_json_atomic(tmp_path / "data.json", {
+        "known": {"known": 10, "total": 20, "threshold": 0.7, "known_by_answer": {"a": 10}, "notes": [],
+                  "dataset": "sports", "data": None},
+        "known_cf16": {"known": 7, "total": 30, "threshold": 0.5, "known_by_answer": {}, "dataset": "counterfact",
+                       "data": "cf.csv", "notes": ["2 facts dropped: true answer and edit target share their first token"]}})
     return tmp_path
 
 
@@ -58,6 +61,8 @@ def test_report_files(run_dir):
     page = write_report(run_dir)
     text = page.read_text()
     assert "FLU beat causal tracing" in text and "data:image/png;base64," in text
+    assert "10 of 20 facts (built-in sports) known by the model at P(true) &gt; 0.7" in text
+    assert "Setting cf16: 7 of 30 facts (cf.csv) known" in text and "2 facts dropped" in text
     table = pd.read_csv(run_dir / "results.csv")
     assert len(table) == 12 and set(table.method) == {"fact_lookup", "causal_tracing", "all_mlps", "unedited"}
     assert (run_dir / "report" / "spider_edit16.png").stat().st_size > 10_000

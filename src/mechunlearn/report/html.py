@@ -111,11 +111,15 @@ def write_report(run_dir: str | Path) -> Path:
         parts.append("<p>No FLU vs output-tracing comparison in this run.</p>")
 
     parts.append("<h2>Data</h2>")
-    known = data.get("known", {})
-    if known:
-        parts.append(f"<p>{known.get('known')} of {known.get('total')} facts known by the model at P(true) > "
-                     f"{known.get('threshold')} (per answer: {html.escape(json.dumps(known.get('known_by_answer')))}). "
-                     + " ".join(html.escape(n) for n in known.get("notes", [])) + "</p>")
+    for key, known in data.items():
+        if not key.startswith("known"):
+            continue
+        scope = "" if key == "known" else f"Setting {key.removeprefix('known_')}: "
+        source = known.get("data") or f"built-in {known.get('dataset', '')}".strip()
+        per_answer = f" (per answer: {json.dumps(known['known_by_answer'])})" if known.get("known_by_answer") else ""
+        parts.append("<p>" + html.escape(f"{scope}{known.get('known')} of {known.get('total')} facts ({source}) known "
+                                         f"by the model at P(true) > {known.get('threshold')}{per_answer}. "
+                                         + " ".join(known.get("notes", []))) + "</p>")
     if data.get("splits"):
         parts.append(_table(pd.DataFrame([{"setting": s, "seed": seed, **sizes} for s, by_seed in data["splits"].items()
                                           for seed, sizes in by_seed.items()])))
