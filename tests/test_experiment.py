@@ -188,7 +188,7 @@ def test_missing_data_files_fail_before_any_work(tiny_dir, tmp_path):
 
 
 def test_cli_overrides_and_setting_filter(tmp_path):
-    from mechunlearn.experiment import only_settings, parse_overrides
+    from mechunlearn.experiment import _eval_config, _evaluation, only_settings, parse_overrides
 
     assert parse_overrides(["seeds=[0, 1]", "facts.limit=50", "facts.data=x.csv"]) == {
         "seeds": [0, 1], "facts": {"limit": 50, "data": "x.csv"}}
@@ -200,6 +200,9 @@ def test_cli_overrides_and_setting_filter(tmp_path):
         only_settings(cfg, ["nope"])
     with pytest.raises(MechunlearnError, match="packaged configs: demo, paper, quick"):
         load_config(tmp_path / "absent.yaml")
+    own = {"name": "x", "evaluation": {"formats": ["train"], "config": {"lm_windows": 3}}}
+    assert _evaluation(cfg, own)["formats"] == ["train"] and _evaluation(cfg, own)["attacks"] == cfg["evaluation"]["attacks"]
+    assert _eval_config(cfg, own, 0).lm_windows == 3 and _eval_config(cfg, {"name": "y"}, 0).lm_windows == 16
 
 
 def test_cli_run_names_a_packaged_config_and_fails_cleanly(tmp_path):
