@@ -213,3 +213,16 @@ def test_cli_run_names_a_packaged_config_and_fails_cleanly(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "counterfact16" in done.stderr and "no such data file" in done.stderr
     assert not out.exists()
+
+
+def test_a_setting_the_facts_cannot_fill_is_skipped_and_reported(tiny_dir, tmp_path):
+    cfg = load_config(_config(tiny_dir, tmp_path))
+    cfg["localization"]["methods"] = ["all_mlps"]
+    cfg["evaluation"]["attacks"] = []
+    cfg["settings"].append({"name": "too_many", "objective": "edit", "forget": 500})
+    out = tmp_path / "run"
+    with pytest.raises(MechunlearnError, match="too_many: asked to forget 500 of only 80"):
+        Experiment(cfg, out).run()
+    assert sorted(p.name for p in (out / "cells").glob("*.json")) == ["edit4__all_mlps__s0.json", "edit4__unedited__s0.json"]
+    assert "too_many" in json.loads((out / "data.json").read_text())["skipped"]
+    assert "Setting too_many was skipped: asked to forget 500" in (out / "report.html").read_text()

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mechunlearn.edit import EditConfig, train, train_sequential
-from mechunlearn.errors import MechunlearnError
+from mechunlearn.errors import FactDataError, MechunlearnError
 from mechunlearn.evaluate import EvalConfig, evaluate_run
 from mechunlearn.facts import FactSet, answer_probs, filter_known, load_facts, split_facts
 from mechunlearn.facts.splits import Split
@@ -332,18 +332,24 @@ class Experiment:
         return evaluate_run(lm, merged, formats=ev["formats"], attacks=ev["attacks"],
                             config=_eval_config(self.config, setting, seed), progress=True)
 
-    def run(self) -> Path:
+    def run(self) -> Path | None:
         self.check()
         self.out.mkdir(parents=True, exist_ok=True)
         _write_config(self.out / "config.json", self.config)
         data = read_json(self.out / "data.json") if (self.out / "data.json").exists() else {}
         methods = self.config["localization"]["methods"]
+        skipped: dict[str, str] = {}
         for seed in self.config["seeds"]:
             for setting in self.config["settings"]:
-                known, known_info = self.facts_for(setting)
                 tag = "" if not setting.get("facts") else f"{setting['name']}__"
-                loc_facts, probe_facts = self.localization_facts(known, seed)
-                splits = self.split_for(known, setting, seed)
+                try:
+                    known, known_info = self.facts_for(setting)
+                    loc_facts, probe_facts = self.localization_facts(known, seed)
+                    splits = self.split_for(known, setting, seed)
+                except FactDataError as e:  # e.g. the model knows too few facts for this setting
+                    skipped[setting["name"]] = str(e)
+                    self.console.print(f"[yellow]skipping setting {setting['name']!r}:[/yellow] {e}")
+                    continue
                 data.setdefault("known", known_info) if not tag else data.setdefault("known_" + setting["name"], known_info)
                 data.setdefault("localization_facts", {})[f"{tag}s{seed}"] = [f.id for f in loc_facts]
                 data.setdefault("probe_facts", {})[f"{tag}s{seed}"] = [f.id for f in probe_facts]
@@ -360,9 +366,15 @@ class Experiment:
                     self.console.print(f"[b]{setting['name']}[/b] · {method} · seed {seed}")
                     cell = self.run_cell(setting, method, seed, splits, selections.get(method))
                     write_json_atomic(self.cell_path(setting["name"], method, seed), cell)
-        report = write_report(self.out)
-        self.console.print(summary_table(self.out))
-        self.console.print(f"report: {report}")
+        data["skipped"] = skipped
+        write_json_atomic(self.out / "data.json", data)
+        report = write_report(self.out) if any((self.out / "cells").glob("*.json")) else None
+        if report:
+            self.console.print(summary_table(self.out))
+            self.console.print(f"report: {report}")
+        if skipped:
+            raise MechunlearnError("settings skipped (the other cells are done and reported): "
+                                   + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
         return report
 
 

@@ -120,6 +120,8 @@ def write_report(run_dir: str | Path) -> Path:
         parts.append("<p>" + html.escape(f"{scope}{known.get('known')} of {known.get('total')} facts ({source}) known "
                                          f"by the model at P(true) > {known.get('threshold')}{per_answer}. "
                                          + " ".join(known.get("notes", []))) + "</p>")
+    for name, reason in (data.get("skipped") or {}).items():
+        parts.append(f"<p class=lose>Setting {html.escape(name)} was skipped: {html.escape(reason)}</p>")
     if data.get("splits"):
         parts.append(_table(pd.DataFrame([{"setting": s, "seed": seed, **sizes} for s, by_seed in data["splits"].items()
                                           for seed, sizes in by_seed.items()])))
