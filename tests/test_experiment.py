@@ -226,3 +226,24 @@ def test_a_setting_the_facts_cannot_fill_is_skipped_and_reported(tiny_dir, tmp_p
     assert sorted(p.name for p in (out / "cells").glob("*.json")) == ["edit4__all_mlps__s0.json", "edit4__unedited__s0.json"]
     assert "too_many" in json.loads((out / "data.json").read_text())["skipped"]
     assert "Setting too_many was skipped: asked to forget 500" in (out / "report.html").read_text()
+
+
+def test_known_facts_are_filtered_with_the_unedited_model(tiny_dir, tmp_path, monkeypatch):
+    """A later setting's known-fact filter must not see the previous cell's edited weights."""
+    import mechunlearn.experiment as experiment
+
+    cfg = load_config(_config(tiny_dir, tmp_path))
+    cfg["localization"]["methods"] = ["all_mlps"]
+    cfg["evaluation"]["attacks"] = []
+    cfg["training"]["default"]["lr"] = 0.1
+    cfg["settings"].append({"name": "later", "objective": "edit", "forget": 4, "facts": {"limit": 60}})
+    seen = []
+    real = experiment.filter_known
+
+    def spy(model, *args, **kwargs):
+        seen.append(sum(float(p.detach().double().abs().sum()) for p in model.parameters()))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "filter_known", spy)
+    Experiment(cfg, tmp_path / "run").run()
+    assert len(seen) == 2 and seen[0] == seen[1]  # the second filter ran after an lr-0.1 edit

@@ -198,7 +198,8 @@ class Experiment:
             facts = load_facts(spec["dataset"], spec["data"], mc_path=spec.get("mc_path"))
             if spec.get("limit") and spec["limit"] < len(facts):
                 facts = facts.subset(random.Random("facts").sample(list(facts.facts), spec["limit"]))
-            report = filter_known(self.lm.model, self.lm.tokenizer, facts, spec["threshold"], progress=True)
+            lm = self.fresh_model()  # never an edited cell's weights
+            report = filter_known(lm.model, lm.tokenizer, facts, spec["threshold"], progress=True)
             cache[key] = (report.known, {**report.to_json(), "dataset": spec["dataset"], "data": spec["data"]})
             self._facts = cache
         return cache[key]
