@@ -75,10 +75,7 @@ def layer_of(name: str) -> int:
 
 def final_norm(lm: LoadedModel) -> nn.Module:
     """The norm between the last residual stream and the unembedding."""
-    arch = lm.arch
-    parent = arch.layers_path.rsplit(".", 1)[0]
-    name = {"llama": "norm", "gpt2": "ln_f", "gpt_neox": "final_layer_norm"}[arch.family]
-    return lm.model.get_submodule(f"{parent}.{name}")
+    return lm.model.get_submodule(lm.arch.final_norm_path)
 
 
 def head_output_fn(lm: LoadedModel, layer: int):

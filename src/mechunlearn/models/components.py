@@ -120,21 +120,22 @@ class Architecture:
         self.d_mlp: int = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * self.d_model
         self._shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
         self._modules = dict(model.named_modules())
-        self.layers_path, self.embed_path = self._find_paths()
+        self.layers_path, self.embed_path, self.final_norm_path = self._find_paths()
         self.specs = self._matrix_specs()
         self.has_gate = "gate" in self.specs
 
     # --- family tables -------------------------------------------------------------------
-    def _find_paths(self) -> tuple[str, str]:
+    def _find_paths(self) -> tuple[str, str, str]:
+        """The decoder layers, the token embedding and the norm before the unembedding."""
         candidates = {
-            "llama": ("model.layers", "model.embed_tokens"),
-            "gpt2": ("transformer.h", "transformer.wte"),
-            "gpt_neox": ("gpt_neox.layers", "gpt_neox.embed_in"),
+            "llama": ("model.layers", "model.embed_tokens", "model.norm"),
+            "gpt2": ("transformer.h", "transformer.wte", "transformer.ln_f"),
+            "gpt_neox": ("gpt_neox.layers", "gpt_neox.embed_in", "gpt_neox.final_layer_norm"),
         }[self.family]
         for prefix in ("", "model.", "base_model.model."):
-            layers, embed = (prefix + p for p in candidates)
+            layers, embed, norm = (prefix + p for p in candidates)
             if layers in self._modules:
-                return layers, embed
+                return layers, embed, norm
         raise UnsupportedArchitectureError(f"cannot find the decoder layers of this {self.model_type} model")
 
     def _matrix_specs(self) -> dict[str, MatrixSpec]:
