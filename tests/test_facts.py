@@ -149,6 +149,16 @@ def test_filter_known_threshold(tiny_llama):
         filter_known(tiny_llama.model, tiny_llama.tokenizer, facts, threshold=1.0)
 
 
+def test_facts_whose_edit_shares_the_answers_first_token_are_dropped(tiny_llama, tmp_path):
+    p = tmp_path / "f.csv"
+    p.write_text("id,subject,prompt,target_true,target_new\n"
+                 "a,Paris,Paris is in, France, Spain\nb,Rome,Rome is in, Italy, Italy\n")
+    report = filter_known(tiny_llama.model, tiny_llama.tokenizer, load_table(p), threshold=0.0)
+    assert [f.id for f in report.known] == ["a"]
+    assert any(n.startswith("1 facts dropped: true answer and edit target share their first token") and "b" in n
+               for n in report.notes)
+
+
 def test_answer_that_tokenizes_to_nothing_names_the_fact(tiny_llama, tmp_path):
     p = tmp_path / "f.csv"
     p.write_text("id,subject,prompt,target_true\nq1,Paris,Paris is in,\n")
