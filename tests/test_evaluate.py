@@ -232,7 +232,7 @@ def athlete_split():
 
 def test_evaluate_run_record_and_files(tiny_llama, athlete_split, tmp_path):
     config = EvalConfig(formats=("train", "mcq"), attacks=("probe",), lm_windows=2, mmlu_path=str(MMLU), mmlu_limit=3)
-    config.probe.layers = (1,)
+    config.probe.layers = (2,)  # in the upper half of the 4 layers: the headline is that layer's value
     result = evaluate_run(tiny_llama, athlete_split, config=config)
     n_rows = (len(athlete_split.forget_eval) + len(athlete_split.maintain_test)) * 2
     assert len(result["rows"]) == n_rows
@@ -241,7 +241,8 @@ def test_evaluate_run_record_and_files(tiny_llama, athlete_split, tmp_path):
     assert agg["forget.train.err"] == pytest.approx(1 - agg["forget.train.p_true"])
     assert agg["mmlu.acc"] == result["side_effects"]["mmlu"]["accuracy"]
     assert agg["lm_loss"] == result["side_effects"]["lm_loss"]["loss"]
-    assert agg["probe.truth"] == result["attacks"]["probe"]["reads_true_max"]
+    probe = result["attacks"]["probe"]
+    assert agg["probe.truth"] == probe["reads_true"] == probe["layers"][0]["reads_true"] and probe["headline_layers"] == [2]
     assert result["split"]["forget"] == [f.id for f in athlete_split.forget]
     mcq_rows = [r for r in result["rows"] if r["format"] == "mcq"]
     assert all(len(r["options"].split(" | ")) == 4 for r in mcq_rows)  # the shuffle is logged

@@ -106,7 +106,8 @@ def _flat(result: dict) -> dict[str, float | None]:
         out["relearn.error"] = attacks["relearn"]["relearning_error"]
     if "probe" in attacks:
         p = attacks["probe"]
-        out["probe.truth"] = p["reads_true_max"]
+        out["probe.truth"] = p["reads_true"]
+        out["probe.target"] = p["reads_target"]
         out["probe.truth_best_layer"] = p["reads_true_best"]
         out["probe.target_best_layer"] = p["reads_target_best"]
         out["probe.best_layer_accuracy"] = max(r["accuracy"] for r in p["layers"])

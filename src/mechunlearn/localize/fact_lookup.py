@@ -14,12 +14,21 @@
    positions is added to the clean residual entering L* (``blocks.{L*}.hook_resid_pre``); the
    layers before L* stay clean (so only the direct path l -> L* is corrupted) and L* onwards
    runs normally. Same normalised logit-difference effect.
-4. Rule: FLU layers = MLPs l < L* with path-patching score >= ``threshold`` (the paper's 0.02,
-   signed: the MLP's clean output must carry the true answer) that are not after the subject
-   probe's plateau: when the subject-alone probe rises at least ``min_probe_gain`` above chance,
-   MLPs after the first point reaching ``plateau`` (0.8) of its maximum gain are dropped (the
-   attribute is already decodable there; later MLPs only carry it). If nothing survives, the
-   single highest-scoring MLP below L* is taken (and the evidence says so).
+4. Rule, in two cuts:
+   * Plateau: when the subject-alone probe curve's MONOTONE ENVELOPE rises at least
+     ``min_probe_gain`` above chance, MLPs after the point where the attribute becomes decodable
+     are dropped (later MLPs only carry it): the point where the envelope first reaches
+     ``plateau`` (0.8) of its gain over chance. The envelope is the least-squares non-decreasing fit (isotonic
+     regression): a cross-validated curve on ~100 facts is noisy, and a single early spike that
+     falls back must not cut the lookup short (on the raw curve it did). A running maximum is
+     no fix: its first crossing is the raw curve's.
+   * Scores: of the MLPs l < L* that survive, keep those whose path-patching score is
+     >= max(``threshold``, ``relative`` x the largest surviving score). The paper's absolute
+     0.02 (signed: the MLP's clean output must carry the true answer) alone collects every
+     marginal MLP on a small model (one seed: MLP 3 at 0.47 plus seven at 0.02-0.10), and which
+     marginal ones pass changes from seed to seed; a cut relative to the dominant MLP keeps the
+     MLPs of the same order as it and is scale-free. If nothing survives, the single
+     highest-scoring MLP below L* is taken (and the evidence says so).
 
 Scores: the FLU layers' MLP matrices (in, gate, out) carry their path-patching score; no other
 component is scored, so a budget cut keeps the best FLU layers and never adds others.
@@ -27,7 +36,9 @@ component is scored, so a budget cut keeps the best FLU layers and never adds ot
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from sklearn.isotonic import IsotonicRegression
 
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.facts import FactSet
@@ -41,12 +52,13 @@ from mechunlearn.localize.patching import (
     head_output_fn,
     shared_prefix,
 )
-from mechunlearn.localize.probes import ProbeCurves, probe_curves, residual_names
+from mechunlearn.localize.probes import ProbeCurves, probe_curves
 from mechunlearn.models.loading import LoadedModel
+from mechunlearn.models.probes import residual_names
 from mechunlearn.models.scoring import encode
 
-DEFAULTS = {"top_heads": 10, "threshold": 0.02, "min_probe_gain": 0.2, "plateau": 0.8, "corrupt_pool": "subjects",
-            "max_rows": 128, "probe_facts": None}
+DEFAULTS = {"top_heads": 10, "threshold": 0.02, "relative": 0.25, "min_probe_gain": 0.2, "plateau": 0.8,
+            "corrupt_pool": "subjects", "max_rows": 128, "probe_facts": None}
 
 
 def _readout(scorer: AnswerScorer, lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
@@ -82,30 +94,49 @@ def extraction_head_scores(lm: LoadedModel, clean: dict, corrupt: dict, batch, s
     return scores
 
 
-def choose_layers(mlp_scores: dict[int, float], probes: ProbeCurves | None, threshold: float,
-                  min_probe_gain: float, plateau: float) -> tuple[list[int], str]:
-    passing = [layer for layer, s in sorted(mlp_scores.items()) if s >= threshold]
-    rule = f"MLPs below the receiver layer with path-patching score >= {threshold}"
+def monotone_envelope(curve: list[float]) -> list[float]:
+    """The least-squares non-decreasing fit of ``curve`` (isotonic regression)."""
+    points = np.arange(len(curve))
+    return IsotonicRegression(increasing=True).fit_transform(points, np.asarray(curve, dtype=float)).tolist()
+
+
+def plateau_point(envelope: list[float], chance: float, plateau: float) -> int:
+    """The first point where a non-decreasing curve reaches ``plateau`` of its gain over chance."""
+    target = chance + plateau * (max(envelope) - chance)
+    return next(p for p, a in enumerate(envelope) if a >= target - 1e-12)
+
+
+def choose_layers(mlp_scores: dict[int, float], probes: ProbeCurves | None, threshold: float, relative: float,
+                  min_probe_gain: float, plateau: float) -> tuple[list[int], str, dict]:
+    """FLU's MLP layers (rule 4 of the module docstring), the rule in words, and its numbers."""
+    candidates = sorted(mlp_scores)
+    numbers, probe_words = {"threshold": threshold, "relative": relative}, ""
     if probes is not None:
-        curve = probes.subject
-        gain = max(curve) - probes.chance
+        envelope = monotone_envelope(probes.subject)
+        gain = max(envelope) - probes.chance
         if gain >= min_probe_gain:
-            target = probes.chance + plateau * gain
-            reached = next(p for p, a in enumerate(curve) if a >= target)  # point p = after block p-1
+            reached = plateau_point(envelope, probes.chance, plateau)  # point p = after block p-1
             last_layer = max(reached - 1, 0)
-            passing = [layer for layer in passing if layer <= last_layer]
-            rule += (f", up to MLP {last_layer} (the subject-alone probe reaches {plateau:.0%} of its gain over "
-                     f"chance at point {reached})")
+            candidates = [layer for layer in candidates if layer <= last_layer]
+            numbers.update(envelope=envelope, plateau_point=reached, last_layer=last_layer)
+            probe_words = (f", up to MLP {last_layer} (the monotone envelope of the subject-alone probe reaches "
+                           f"{plateau:.0%} of its gain over chance at point {reached})")
         else:
-            rule += f" (subject-alone probe gain {gain:.2f} < {min_probe_gain}: probes not used)"
-    if not passing and mlp_scores:
-        best = max(mlp_scores, key=mlp_scores.__getitem__)
-        return [best], rule + f"; nothing passed, so the best-scoring MLP ({best}) alone"
-    return passing, rule
+            probe_words = f" (subject-alone probe gain {gain:.2f} < {min_probe_gain}: probes not used)"
+    top = max(mlp_scores[layer] for layer in candidates)
+    cut = max(threshold, relative * top)
+    passing = [layer for layer in candidates if mlp_scores[layer] >= cut]
+    numbers["cut"] = cut
+    rule = (f"MLPs below the receiver layer with path-patching score >= max({threshold}, {relative} x the largest, "
+            f"{top:.3f}) = {cut:.3f}{probe_words}")
+    if not passing:
+        best = max(candidates, key=mlp_scores.__getitem__)
+        return [best], rule + f"; nothing passed, so the best-scoring MLP ({best}) alone", numbers
+    return passing, rule, numbers
 
 
-def fact_lookup(lm: LoadedModel, facts: FactSet, seed: int, top_heads: int, threshold: float, min_probe_gain: float,
-                plateau: float, corrupt_pool: str, max_rows: int, probe_facts: FactSet | None):
+def fact_lookup(lm: LoadedModel, facts: FactSet, seed: int, top_heads: int, threshold: float, relative: float,
+                min_probe_gain: float, plateau: float, corrupt_pool: str, max_rows: int, probe_facts: FactSet | None):
     arch = lm.arch
     if probe_facts is not None and not isinstance(probe_facts, FactSet):
         raise MechunlearnError(f"probe_facts must be a FactSet, got {type(probe_facts).__name__}")
@@ -140,7 +171,7 @@ def fact_lookup(lm: LoadedModel, facts: FactSet, seed: int, top_heads: int, thre
         probes = probe_curves(lm, facts, batch.to("cpu"), seed=seed, prompt_cache=clean_run.cache)
     else:
         probes = probe_curves(lm, probe_facts, seed=seed)
-    layers, rule = choose_layers(mlp_scores, probes, threshold, min_probe_gain, plateau)
+    layers, rule, rule_numbers = choose_layers(mlp_scores, probes, threshold, relative, min_probe_gain, plateau)
     scores = {f"blocks.{layer}.mlp.{m}": mlp_scores[layer] for layer in layers for m in arch.matrix_types
               if m in ("in", "gate", "out")}
     evidence = {
@@ -154,6 +185,7 @@ def fact_lookup(lm: LoadedModel, facts: FactSet, seed: int, top_heads: int, thre
         "mlp_path_patching": {str(layer): s for layer, s in mlp_scores.items()},
         "flu_layers": layers,
         "rule": rule,
+        "rule_numbers": rule_numbers,
         "logit_diff": {"clean": float(ld_clean.mean()), "corrupt": float(ld_corrupt.mean())},
         "metric": "normalised logit difference: sum(patched - clean) / sum(corrupt - clean); "
                   + ("closed set: logit(true) - mean logit(other answers)" if facts.closed

@@ -1,6 +1,6 @@
 """Per-layer linear probes: where does the attribute become decodable?
 
-A multinomial logistic regression (standardised features, L2, sklearn) is fit per residual
+The shared probe (``models/probes.py``: a standardised multinomial logistic regression) is fit per residual
 stream point on the hidden state at the subject's LAST token, and scored by seeded stratified
 k-fold cross-validated BALANCED accuracy (mean recall per class; chance = 1 / classes) over the
 facts: held-out facts, so memorising an athlete does not count, and an unbalanced sample does
@@ -26,16 +26,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score
-from sklearn.model_selection import StratifiedKFold
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from mechunlearn.facts import FactSet
-from mechunlearn.models.hooks import cache_activations
 from mechunlearn.models.loading import LoadedModel
-from mechunlearn.models.scoring import Encoded, batched, encode
+from mechunlearn.models.probes import cv_balanced_accuracy, residual_names, residuals_at
+from mechunlearn.models.scoring import Encoded, encode
 
 
 @dataclass
@@ -77,36 +72,6 @@ def subject_alone(tokenizer, facts: FactSet) -> Encoded:
     return Encoded(ids, mask, mask.sum(1) - 1)
 
 
-def residual_at(lm: LoadedModel, batch: Encoded, position: torch.Tensor, batch_size: int = 32) -> np.ndarray:
-    """Residual stream at ``position`` ([B] token index) for every point: [n_layers + 1, B, d]."""
-    arch = lm.arch
-    names = residual_names(arch.n_layers)
-    out = []
-    for rows in batched(len(batch), batch_size):
-        part = batch.rows(rows).to(lm.device)
-        pos = position[rows].to(lm.device)
-        with torch.no_grad(), cache_activations(lm.model, names) as cache:
-            lm.model.base_model(input_ids=part.input_ids, attention_mask=part.attention_mask, use_cache=False)
-        idx = torch.arange(len(part), device=lm.device)
-        out.append(torch.stack([cache[n][idx, pos].float().cpu() for n in names]))
-    return torch.cat(out, 1).numpy()
-
-
-def cv_accuracy(x: np.ndarray, y: np.ndarray, folds: int, seed: int, C: float = 0.1) -> float:
-    """Cross-validated balanced accuracy of a standardised multinomial logistic regression."""
-    predicted = np.empty_like(y)
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for train, test in splitter.split(x, y):
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, solver="newton-cg", max_iter=500))
-        clf.fit(x[train], y[train])
-        predicted[test] = clf.predict(x[test])
-    return float(balanced_accuracy_score(y, predicted))
-
-
-def residual_names(n_layers: int) -> list[str]:
-    return ["blocks.0.hook_resid_pre", *[f"blocks.{L}.hook_resid_post" for L in range(n_layers)]]
-
-
 def probe_curves(lm: LoadedModel, facts: FactSet, prompt_batch: Encoded | None = None, seed: int = 0,
                  max_folds: int = 5, max_classes: int = 8, min_per_class: int = 4,
                  prompt_cache: dict | None = None) -> ProbeCurves | None:
@@ -129,14 +94,15 @@ def probe_curves(lm: LoadedModel, facts: FactSet, prompt_batch: Encoded | None =
     alone = subject_alone(lm.tokenizer, kept)
     in_prompt = prompt_batch.rows(torch.tensor(keep))
     subject_last = torch.tensor([int(row.nonzero().max()) for row in in_prompt.subject_mask])
-    x_alone = residual_at(lm, alone, alone.last_index)
+    names = residual_names(lm.arch.n_layers)
+    x_alone = residuals_at(lm, alone, alone.last_index, names)
     if prompt_cache is not None:
         rows = torch.tensor(keep)
-        x_prompt = torch.stack([prompt_cache[n][rows, subject_last.to(prompt_cache[n].device)].float().cpu()
-                                for n in residual_names(lm.arch.n_layers)]).numpy()
+        x_prompt = {n: prompt_cache[n][rows, subject_last.to(prompt_cache[n].device)].float().cpu().numpy()
+                    for n in names}
     else:
-        x_prompt = residual_at(lm, in_prompt, subject_last)
-    curves = {name: [cv_accuracy(x[p], labels, folds, seed) for p in range(x.shape[0])]
-              for name, x in (("subject", x_alone), ("prompt", x_prompt))}
+        x_prompt = residuals_at(lm, in_prompt, subject_last, names)
+    curves = {kind: [cv_balanced_accuracy(x[n], labels, folds, seed) for n in names]
+              for kind, x in (("subject", x_alone), ("prompt", x_prompt))}
     chance = 1.0 / len(present)
     return ProbeCurves([c.strip() for c in classes], len(keep), chance, curves["subject"], curves["prompt"], folds)

@@ -15,27 +15,32 @@ numbers are reported. With ``train_on="maintain+forget_half"`` the probe also tr
 first half of the edited facts (true labels) and reads the other half: needed when the
 maintain set has no example of the edited facts' answer (a whole category was edited).
 ``train_on="auto"`` (the default) uses the maintain facts alone unless none of the edited
-facts' true answers is among their answers, and says which it used."""
+facts' true answers is among their answers, and says which it used.
+
+Headline (the paper's aggregation): ``reads_true`` / ``reads_target`` = the mean over the
+``headline`` layers of the per-layer fractions; by default the upper half of the model's layers,
+where a probe reads an unedited model's answers well. The maximum over layers is no headline: in
+the lowest layers the probe barely works and every model, edited or not, scores near chance.
+``headline_layers`` and ``headline_rule`` record what was averaged; ``layers`` keeps the curve."""
 
 from __future__ import annotations
 
 import time
-import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.evaluate.attacks.common import attack_halves
 from mechunlearn.facts import Fact, Split
-from mechunlearn.models.hooks import cache_activations
 from mechunlearn.models.loading import LoadedModel
-from mechunlearn.models.scoring import batched, encode
+from mechunlearn.models.probes import fit_probe, resid_post, residuals_at
+from mechunlearn.models.scoring import encode
 
 TRAIN_ON = ("auto", "maintain", "maintain+forget_half")
+HEADLINE_RULES = ("upper_half", "all")
 
 
 @dataclass
@@ -48,27 +53,39 @@ class ProbeConfig:
     train_on: str = "auto"
     batch_size: int = 16
     seed: int = 0
+    headline: str | tuple[int, ...] = "upper_half"  # the layers the headline averages: a rule or explicit layers
 
     def __post_init__(self):
         if self.train_on not in TRAIN_ON:
             raise MechunlearnError(f"unknown probe training set {self.train_on!r}: use one of {TRAIN_ON}")
+        if isinstance(self.headline, str):
+            if self.headline not in HEADLINE_RULES:
+                raise MechunlearnError(f"unknown probe headline rule {self.headline!r}: use one of {HEADLINE_RULES} "
+                                       "or a list of layers")
+        else:
+            self.headline = tuple(self.headline)
+            if not self.headline or not all(isinstance(L, int) and not isinstance(L, bool) for L in self.headline):
+                raise MechunlearnError(f"probe headline layers must be a non-empty list of layer numbers, "
+                                       f"got {self.headline!r}")
 
 
-def last_token_residuals(lm: LoadedModel, prompts: list[str], layers: list[int], batch_size: int = 16,
-                         progress: bool = False) -> dict[int, np.ndarray]:
-    """``blocks.L.hook_resid_post`` at each prompt's last token: {layer: [n, d_model]}."""
-    names = {L: f"blocks.{L}.hook_resid_post" for L in layers}
-    out: dict[int, list[torch.Tensor]] = {L: [] for L in layers}
-    with torch.no_grad():
-        for rows in tqdm(list(batched(len(prompts), batch_size)), desc="probe residuals", disable=not progress,
-                         leave=False):
-            batch = encode(lm.tokenizer, prompts[rows], device=lm.device)
-            with cache_activations(lm.model, list(names.values())) as cache:
-                lm.model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-            index = torch.arange(len(batch), device=lm.device)
-            for L, name in names.items():
-                out[L].append(cache[name][index, batch.last_index].float().cpu())
-    return {L: torch.cat(v).numpy() for L, v in out.items()}
+def headline_layers(rule: str | tuple[int, ...], n_layers: int, probed: list[int]) -> tuple[list[int], str]:
+    """The probed layers the headline averages over, and the rule in words."""
+    if rule == "upper_half":
+        wanted, words = range(n_layers // 2, n_layers), f"the upper half of the {n_layers} layers"
+    elif rule == "all":
+        wanted, words = range(n_layers), "every layer"
+    else:
+        missing = sorted(set(rule) - set(probed))
+        if missing:
+            raise MechunlearnError(f"probe headline layers {missing} are not among the probed layers {probed}")
+        wanted, words = rule, f"layers {list(rule)}"
+    return [L for L in probed if L in wanted], f"mean over {words} (probed layers only)"
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
 
 
 def _classes(facts: list[Fact], closed: tuple[str, ...] | None, config: ProbeConfig) -> list[str]:
@@ -77,19 +94,6 @@ def _classes(facts: list[Fact], closed: tuple[str, ...] | None, config: ProbeCon
         return [a for a in closed if counts.get(a, 0) > 0]
     common = [a for a, n in counts.most_common() if n >= config.min_per_class]
     return common[: config.top_answers]
-
-
-def _fit(x: np.ndarray, y: np.ndarray, config: ProbeConfig):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=config.C, max_iter=config.max_iter,
-                                                               random_state=config.seed))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence warnings on tiny, separable sets
-        probe.fit(x, y)
-    return probe
 
 
 def _fraction(hits: list[bool]) -> float | None:
@@ -106,6 +110,7 @@ def probe_attack(lm: LoadedModel, split: Split, config: ProbeConfig | None = Non
     bad = [L for L in layers if not 0 <= L < lm.arch.n_layers]
     if bad:
         raise MechunlearnError(f"probe layers {bad} out of range 0..{lm.arch.n_layers - 1}")
+    top, rule = headline_layers(config.headline, lm.arch.n_layers, layers)
 
     train_facts, test_facts = list(split.maintain_train), list(split.maintain_test)
     edited = list(split.forget_eval)
@@ -133,15 +138,16 @@ def probe_attack(lm: LoadedModel, split: Split, config: ProbeConfig | None = Non
 
     groups = [train_facts, test_facts, edited]
     prompts = [f.prompt for g in groups for f in g]
-    acts = last_token_residuals(lm, prompts, layers, config.batch_size, progress)
+    batch = encode(lm.tokenizer, prompts)
+    acts = residuals_at(lm, batch, batch.last_index, [resid_post(L) for L in layers], config.batch_size, progress)
     n_tr, n_te = len(train_facts), len(test_facts)
     y_train = np.array([f.target_true for f in train_facts])
     y_test = np.array([f.target_true for f in test_facts])
 
     per_layer = []
     for L in tqdm(layers, desc="probes", disable=not progress, leave=False):
-        x = acts[L]
-        probe = _fit(x[:n_tr], y_train, config)
+        x = acts[resid_post(L)]
+        probe = fit_probe(x[:n_tr], y_train, config.C, config.max_iter, seed=config.seed)
         accuracy = float((probe.predict(x[n_tr:n_tr + n_te]) == y_test).mean())
         proba = probe.predict_proba(x[n_tr + n_te:])
         labels = list(probe.classes_)
@@ -155,7 +161,10 @@ def probe_attack(lm: LoadedModel, split: Split, config: ProbeConfig | None = Non
             "p_target": _fraction([proba[i, labels.index(f.target_new)] for i, f in enumerate(edited) if readable_new[i]]),
         })
     best = max(per_layer, key=lambda r: (r["accuracy"], r["layer"]))
+    top_rows = [r for r in per_layer if r["layer"] in top]
     notes = []
+    if not top:
+        notes.append(f"no probed layer falls under the headline rule ({rule}): no headline")
     if not all(readable_true):
         notes.append(f"{len(edited) - sum(readable_true)} edited facts have a true answer the probe was not trained on")
     if not all(readable_new):
@@ -172,10 +181,13 @@ def probe_attack(lm: LoadedModel, split: Split, config: ProbeConfig | None = Non
         "train_on": train_on,
         "halves": halves_rule,
         "layers": per_layer,
+        "headline_layers": top,
+        "headline_rule": rule,
+        "reads_true": _mean([r["reads_true"] for r in top_rows]),
+        "reads_target": _mean([r["reads_target"] for r in top_rows]),
         "best_layer": best["layer"],
         "reads_true_best": best["reads_true"],
         "reads_target_best": best["reads_target"],
-        "reads_true_max": max((r["reads_true"] for r in per_layer if r["reads_true"] is not None), default=None),
         "notes": notes,
         "seconds": time.perf_counter() - start,
     }
