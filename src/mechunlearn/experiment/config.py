@@ -1,0 +1,264 @@
+"""The experiment config: a typed schema over the defaults, read strictly from YAML (and
+``--set KEY.PATH=VALUE`` overrides) and checked before any work."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import yaml
+
+from mechunlearn.edit import EditConfig
+from mechunlearn.evaluate import EvalConfig
+from mechunlearn.experiment.schema import ConfigError, read, read_fields
+
+PACKAGED = Path(__file__).resolve().parents[1] / "configs"
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+MODES = ("random", "first", "category")
+LOCALIZE_BLOCKS = ("per_block", "once")
+
+
+@dataclass(frozen=True)
+class FactsSpec:
+    dataset: str = "sports"
+    data: str | None = None
+    threshold: float | None = None
+    mc_path: str | None = None
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    # every method at the size of `match`'s own selection (or `params`), except the `exempt`
+    # baselines that are defined by their size; granularity None = each method's own
+    match: str | None = "fact_lookup"
+    params: int | None = None
+    granularity: str | None = None
+    rule: str = "closest"
+    exempt: tuple[str, ...] = ("all_mlps", "everything")
+
+
+@dataclass(frozen=True)
+class LocalizationSpec:
+    n_facts: int = 32
+    probe_facts: int = 96  # fact_lookup's probes: this many facts, a superset of the localization facts
+    methods: tuple[str, ...] = ("fact_lookup", "causal_tracing", "attribution_patching", "random", "all_mlps")
+    budget: BudgetSpec = field(default_factory=BudgetSpec)
+    params: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    formats: tuple[str, ...] = ("train", "qa", "mcq")
+    attacks: tuple[str, ...] = ("relearn", "probe")
+    config: dict = field(default_factory=dict)  # EvalConfig fields
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    name: str
+    objective: str = "edit"
+    forget: int | None = 16
+    mode: str | None = None  # random (default) | first | category (default when `category` is set)
+    category: str | None = None
+    new_target: str | None = None
+    blocks: int | None = None  # sequential editing: this many blocks of `forget` facts
+    localize: str = "per_block"  # sequential: re-localize on the model edited so far, or "once"
+    facts: dict = field(default_factory=dict)  # FactsSpec fields overriding the top-level ones
+    training: dict = field(default_factory=dict)  # EditConfig fields
+    evaluation: dict = field(default_factory=dict)  # EvaluationSpec fields
+
+    @property
+    def split_mode(self) -> str:
+        return self.mode or ("category" if self.category else "random")
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    default: dict = field(default_factory=dict)  # EditConfig fields
+    per_method: dict[str, dict] = field(default_factory=dict)
+    # every arm trains until its forget strength on the training prompts reaches this (editing:
+    # mean P(edit target); unlearning: 1 - mean P(true)), with `steps` as the cap; null: fixed steps
+    target: float | None = 0.9
+    # EditConfig fields -> lists of values, tried on a validation carve (see sweep.py)
+    sweep: dict | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str = "default"
+    dtype: str = "float32"
+    # relative facts.data / facts.mc_path resolve against this folder (else the current one)
+    data_dir: str | None = None
+    device: str | None = None
+    seeds: tuple[int, ...] = (0,)
+    facts: FactsSpec = field(default_factory=FactsSpec)
+    localization: LocalizationSpec = field(default_factory=LocalizationSpec)
+    settings: tuple[SettingSpec, ...] = (SettingSpec("edit16"),)
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
+
+    def to_json(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    def setting(self, name: str) -> SettingSpec:
+        return next(s for s in self.settings if s.name == name)
+
+    def facts_for(self, setting: SettingSpec) -> FactsSpec:
+        return replace(self.facts, **setting.facts)
+
+    def evaluation_for(self, setting: SettingSpec) -> EvaluationSpec:
+        own = dict(setting.evaluation)
+        config = _merge(self.evaluation.config, own.pop("config", {}))
+        return replace(self.evaluation, **own, config=config)
+
+    def eval_config(self, setting: SettingSpec, seed: int) -> EvalConfig:
+        return EvalConfig.from_dict({**self.evaluation_for(setting).config, "seed": seed})
+
+    def edit_config(self, method: str, setting: SettingSpec, seed: int) -> EditConfig:
+        values = {"target": self.training.target, **self.training.default,
+                  **self.training.per_method.get(method, {}), **setting.training,
+                  "objective": setting.objective, "seed": seed}
+        return EditConfig(**values)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def packaged_configs() -> list[str]:
+    return sorted(p.stem for p in PACKAGED.glob("*.yaml"))
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
+    """A YAML config (a bare name such as ``demo``, ``quick`` or ``paper`` names a packaged one)
+    with ``overrides`` merged over it, read into a checked :class:`RunConfig`."""
+    if path is not None and str(path) in packaged_configs() and not Path(path).is_file():
+        path = PACKAGED / f"{path}.yaml"
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"no such config file: {path} (packaged configs: {', '.join(packaged_configs())})")
+    try:
+        user = yaml.safe_load(Path(path).read_text()) if path else {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the config: {e}") from None
+    if user is not None and not isinstance(user, dict):
+        raise ConfigError(f"{path}: a config is a YAML mapping of keys to values")
+    return from_dict(_merge(user or {}, overrides or {}))
+
+
+def from_dict(data: dict) -> RunConfig:
+    config = read(RunConfig, data)
+    check(config)
+    return config
+
+
+def check(config: RunConfig) -> None:
+    """Everything that can be checked without loading a model or data."""
+    from mechunlearn.edit.objectives import forget_objectives
+    from mechunlearn.localize import METHODS
+
+    if not config.seeds:
+        raise ConfigError("config key 'seeds' is empty: give at least one seed")
+    if config.dtype not in DTYPES:
+        raise ConfigError(f"config key 'dtype' is {config.dtype!r}: use one of {', '.join(DTYPES)}")
+    names = [s.name for s in config.settings]
+    if not names:
+        raise ConfigError("config key 'settings' is empty: give at least one setting")
+    if len(set(names)) != len(names) or not all(names):
+        raise ConfigError(f"every setting needs a unique, non-empty name; got {names}")
+    loc = config.localization
+    for i, method in enumerate(loc.methods):
+        if method not in METHODS:
+            raise ConfigError(f"config key 'localization.methods[{i}]' is {method!r}: use one of {', '.join(METHODS)}")
+    if not loc.methods:
+        raise ConfigError("config key 'localization.methods' is empty")
+    for method in loc.params:
+        if method not in loc.methods:
+            raise ConfigError(f"config key 'localization.params.{method}' names a method that is not run")
+    if loc.budget.match is not None and loc.budget.params is None and loc.budget.match not in loc.methods:
+        raise ConfigError(f"config key 'localization.budget.match' is {loc.budget.match!r}, which is not "
+                          f"among the methods {list(loc.methods)}")
+    if loc.n_facts < 1 or loc.probe_facts < 0:
+        raise ConfigError("localization.n_facts must be >= 1 and localization.probe_facts >= 0")
+    for method, values in config.training.per_method.items():
+        if method not in loc.methods:
+            raise ConfigError(f"config key 'training.per_method.{method}' names a method that is not run")
+        read_fields(EditConfig, values, f"training.per_method.{method}", partial=True)
+    read_fields(EditConfig, config.training.default, "training.default", partial=True)
+    read_fields(EvalConfig, config.evaluation.config, "evaluation.config", partial=True)
+    for i, s in enumerate(config.settings):
+        path = f"settings[{i}]"
+        if s.objective not in forget_objectives():
+            raise ConfigError(f"config key '{path}.objective' is {s.objective!r}: use one of {forget_objectives()}")
+        if s.split_mode not in MODES:
+            raise ConfigError(f"config key '{path}.mode' is {s.mode!r}: use one of {', '.join(MODES)}")
+        if s.split_mode == "category" and not s.category:
+            raise ConfigError(f"setting {s.name!r}: mode category needs a 'category' (a true answer)")
+        if s.category and s.new_target and s.category.strip() == s.new_target.strip():
+            raise ConfigError(f"setting {s.name!r}: new_target equals the category {s.category!r}: nothing to edit")
+        if s.forget is not None and s.forget < 1:
+            raise ConfigError(f"config key '{path}.forget' must be >= 1, got {s.forget}")
+        if s.blocks is not None and s.blocks < 1:
+            raise ConfigError(f"config key '{path}.blocks' must be >= 1, got {s.blocks}")
+        if s.localize not in LOCALIZE_BLOCKS:
+            raise ConfigError(f"config key '{path}.localize' is {s.localize!r}: use one of {LOCALIZE_BLOCKS}")
+        read_fields(FactsSpec, s.facts, f"{path}.facts", partial=True)
+        read_fields(EditConfig, s.training, f"{path}.training", partial=True)
+        evaluation = read_fields(EvaluationSpec, s.evaluation, f"{path}.evaluation", partial=True)
+        read_fields(EvalConfig, evaluation.get("config", {}), f"{path}.evaluation.config", partial=True)
+        for method in loc.methods:
+            _checked(lambda m=method, st=s: config.edit_config(m, st, 0).validate(), f"{path} ({method})")
+        _checked(lambda st=s: config.eval_config(st, 0), f"{path}.evaluation")
+    sweep = config.training.sweep
+    if sweep is not None:
+        grid = {k: v for k, v in sweep.items() if k != "max_maintain_drop"}
+        read_fields(EditConfig, {k: v[0] for k, v in grid.items() if isinstance(v, list) and v},
+                    "training.sweep", partial=True)
+        if not grid or not all(isinstance(v, list) and v for v in grid.values()):
+            raise ConfigError("config key 'training.sweep' maps training options to non-empty lists of values")
+
+
+def _checked(make, where: str):
+    try:
+        return make()
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the config classes' own checks, named by where they came from
+        raise ConfigError(f"config {where}: {e}") from None
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``a.b=VALUE`` pairs (VALUE read as YAML) as a nested mapping for :func:`load_config`."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"an override is KEY=VALUE with a dotted KEY, got {pair!r}")
+        *parents, leaf = key.strip().split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {pair!r} conflicts with another one")
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {pair!r}: the value is not valid YAML") from None
+    return out
+
+
+def only_settings(config: RunConfig, names: list[str]) -> RunConfig:
+    known = [s.name for s in config.settings]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {unknown}; the config has {known}")
+    return replace(config, settings=tuple(s for s in config.settings if s.name in names))

@@ -1,0 +1,96 @@
+"""The facts of each setting: loaded, filtered to what the unedited model knows, and cut per seed
+into the localization facts and the splits, so that no localization fact is ever evaluated."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from mechunlearn.errors import MechunlearnError
+from mechunlearn.experiment.config import FactsSpec, RunConfig, SettingSpec
+from mechunlearn.facts import FactSet, load_facts, split_facts
+from mechunlearn.facts.splits import Split
+
+LOCALIZATION_RULE = ("per seed, a seeded sample of the known facts (n_facts for every method; probe_facts, a "
+                     "superset, for fact_lookup's probes) is set aside before the splits are drawn, so no "
+                     "localization fact is edited, evaluated or used by an attack")
+
+
+@dataclass(frozen=True)
+class SeedFacts:
+    localization: FactSet  # the facts every method localizes on
+    probes: FactSet  # fact_lookup's probe facts (a superset of `localization`)
+    splits: list[Split]  # one, or the blocks of a sequential setting
+
+
+def resolve_paths(config: RunConfig, setting: SettingSpec) -> FactsSpec:
+    """The setting's facts with file paths resolved against ``data_dir``; a missing file fails
+    here, before any work."""
+    spec = config.facts_for(setting)
+    if spec.dataset == "hub":
+        return spec
+    resolved = {}
+    for name in ("data", "mc_path"):
+        value = getattr(spec, name)
+        if not value:
+            continue
+        path = Path(config.data_dir or ".").expanduser() / value
+        if not path.is_file():
+            hint = "" if config.data_dir else " (relative paths resolve against data_dir: --set data_dir=DIR)"
+            raise MechunlearnError(f"setting {setting.name!r}: no such {name} file {path}{hint}")
+        resolved[name] = str(path)
+    return FactsSpec(**{**spec.__dict__, **resolved})
+
+
+def load_spec(spec: FactsSpec) -> FactSet:
+    facts = load_facts(spec.dataset, spec.data, mc_path=spec.mc_path)
+    if spec.limit and spec.limit < len(facts):
+        facts = facts.subset(random.Random("facts").sample(list(facts.facts), spec.limit))
+    return facts
+
+
+def seed_facts(config: RunConfig, known: FactSet, setting: SettingSpec, seed: int) -> SeedFacts:
+    """Localization and probe facts drawn first from the known facts, the splits from the rest."""
+    loc = config.localization
+    n = min(loc.n_facts, len(known))
+    n_probe = min(max(n, loc.probe_facts), len(known))
+    drawn = random.Random(f"localization:{seed}").sample(list(known.facts), n_probe)
+    taken = {f.id for f in drawn}
+    rest = known.subset([f for f in known.facts if f.id not in taken], known.name)
+    return SeedFacts(known.subset(drawn[:n], f"{known.name} localization"),
+                     known.subset(drawn, f"{known.name} probes"), splits(rest, setting, seed))
+
+
+def splits(known: FactSet, setting: SettingSpec, seed: int) -> list[Split]:
+    """One split, or for ``blocks: K`` sequential editing K disjoint forget blocks sharing one
+    maintain set."""
+    if setting.blocks:
+        k, n = setting.blocks, setting.forget or 16
+        whole = split_facts(known, forget=k * n, mode=setting.split_mode, seed=seed)
+        ids = [f.id for f in whole.forget]
+        blocks = [whole.forget.by_id(ids[i * n:(i + 1) * n]) for i in range(k)]
+        return [Split(b, b, whole.maintain_train, whole.maintain_test, seed, f"sequential block {i + 1}/{k} of {n}")
+                for i, b in enumerate(blocks)]
+    return [split_facts(known, forget=setting.forget, mode=setting.split_mode, category=setting.category,
+                        new_target=setting.new_target, seed=seed)]
+
+
+def union(splits: list[Split]) -> Split:
+    """The blocks of a sequential edit as one split (every edited fact), for evaluation."""
+    if len(splits) == 1:
+        return splits[0]
+    forget = [f for s in splits for f in s.forget]
+    first = splits[0]
+    return Split(first.forget.subset(forget), first.forget.subset(forget), first.maintain_train, first.maintain_test,
+                 first.seed, f"{len(splits)} sequential blocks")
+
+
+def evaluated_ids(split: Split) -> set[str]:
+    return {f.id for s in (split.forget, split.forget_eval, split.maintain_test) for f in s}
+
+
+def split_record(splits: list[Split]) -> dict:
+    sizes = splits[0].sizes()
+    return {"rule": splits[0].rule if len(splits) == 1 else f"{len(splits)} sequential blocks",
+            **{k: sum(s.sizes()[k] for s in splits) if k.startswith("forget") else sizes[k] for k in sizes}}

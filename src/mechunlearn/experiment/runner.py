@@ -1,0 +1,211 @@
+"""The paper's comparison: localization methods x settings x seeds, every method at the same
+trained-parameter budget and trained to the same strength, each cell written atomically so that a
+rerun resumes where it stopped.
+
+Run folder::
+
+    config.json                 the fully resolved config
+    data.json                   facts known, localization facts, split sizes, templates
+    localizations/{method}__s{seed}.json (+ .png, .selection.json)
+    cells/{setting}__{method}__s{seed}.json   (method "unedited": the model before editing)
+    results.csv, verdicts.json, report.html, report/*.png
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from mechunlearn.edit import train
+from mechunlearn.edit.saving import weights_hash
+from mechunlearn.errors import FactDataError, MechunlearnError
+from mechunlearn.evaluate import evaluate_run
+from mechunlearn.experiment import facts as run_facts
+from mechunlearn.experiment.config import RunConfig, SettingSpec
+from mechunlearn.experiment.localizations import Localizations
+from mechunlearn.experiment.summary import summary_table
+from mechunlearn.experiment.sweep import sweep
+from mechunlearn.facts import FactSet, filter_known
+from mechunlearn.facts.splits import Split
+from mechunlearn.io import read_json, write_json_atomic
+from mechunlearn.localize import Selection
+from mechunlearn.models.loading import LoadedModel, load_model
+from mechunlearn.report import write_report
+from mechunlearn.report.flatten import curves, flatten
+
+BASE = "unedited"
+CELL_KEYS = ("setting", "method", "seed", "metrics", "n_params")
+
+
+class Experiment:
+    def __init__(self, config: RunConfig, out: str | Path, console: Console | None = None):
+        self.config = config
+        self.out = Path(out)
+        self.console = console or Console(stderr=True)
+        self.locs = Localizations(config, self.out / "localizations", self.console)
+        self._lm: LoadedModel | None = None
+        self._pristine: dict[str, torch.Tensor] | None = None
+        self._known: dict[tuple, tuple[FactSet, dict]] = {}
+
+    # --- model, reset to its original weights before every cell --------------------------
+    @property
+    def lm(self) -> LoadedModel:
+        if self._lm is None:
+            c = self.config
+            device = c.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            self._lm = load_model(c.model, dtype=c.dtype, device=device)
+            self._pristine = {k: v.detach().clone() for k, v in self._lm.model.state_dict().items()}
+        return self._lm
+
+    def fresh_model(self) -> LoadedModel:
+        lm = self.lm
+        lm.model.load_state_dict(self._pristine)
+        lm.model.eval()
+        for p in lm.model.parameters():
+            p.requires_grad_(True)
+        return lm
+
+    # --- data ----------------------------------------------------------------------------
+    def known_facts(self, setting: SettingSpec) -> tuple[FactSet, dict]:
+        spec = run_facts.resolve_paths(self.config, setting)
+        key = (spec.dataset, spec.data, spec.mc_path, spec.threshold, spec.limit)
+        if key not in self._known:
+            facts = run_facts.load_spec(spec)
+            lm = self.fresh_model()  # never an edited cell's weights
+            report = filter_known(lm.model, lm.tokenizer, facts, spec.threshold, progress=True)
+            self._known[key] = (report.known, {**report.to_json(), "dataset": spec.dataset, "data": spec.data})
+        return self._known[key]
+
+    def check(self) -> None:
+        """Data files, before any work (the config itself was checked when it was read)."""
+        for setting in self.config.settings:
+            run_facts.resolve_paths(self.config, setting)
+
+    # --- cells ---------------------------------------------------------------------------
+    def cell_path(self, setting: str, method: str, seed: int) -> Path:
+        return self.out / "cells" / f"{setting}__{method}__s{seed}.json"
+
+    def cell_done(self, path: Path) -> bool:
+        """A finished cell; an unreadable one (a crash or a full disk) is set aside, named, and
+        computed again."""
+        if not path.exists():
+            return False
+        try:
+            cell = read_json(path)
+            if isinstance(cell, dict) and all(k in cell for k in CELL_KEYS):
+                return True
+            problem = "it lacks the keys of a cell"
+        except (OSError, ValueError, MechunlearnError) as e:
+            problem = f"it cannot be read ({e})"
+        aside = path.with_name(path.name + ".corrupt")
+        path.replace(aside)
+        self.console.print(f"[yellow]cell {path.name}: {problem}; moved to {aside.name}, computing it again[/yellow]")
+        return False
+
+    def run_cell(self, setting: SettingSpec, method: str, seed: int, facts: run_facts.SeedFacts,
+                 selection: Selection | None, first: dict[str, Selection]) -> dict:
+        lm = self.fresh_model()
+        start = time.perf_counter()
+        train_info: dict = {}
+        components = selection.components if selection else []
+        if selection is not None:
+            cfg = self.config.edit_config(method, setting, seed)
+            if self.config.training.sweep and len(facts.splits) == 1:
+                cfg, train_info["sweep"] = sweep(
+                    cfg, self.config.training.sweep, facts.splits[0], self.fresh_model,
+                    lambda m, split, c: train(m, selection.components, split, c, progress=False))
+                lm = self.fresh_model()
+            results, selections = [], [selection]
+            base_hash = weights_hash(lm.model)
+            for i, block in enumerate(facts.splits):
+                if i > 0 and setting.localize == "per_block":
+                    selections.append(self.locs.reselect(lm, method, facts, seed, first))
+                results.append(train(lm, selections[-1].components, block, cfg, progress=True, base_hash=base_hash))
+            components = sorted({c for s in selections for c in s.components})
+            train_info.update({"config": results[0].config.to_json(), "history": [r.history for r in results],
+                               "seconds": sum(r.seconds for r in results)})
+            if cfg.target is not None:
+                train_info["target"] = [r.target for r in results]
+            if len(facts.splits) > 1:
+                train_info["blocks"] = [{"components": s.components, "n_params": s.n_params, "note": s.note}
+                                        for s in selections]
+                train_info["localize"] = setting.localize
+        evaluated = self.evaluate(lm, setting, facts.splits, seed)
+        return {
+            "setting": setting.name, "method": method, "seed": seed, "objective": setting.objective,
+            "n_params": selection.n_params if selection else 0,
+            "components": components,
+            "metrics": flatten(evaluated, setting.objective),
+            "curves": curves(evaluated),
+            "train": train_info, "evaluation": evaluated,
+            "seconds": time.perf_counter() - start,
+        }
+
+    def evaluate(self, lm: LoadedModel, setting: SettingSpec, splits: list[Split], seed: int) -> dict:
+        ev = self.config.evaluation_for(setting)
+        return evaluate_run(lm, run_facts.union(splits), formats=ev.formats, attacks=ev.attacks,
+                            config=self.config.eval_config(setting, seed), progress=True)
+
+    # --- the grid ------------------------------------------------------------------------
+    def run(self) -> Path | None:
+        self.check()
+        _ = self.lm  # a model that does not load fails before the run folder is written
+        self.out.mkdir(parents=True, exist_ok=True)
+        _write_config(self.out / "config.json", self.config.to_json())
+        data = read_json(self.out / "data.json") if (self.out / "data.json").exists() else {}
+        data["localization_rule"] = run_facts.LOCALIZATION_RULE
+        skipped: dict[str, str] = {}
+        for seed in self.config.seeds:
+            for setting in self.config.settings:
+                tag = "" if not setting.facts else f"{setting.name}__"
+                try:
+                    known, known_info = self.known_facts(setting)
+                    facts = run_facts.seed_facts(self.config, known, setting, seed)
+                except FactDataError as e:  # e.g. the model knows too few facts for this setting
+                    skipped[setting.name] = str(e)
+                    self.console.print(f"[yellow]skipping setting {setting.name!r}:[/yellow] {e}")
+                    continue
+                data.setdefault("known" if not tag else "known_" + setting.name, known_info)
+                data.setdefault("localization_facts", {})[f"{tag}s{seed}"] = [f.id for f in facts.localization]
+                data.setdefault("probe_facts", {})[f"{tag}s{seed}"] = [f.id for f in facts.probes]
+                data.setdefault("splits", {}).setdefault(setting.name, {})[str(seed)] = run_facts.split_record(
+                    facts.splits)
+                write_json_atomic(self.out / "data.json", data)
+                methods = [BASE, *self.config.localization.methods]
+                todo = [m for m in methods if not self.cell_done(self.cell_path(setting.name, m, seed))]
+                if not todo:
+                    continue
+                selections = (self.locs.selections(self.fresh_model, facts, seed, tag)
+                              if set(todo) - {BASE} else {})
+                for method in todo:
+                    self.console.print(f"[b]{setting.name}[/b] · {method} · seed {seed}")
+                    cell = self.run_cell(setting, method, seed, facts, selections.get(method), selections)
+                    write_json_atomic(self.cell_path(setting.name, method, seed), cell)
+        data["skipped"] = skipped
+        write_json_atomic(self.out / "data.json", data)
+        report = write_report(self.out) if any((self.out / "cells").glob("*.json")) else None
+        if report:
+            self.console.print(summary_table(self.out))
+            self.console.print(f"report: {report}")
+        if skipped:
+            raise MechunlearnError("settings skipped (the other cells are done and reported): "
+                                   + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+        return report
+
+
+def _write_config(path: Path, config: dict) -> None:
+    """A run folder keeps its config once work is in it; before that a corrected config may
+    replace a failed start's."""
+    if path.exists():
+        try:
+            same = read_json(path) == config
+        except (ValueError, MechunlearnError):
+            same = False
+        work = [p for d in ("cells", "localizations") for p in (path.parent / d).glob("*.json")]
+        if not same and work:
+            raise MechunlearnError(f"{path.parent} holds a run with a different config; use another --out folder")
+    write_json_atomic(path, json.loads(json.dumps(config)))

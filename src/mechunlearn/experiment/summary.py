@@ -1,0 +1,34 @@
+"""The terminal summary of a run folder: metrics as rows, methods as columns, mean over seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+
+def summary_table(run_dir: Path) -> Table:
+    from mechunlearn.report import results_table
+    from mechunlearn.report.html import OURS, load_cells
+    from mechunlearn.report.metrics import present
+
+    cells = load_cells(run_dir)
+    df = results_table(cells)
+    methods = sorted(df.method.unique(), key=lambda m: (m == "unedited", m != OURS, m))
+    table = Table(title="mean over seeds (↑ higher is better, ↓ lower is better; labels in report.html)")
+    short = {"fact_lookup": "FLU", "causal_tracing": "CT", "attribution_patching": "AP", "causal_tracing_mlps": "CT-mlp",
+             "attribution_patching_mlps": "AP-mlp", "all_mlps": "all MLPs", "unedited": "before"}
+    table.add_column("setting / metric", no_wrap=True)
+    for m in methods:
+        table.add_column(short.get(m, m.replace("_", " ")), justify="right", no_wrap=True)
+    for setting, group in df.groupby("setting", sort=True):
+        by_method = group.groupby("method")
+        table.add_row(f"[b]{setting}[/b] params",
+                      *[f"{by_method.get_group(m).n_params.iloc[0] / 1e6:.1f}M" if m in by_method.groups else "–"
+                        for m in methods])
+        for metric in present([c for c in cells if c["setting"] == setting]):
+            values = [by_method.get_group(m)[metric.name].mean() if m in by_method.groups else float("nan")
+                      for m in methods]
+            arrow = "↑" if metric.higher_is_better else "↓"
+            table.add_row(f"  {metric.name} {arrow}", *["–" if v != v else f"{v:.3f}" for v in values])
+    return table

@@ -1,0 +1,85 @@
+"""Training hyperparameters chosen on facts that are never evaluated.
+
+The validation carve comes out of the maintain-train facts of the split (which no evaluation,
+attack or localization reads): a third of them become stand-in facts to edit (their own edit
+targets, or the setting's category target), a fifth of the rest the maintain-validation facts, and
+the remainder the maintain-train facts of the trial edits. Every combination of the swept values
+trains one trial edit on that carve; the choice follows the stated rule."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import replace
+
+from mechunlearn.edit import EditConfig
+from mechunlearn.errors import MechunlearnError
+from mechunlearn.facts import Split, answer_probs
+
+RULE_TARGET = ("among the candidates that reach the training-strength target on the validation carve and keep "
+               "the maintain-validation P(true) drop <= {drop}, the fewest steps, then the smallest drop; if none "
+               "reaches it, the highest strength within the drop bound; else the smallest drop")
+RULE_STRENGTH = ("the highest strength on the validation carve among the candidates whose maintain-validation "
+                 "P(true) drop is <= {drop}; if none, the smallest drop")
+
+
+def validation_split(split: Split) -> Split:
+    """Stand-in facts to edit, maintain-train and maintain-validation facts, all carved from
+    ``split.maintain_train``."""
+    ids = [f.id for f in split.maintain_train]
+    n_edit = min(len(split.forget), len(ids) // 3)
+    n_val = max(1, (len(ids) - n_edit) // 5)
+    if n_edit < 1 or len(ids) - n_edit - n_val < 1:
+        raise MechunlearnError(f"the sweep needs a validation carve of the maintain-train facts; only {len(ids)}")
+    pool = split.maintain_train
+    category_target = {f.target_new for f in split.forget} if "category" in split.rule else set()
+    edit = pool.by_id(ids[:n_edit])
+    if len(category_target) == 1:
+        target = next(iter(category_target))
+        edit = edit.subset([f.with_target(target) for f in edit if f.target_true != target])
+    return Split(edit, edit, pool.by_id(ids[n_edit + n_val:]), pool.by_id(ids[n_edit:n_edit + n_val]), split.seed,
+                 f"validation carve of the maintain-train facts ({len(edit)} to edit, {n_val} maintain-validation)")
+
+
+def strength(lm, facts, objective: str) -> float:
+    p_true, p_new = answer_probs(lm.model, lm.tokenizer, facts)
+    return float(p_new.mean()) if objective == "edit" else 1 - float(p_true.mean())
+
+
+def sweep(cfg: EditConfig, grid_spec: dict, split: Split, fresh_model: Callable, train_fn: Callable
+          ) -> tuple[EditConfig, dict]:
+    """``train_fn(lm, split, config) -> TrainResult`` trains the arm's components; ``fresh_model()``
+    gives the unedited model."""
+    grid = {k: v for k, v in grid_spec.items() if k != "max_maintain_drop"}
+    max_drop = float(grid_spec.get("max_maintain_drop", 0.05))
+    carve = validation_split(split)
+    lm = fresh_model()
+    before = float(answer_probs(lm.model, lm.tokenizer, carve.maintain_test)[0].mean())
+    trials = []
+    for values in itertools.product(*grid.values()):
+        chosen = dict(zip(grid, values, strict=True))
+        candidate = replace(cfg, **chosen)
+        lm = fresh_model()
+        result = train_fn(lm, carve, candidate)
+        maintain = float(answer_probs(lm.model, lm.tokenizer, carve.maintain_test)[0].mean())
+        target = getattr(result, "target", None) or {}
+        trials.append({"values": chosen, "forget_score": strength(lm, carve.forget, cfg.objective),
+                       "maintain_val_p_true": maintain, "maintain_drop": before - maintain,
+                       "reached": target.get("reached"), "steps": target.get("steps", len(result.history))})
+    best = choose(trials, max_drop, with_target=cfg.target is not None)
+    rule = (RULE_TARGET if cfg.target is not None else RULE_STRENGTH).format(drop=max_drop)
+    ids = {k: [f.id for f in getattr(carve, k)] for k in ("forget", "maintain_train", "maintain_test")}
+    return replace(cfg, **best["values"]), {"trials": trials, "chosen": best["values"], "rule": rule,
+                                            "maintain_val_before": before, "n_val": len(carve.maintain_test),
+                                            "carve": ids}
+
+
+def choose(trials: list[dict], max_drop: float, with_target: bool) -> dict:
+    within = [t for t in trials if t["maintain_drop"] <= max_drop]
+    if with_target:
+        reached = [t for t in within if t["reached"]]
+        if reached:
+            return min(reached, key=lambda t: (t["steps"], t["maintain_drop"]))
+    if within:
+        return max(within, key=lambda t: t["forget_score"])
+    return min(trials, key=lambda t: t["maintain_drop"])
