@@ -7,7 +7,6 @@ Run folder layout (written by ``experiment.py``): ``config.json``, ``data.json``
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import math
@@ -16,12 +15,13 @@ from pathlib import Path
 import pandas as pd
 
 from mechunlearn.io import read_json, write_text_atomic
-from mechunlearn.report import plots
+from mechunlearn.report import plots, sections
+from mechunlearn.report.methods import BASE, OURS, label, ordered
 from mechunlearn.report.metrics import present
-from mechunlearn.report.stats import compare, estimate, verdict
+from mechunlearn.report.stats import estimate
+from mechunlearn.report.verdicts import RULE, verdicts
 
-OURS = "fact_lookup"
-OUTPUT_TRACING = ("causal_tracing", "attribution_patching", "causal_tracing_mlps", "attribution_patching_mlps")
+__all__ = ["OURS", "load_cells", "results_table", "verdicts", "write_report"]
 
 
 def load_cells(run_dir: Path) -> list[dict]:
@@ -32,37 +32,6 @@ def results_table(cells: list[dict]) -> pd.DataFrame:
     rows = [{"setting": c["setting"], "method": c["method"], "seed": c["seed"], "n_params": c.get("n_params"),
              **c["metrics"]} for c in cells]
     return pd.DataFrame(rows).sort_values(["setting", "method", "seed"]).reset_index(drop=True)
-
-
-def verdicts(cells: list[dict]) -> list[dict]:
-    """Per setting and robustness/side-effect metric: did FLU beat each output-tracing method?"""
-    out = []
-    methods = {c["method"] for c in cells}
-    for setting in sorted({c["setting"] for c in cells}):
-        for metric in present([c for c in cells if c["setting"] == setting]):
-            ours = {c["seed"]: c["metrics"][metric.name] for c in cells
-                    if c["setting"] == setting and c["method"] == OURS and c["metrics"].get(metric.name) is not None}
-            for theirs_name in [m for m in OUTPUT_TRACING if m in methods]:
-                theirs = {c["seed"]: c["metrics"][metric.name] for c in cells if c["setting"] == setting
-                          and c["method"] == theirs_name and c["metrics"].get(metric.name) is not None}
-                if not ours or not theirs:
-                    continue
-                diff = compare(ours, theirs, metric.higher_is_better)
-                out.append({"setting": setting, "metric": metric.name, "vs": theirs_name, "advantage": diff.mean,
-                            "low": diff.low, "high": diff.high, "n": diff.n,
-                            "text": verdict(diff, "FLU", theirs_name.replace("_", " "), metric.label)})
-    return out
-
-
-def _img(path: Path | None) -> str:
-    if path is None or not path.exists():
-        return ""
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
-
-
-def _table(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–", border=0, classes="t")
 
 
 def _fmt(e) -> str:
@@ -93,24 +62,32 @@ def write_report(run_dir: str | Path) -> Path:
     write_text_atomic(run_dir / "verdicts.json", json.dumps(found, indent=1))
 
     settings = sorted({c["setting"] for c in cells})
-    methods = sorted({c["method"] for c in cells} - {plots.BASE}, key=lambda m: (m != OURS, m))
+    methods = [m for m in ordered({c["method"] for c in cells}) if m != BASE]
     seeds = sorted({c["seed"] for c in cells})
     parts = [f"<h1>mechunlearn report: {html.escape(str(config.get('model', '')))}</h1>",
              f"<p class=note>{len(settings)} setting(s) × {len(methods)} method(s) × {len(seeds)} seed(s) "
              f"({', '.join(map(str, seeds))}). Intervals are 95% t-intervals over seeds; with one seed there is none. "
+             f"Verdicts: {html.escape(RULE)}. "
              "Probabilities, not argmax: closed answer sets are normalised over the answer set.</p>"]
+    parts += sections.comparison(found)
+    parts += sections.fairness(cells, settings)
+    parts += _data(data, cells, settings)
+    parts += _per_setting(cells, settings, methods, out_dir)
 
-    parts.append("<h2>What the comparison found</h2>")
-    if found:
-        rows = []
-        for v in found:
-            cls = "win" if v["n"] > 1 and v["low"] > 0 else "lose" if v["n"] > 1 and v["high"] < 0 else "tie"
-            rows.append(f"<li class={cls}><b>{html.escape(v['setting'])}</b>: {html.escape(v['text'])}</li>")
-        parts.append("<ul>" + "".join(rows) + "</ul>")
-    else:
-        parts.append("<p>No FLU vs output-tracing comparison in this run.</p>")
+    parts.append("<h2>Each metric across settings</h2><div class=grid>")
+    for metric in present(cells):
+        parts.append(sections.img(plots.bars(cells, settings, methods, metric, out_dir / f"bars_{metric.name}.png")))
+    parts.append("</div>")
+    parts += _localizations(run_dir / "localizations")
+    parts.append("<h2>All cells</h2>" + sections.table(table))
+    parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(config, indent=1)) + "</pre>")
+    page = (f"<!doctype html><html><head><meta charset=utf-8><title>mechunlearn report</title><style>{CSS}</style>"
+            f"</head><body>{''.join(parts)}</body></html>")
+    return write_text_atomic(run_dir / "report.html", page)
 
-    parts.append("<h2>Data</h2>")
+
+def _data(data: dict, cells: list[dict], settings: list[str]) -> list[str]:
+    parts = ["<h2>Data</h2>"]
     for key, known in data.items():
         if not key.startswith("known"):
             continue
@@ -123,61 +100,58 @@ def write_report(run_dir: str | Path) -> Path:
     for name, reason in (data.get("skipped") or {}).items():
         parts.append(f"<p class=lose>Setting {html.escape(name)} was skipped: {html.escape(reason)}</p>")
     if data.get("splits"):
-        parts.append(_table(pd.DataFrame([{"setting": s, "seed": seed, **sizes} for s, by_seed in data["splits"].items()
-                                          for seed, sizes in by_seed.items()])))
+        parts.append(sections.table(pd.DataFrame([{"setting": s, "seed": seed, **sizes}
+                                                  for s, by_seed in data["splits"].items()
+                                                  for seed, sizes in by_seed.items()])))
     if data.get("localization_facts"):
         parts.append(f"<p>Every localization method used the same {len(next(iter(data['localization_facts'].values())))} "
                      "localization facts per seed (listed in data.json).</p>")
+    return parts + sections.formats(data, cells, settings)
 
-    parts.append("<h2>Results per setting</h2>")
-    metrics = present(cells)
+
+def _per_setting(cells: list[dict], settings: list[str], methods: list[str], out_dir: Path) -> list[str]:
+    parts = ["<h2>Results per setting</h2>"]
+    everyone = [*methods, BASE]
     for setting in settings:
         sub = [c for c in cells if c["setting"] == setting]
         here = present(sub)
         parts.append(f"<h3>{html.escape(setting)}</h3><div class=grid>")
-        parts.append(_img(plots.spider(cells, setting, [*methods, plots.BASE], here, out_dir / f"spider_{setting}.png")))
-        relearn = {m: _mean_curve([c["curves"].get("relearn", []) for c in sub if c["method"] == m])
-                   for m in [*methods, plots.BASE]}
-        parts.append(_img(plots.curves({k: v for k, v in relearn.items() if v}, f"{setting}: relearning",
-                                       "relearning step", "P(true) on held-out forgotten facts",
-                                       out_dir / f"relearn_{setting}.png")))
-        probe = {m: _mean_curve([c["curves"].get("probe_truth", []) for c in sub if c["method"] == m])
-                 for m in [*methods, plots.BASE]}
-        parts.append(_img(plots.curves({k: v for k, v in probe.items() if v}, f"{setting}: latent probes",
-                                       "layer", "probe reads the TRUE answer", out_dir / f"probe_{setting}.png")))
+        parts.append(sections.img(plots.spider(cells, setting, everyone, here, out_dir / f"spider_{setting}.png")))
+        relearn = {m: _mean_curve([c["curves"].get("relearn", []) for c in sub if c["method"] == m]) for m in everyone}
+        parts.append(sections.img(plots.curves({k: v for k, v in relearn.items() if v}, f"{setting}: relearning",
+                                               "relearning step", "P(true) on held-out forgotten facts",
+                                               out_dir / f"relearn_{setting}.png")))
+        probe = {m: _mean_curve([c["curves"].get("probe_truth", []) for c in sub if c["method"] == m]) for m in everyone}
+        parts.append(sections.img(plots.curves({k: v for k, v in probe.items() if v}, f"{setting}: latent probes",
+                                               "layer", "probe reads the TRUE answer", out_dir / f"probe_{setting}.png")))
         parts.append("</div>")
         summary = []
-        for m in [*methods, plots.BASE]:
-            row = {"method": m, "params trained": _params(sub, m)}
+        for m in everyone:
+            row = {"method": label(m), "params trained": _params(sub, m)}
             for metric in here:
                 row[metric.label] = _fmt(estimate([c["metrics"].get(metric.name) for c in sub if c["method"] == m]))
             summary.append(row)
-        parts.append(_table(pd.DataFrame(summary)))
+        parts.append(sections.table(pd.DataFrame(summary)))
+    return parts
 
-    parts.append("<h2>Each metric across settings</h2><div class=grid>")
-    for metric in metrics:
-        parts.append(_img(plots.bars(cells, settings, methods, metric, out_dir / f"bars_{metric.name}.png")))
+
+def _localizations(loc_dir: Path) -> list[str]:
+    if not loc_dir.exists():
+        return []
+    parts = ["<h2>Localizations</h2><p class=note>Scores per layer and component type, and the fact-lookup "
+             "evidence (probe curves, path-patching scores).</p><div class=grid>"]
+    parts += [sections.img(p) for p in sorted(loc_dir.glob("*.png"))]
     parts.append("</div>")
-
-    loc_dir = run_dir / "localizations"
-    if loc_dir.exists():
-        parts.append("<h2>Localizations</h2><p class=note>Scores per layer and component type, and the fact-lookup "
-                     "evidence (probe curves, path-patching scores).</p><div class=grid>")
-        parts += [_img(p) for p in sorted(loc_dir.glob("*.png"))]
-        parts.append("</div>")
-        sizes = []
-        for p in sorted(loc_dir.glob("*.selection.json")):
-            sel = read_json(p)
-            sizes.append({"selection": p.name.removesuffix(".selection.json"), "parameters": sel.get("n_params"),
-                          "budget": sel.get("budget"), "rule": sel.get("rule"),
-                          "components": ", ".join(sel.get("components", []))[:300]})
-        if sizes:
-            parts.append(_table(pd.DataFrame(sizes)))
-
-    parts.append("<h2>All cells</h2>" + _table(table))
-    parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(config, indent=1)) + "</pre>")
-    page = f"<!doctype html><html><head><meta charset=utf-8><title>mechunlearn report</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
-    return write_text_atomic(run_dir / "report.html", page)
+    parts += sections.flu_stability(loc_dir)
+    sizes = []
+    for p in sorted(loc_dir.glob("*.selection.json")):
+        sel = read_json(p)
+        sizes.append({"selection": p.name.removesuffix(".selection.json"), "parameters": sel.get("n_params"),
+                      "budget": sel.get("budget"), "rule": sel.get("rule"),
+                      "components": ", ".join(sel.get("components", []))[:300]})
+    if sizes:
+        parts.append(sections.table(pd.DataFrame(sizes)))
+    return parts
 
 
 def _params(cells: list[dict], method: str) -> str:

@@ -11,22 +11,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mechunlearn.report.methods import BASE, colour, label  # noqa: E402
 from mechunlearn.report.metrics import Metric  # noqa: E402
 from mechunlearn.report.stats import estimate  # noqa: E402
-
-BASE = "unedited"
-
-
-KNOWN_METHODS = ("fact_lookup", "causal_tracing", "attribution_patching", "random", "all_mlps", "everything",
-                 "random_mlps", "causal_tracing_mlps", "attribution_patching_mlps")
-
-
-def _colors(methods: list[str]) -> dict[str, str]:
-    """The same colour for a method in every plot."""
-    cmap = plt.get_cmap("tab10")
-    extra = sorted(m for m in methods if m not in KNOWN_METHODS)
-    order = [*KNOWN_METHODS, *extra]
-    return {m: cmap(order.index(m) % 10) for m in methods}
 
 
 def _values(cells: list[dict], setting: str, method: str, metric: str) -> list[float]:
@@ -47,16 +34,15 @@ def spider(cells: list[dict], setting: str, methods: list[str], metrics: list[Me
     base_loss = estimate(_values(cells, setting, BASE, "lm_loss")).mean if any(m.name == "lm_loss" for m in metrics) else None
     angles = np.linspace(0, 2 * np.pi, len(metrics), endpoint=False).tolist()
     fig, ax = plt.subplots(figsize=(7.5, 7.5), subplot_kw={"polar": True})
-    colors = _colors(methods)
     for method in methods:
         vals = [_spider_value(m, estimate(_values(cells, setting, method, m.name)).mean, base_loss) for m in metrics]
         if all(math.isnan(v) for v in vals):
             continue
         vals = [0.0 if math.isnan(v) else v for v in vals]
         style = "--" if method == BASE else "-"
-        ax.plot(angles + angles[:1], vals + vals[:1], style, color="gray" if method == BASE else colors[method], label=method)
+        ax.plot(angles + angles[:1], vals + vals[:1], style, color=colour(method), label=label(method))
         if method != BASE:
-            ax.fill(angles + angles[:1], vals + vals[:1], alpha=0.06, color=colors[method])
+            ax.fill(angles + angles[:1], vals + vals[:1], alpha=0.06, color=colour(method))
     labels = [("LM loss (base/edited)" if m.name == "lm_loss" else m.label if m.higher_is_better else f"not: {m.label}")
               for m in metrics]
     ax.set_xticks(angles, [_wrap(lab) for lab in labels], fontsize=7)
@@ -70,19 +56,18 @@ def bars(cells: list[dict], settings: list[str], methods: list[str], metric: Met
     """One group per setting, one bar per method with its 95% interval over seeds; the
     unedited model as a dashed line."""
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(settings) * max(1, len(methods)) / 3), 3.6))
-    colors = _colors(methods)
     width = 0.8 / max(1, len(methods))
     for j, method in enumerate(methods):
         ests = [estimate(_values(cells, s, method, metric.name)) for s in settings]
         xs = np.arange(len(settings)) + (j - (len(methods) - 1) / 2) * width
         means = [e.mean for e in ests]
         errs = np.array([[e.mean - e.low for e in ests], [e.high - e.mean for e in ests]])
-        ax.bar(xs, means, width, yerr=errs, capsize=2, color=colors[method], label=method)
+        ax.bar(xs, means, width, yerr=errs, capsize=2, color=colour(method), label=label(method))
     for i, s in enumerate(settings):
         base = estimate(_values(cells, s, BASE, metric.name)).mean
         if not math.isnan(base):
             ax.hlines(base, i - 0.45, i + 0.45, colors="black", linestyles="dashed",
-                      label="unedited" if i == 0 else None)
+                      label=label(BASE) if i == 0 else None)
     ax.set_xticks(range(len(settings)), settings, fontsize=8)
     ax.set_ylabel(_wrap(metric.label, 30), fontsize=8)
     ax.set_title(f"{metric.label} ({'higher' if metric.higher_is_better else 'lower'} is better)", fontsize=9)
@@ -94,12 +79,11 @@ def curves(series: dict[str, list[tuple[float, float]]], title: str, xlabel: str
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    colors = _colors(sorted(series))
     for name, points in sorted(series.items()):
         if not points:
             continue
         xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, "--" if name == BASE else "-o", markersize=3, color="gray" if name == BASE else colors[name], label=name)
+        ax.plot(xs, ys, "--" if name == BASE else "-o", markersize=3, color=colour(name), label=label(name))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)

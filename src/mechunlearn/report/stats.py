@@ -40,7 +40,10 @@ def compare(ours: dict[int, float], theirs: dict[int, float], higher_is_better: 
     return estimate([sign * (ours[s] - theirs[s]) for s in seeds])
 
 
-def verdict(diff: Estimate, ours: str, theirs: str, metric: str) -> str:
+def verdict(diff: Estimate, ours: str, theirs: str, metric: str, p_holm: float | None = None, comparisons: int = 1,
+            alpha: float = 0.05) -> str:
+    """One sentence. With ``p_holm`` the decision is the Holm-corrected one over ``comparisons``
+    tests (the raw interval is still quoted); without it, the raw interval decides."""
     if diff.n == 0:
         return f"{metric}: no paired results for {ours} and {theirs}."
     seeds = f"{diff.n} seed{'s' if diff.n != 1 else ''}"
@@ -51,8 +54,44 @@ def verdict(diff: Estimate, ours: str, theirs: str, metric: str) -> str:
         return (f"{metric}: {ours} {word} {theirs} by {abs(diff.mean):.3f} ({seeds}: no interval, "
                 "so this is not evidence either way).")
     interval = f"95% CI of the advantage {diff.low:+.3f} to {diff.high:+.3f}, {seeds}"
-    if diff.low > 0:
+    raw_excludes_0 = diff.low > 0 or diff.high < 0
+    if p_holm is None:
+        decided = raw_excludes_0
+    else:
+        decided = p_holm <= alpha
+        interval += f"; Holm-adjusted p = {p_holm:.3g} over {comparisons} comparison{'s' if comparisons != 1 else ''}"
+    if decided and diff.mean > 0:
         return f"{metric}: {ours} beat {theirs} by {diff.mean:.3f} ({interval})."
-    if diff.high < 0:
+    if decided:
         return f"{metric}: {ours} was worse than {theirs} by {-diff.mean:.3f} ({interval})."
+    if raw_excludes_0:
+        return (f"{metric}: no reliable difference between {ours} and {theirs} after correcting for {comparisons} "
+                f"comparisons (mean advantage {diff.mean:+.3f}; the raw interval excludes 0: {interval}).")
     return f"{metric}: no clear difference between {ours} and {theirs} (mean advantage {diff.mean:+.3f}; {interval})."
+
+
+def paired_p(ours: dict[int, float], theirs: dict[int, float]) -> float:
+    """Two-sided paired t-test over the shared seeds (the test dual to ``compare``'s interval:
+    p < 0.05 exactly when that 95% interval excludes 0); nan with fewer than two pairs."""
+    diffs = [ours[s] - theirs[s] for s in sorted(set(ours) & set(theirs))]
+    if len(diffs) < 2:
+        return math.nan
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    if sd == 0:
+        return 1.0 if mean == 0 else 0.0
+    t = mean / (sd / math.sqrt(len(diffs)))
+    return float(2 * stats.t.sf(abs(t), len(diffs) - 1))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error control: reject where adjusted p <=
+    alpha). An untestable comparison (nan) counts in the family and is never rejected."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: math.inf if math.isnan(p_values[i]) else p_values[i])
+    adjusted = [math.nan] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        p = p_values[i]
+        running = max(running, 1.0 if math.isnan(p) else min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted

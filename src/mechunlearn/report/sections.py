@@ -1,0 +1,123 @@
+"""The report's sections on the fairness of the comparison: the verdicts with their multiplicity,
+how hard each arm was trained, the formats and templates used, and FLU's stability over seeds."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from mechunlearn.report import stability, training
+from mechunlearn.report.methods import label
+from mechunlearn.report.metrics import METRICS
+from mechunlearn.report.verdicts import RULE
+
+NOT_RECORDED = "not recorded"
+
+
+def img(path: Path | None) -> str:
+    if path is None or not path.exists():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def table(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–", border=0, classes="t")
+
+
+def _p(text: str, cls: str | None = None) -> str:
+    return f"<p{f' class={cls}' if cls else ''}>{html.escape(text)}</p>"
+
+
+def comparison(found: list[dict]) -> list[str]:
+    """Verdict sentences (Holm-corrected decisions) and the table of raw intervals and p-values."""
+    parts = ["<h2>What the comparison found</h2>"]
+    if not found:
+        return [*parts, "<p>No FLU vs output-tracing comparison in this run.</p>"]
+    per_setting = {v["setting"]: v["comparisons"] for v in found}
+    parts.append(_p("Comparisons per setting: " + ", ".join(f"{s}: {n}" for s, n in per_setting.items())
+                    + f". Rule: {RULE}. The sentences state the corrected decisions; the table keeps the raw "
+                    "95% intervals (an interval that excludes 0 is significant before correction only).", "note"))
+    rows = []
+    for v in found:
+        cls = ("win" if v["advantage"] > 0 else "lose") if v["significant"] else "tie"
+        rows.append(f"<li class={cls}><b>{html.escape(v['setting'])}</b>: {html.escape(v['text'])}</li>")
+    parts.append("<ul>" + "".join(rows) + "</ul>")
+    parts.append(table(pd.DataFrame([{
+        "setting": v["setting"], "metric": METRICS[v["metric"]].label if v["metric"] in METRICS else v["metric"],
+        "FLU vs": label(v["vs"]), "advantage": v["advantage"], "raw 95% CI": f"{v['low']:+.3f} to {v['high']:+.3f}",
+        "seeds": v["n"], "p": v["p"], "Holm p": v["p_holm"],
+        "decision": ("FLU better" if v["advantage"] > 0 else "FLU worse") if v["significant"] else "no reliable difference",
+    } for v in found])))
+    return parts
+
+
+def fairness(cells: list[dict], settings: list[str]) -> list[str]:
+    """Steps to the training target and the strength reached per method, the lr and the sweep."""
+    parts = ["<h2>How hard each arm was trained</h2>"]
+    targets = training.targets_used(cells)
+    if targets:
+        parts.append(_p(f"Every arm trained until the target ({'; '.join(targets)}) or the step cap. Steps and final "
+                        "training strength are means over seeds (min–max); sequential settings sum steps over their "
+                        "blocks and average strength. A comparison that involves an arm that missed the target in "
+                        "some seed says so.", "note"))
+    else:
+        parts.append(_p("No training target was recorded: every arm trained for the configured steps, so the arms "
+                        "may differ in strength; compare their training-prompt metric below.", "lose"))
+    for rule in training.lr_rules(cells):
+        parts.append(_p(f"Learning rate per method: {rule}"))
+    for setting in settings:
+        rows = training.strength_rows(cells, setting)
+        rules, sweeps = training.sweep_summary(cells, setting)
+        if not rows and not sweeps:
+            continue
+        parts.append(f"<h3>{html.escape(setting)}</h3>")
+        missed = [r["method"] for r in rows if r["not reached in seed"] != "–"]
+        if missed:
+            parts.append(_p(f"Did not reach the training target in some seed: {', '.join(missed)}.", "lose"))
+        if rows:
+            parts.append(table(pd.DataFrame(rows)))
+        for rule in rules:
+            parts.append(_p(f"Hyperparameter sweep rule: {rule}"))
+        if sweeps:
+            parts.append(table(pd.DataFrame(sweeps)))
+    return parts
+
+
+def formats(data: dict, cells: list[dict], settings: list[str]) -> list[str]:
+    """The prompt templates and MCQ format of the run, the localization-fact rule and the probe's headline layers."""
+    parts = ["<h3>Formats and templates</h3>"]
+    parts.append(_p(f"Multiple-choice format: {data.get('mcq_format') or NOT_RECORDED}."))
+    templates = data.get("templates") or {}
+    if templates:
+        parts.append(table(pd.DataFrame([{"format": k, "template": v} for k, v in templates.items()])))
+    else:
+        parts.append(_p(f"Prompt templates: {NOT_RECORDED}."))
+    parts.append(_p(f"Localization facts: {data.get('localization_rule') or NOT_RECORDED}."))
+    for setting in settings:
+        probes = [((c.get("evaluation") or {}).get("attacks") or {}).get("probe") for c in cells
+                  if c["setting"] == setting]
+        probes = [p for p in probes if p]
+        if not probes:
+            continue
+        layers = sorted({json.dumps(p.get("headline_layers")) for p in probes if p.get("headline_layers") is not None})
+        rules = sorted({str(p["headline_rule"]) for p in probes if p.get("headline_rule")})
+        parts.append(_p(f"Setting {setting}: the latent probe's headline averages layers "
+                        f"{' / '.join(layers) or NOT_RECORDED}" + (f" ({'; '.join(rules)})" if rules else "") + "."))
+    return parts
+
+
+def flu_stability(loc_dir: Path) -> list[str]:
+    rows = stability.stability_rows(loc_dir)
+    if not rows:
+        return []
+    parts = ["<h3>FLU's choice over seeds</h3>",
+             _p("FLU's MLP layers per seed and the pairwise Jaccard overlap of those sets across seeds "
+                "(1 = the same layers every seed).", "note")]
+    for rule in stability.flu_rules(loc_dir):
+        parts.append(_p(f"FLU's MLP rule: {rule}"))
+    return [*parts, table(pd.DataFrame(rows))]
