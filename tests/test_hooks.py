@@ -1,8 +1,10 @@
+import copy
+
 import pytest
 import torch
 
+from mechunlearn.models.components import architecture
 from mechunlearn.models.hooks import (
-    ablate,
     cache_activations,
     hooks,
     patch_activations,
@@ -100,26 +102,40 @@ def test_hooks_removed_after_exception(tiny):
     torch.testing.assert_close(_logits(tiny, batch), clean)
 
 
-def test_zero_ablation_of_a_head_only_touches_that_head(tiny):
+def test_patching_one_head_at_the_last_position_touches_only_that_slice(tiny):
     batch = _batch(tiny)
     name = "blocks.0.attn.hook_z"
     point = tiny.arch.hook_point(name)
-    with ablate(tiny.model, [name], units={name: [1]}), cache_activations(tiny.model, [name]) as cache:
+    with cache_activations(tiny.model, [name]) as clean:
         _logits(tiny, batch)
-    heads = unit_view(cache[name], point)
-    assert torch.count_nonzero(heads[:, :, 1]) == 0
-    assert torch.count_nonzero(heads[:, :, 0]) > 0
-
-
-def test_mean_ablation_writes_the_mean(tiny):
-    batch = _batch(tiny)
-    name = "blocks.1.hook_mlp_out"
-    mean = torch.full((tiny.arch.d_model,), 0.5)
-    with ablate(tiny.model, [name], means={name: mean}, positions=batch.last_mask), \
+    source = torch.full_like(clean[name], 7.0)
+    with patch_activations(tiny.model, {name: source}, positions=batch.last_mask, units={name: [1]}), \
             cache_activations(tiny.model, [name]) as cache:
         _logits(tiny, batch)
+    heads, before = unit_view(cache[name], point), unit_view(clean[name], point)
     rows = torch.arange(len(batch))
-    torch.testing.assert_close(cache[name][rows, batch.last_index], mean.expand(len(batch), -1))
+    assert torch.all(heads[rows, batch.last_index, 1] == 7.0)
+    torch.testing.assert_close(heads[:, :, 0], before[:, :, 0])
+    untouched = ~batch.last_mask
+    torch.testing.assert_close(heads[untouched], before[untouched])
+
+
+def test_architecture_table_is_built_once_per_model_object(tiny):
+    assert architecture(tiny.model) is architecture(tiny.model) is tiny.arch
+    other = type(tiny)(copy.deepcopy(tiny.model), tiny.tokenizer, tiny.spec, tiny.source)
+    assert other.arch is not tiny.arch and other.arch.n_layers == tiny.arch.n_layers
+
+
+def test_hooks_and_skip_layers_do_not_rebuild_the_table(tiny, monkeypatch):
+    import mechunlearn.models.components as components
+
+    assert tiny.arch.n_layers  # built before counting
+    built = []
+    monkeypatch.setattr(components.Architecture, "__init__", lambda self, model: built.append(model))
+    batch = _batch(tiny)
+    with skip_layers(tiny.model, 1), cache_activations(tiny.model, ["blocks.1.hook_resid_post"]):
+        _logits(tiny, batch)
+    assert built == []
 
 
 def test_record_gradients_matches_autograd_on_frozen_model(tiny):

@@ -19,6 +19,7 @@ GPT-NeoX) projections alike.
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -75,10 +76,6 @@ class Component:
     slices: tuple[ParamSlice, ...]
     n_params: int
 
-    @property
-    def matrix_name(self) -> str:
-        return f"blocks.{self.layer}.{self.block}.{self.matrix}"
-
 
 @dataclass(frozen=True)
 class MatrixSpec:
@@ -119,7 +116,7 @@ class Architecture:
         self.d_head: int = getattr(c, "head_dim", None) or self.d_model // self.n_heads
         self.d_mlp: int = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * self.d_model
         self._shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
-        self._modules = dict(model.named_modules())
+        self._module_types = {name: type(m).__name__ for name, m in model.named_modules()}  # no reference to the model
         self.layers_path, self.embed_path, self.final_norm_path = self._find_paths()
         self.specs = self._matrix_specs()
         self.has_gate = "gate" in self.specs
@@ -134,7 +131,7 @@ class Architecture:
         }[self.family]
         for prefix in ("", "model.", "base_model.model."):
             layers, embed, norm = (prefix + p for p in candidates)
-            if layers in self._modules:
+            if layers in self._module_types:
                 return layers, embed, norm
         raise UnsupportedArchitectureError(f"cannot find the decoder layers of this {self.model_type} model")
 
@@ -189,7 +186,7 @@ class Architecture:
 
     def _weight_dim(self, spec: MatrixSpec, module_path: str) -> int:
         # nn.Linear weight is [out, in]; GPT-2's Conv1D weight is [in, out].
-        transposed = type(self._modules[module_path]).__name__ == "Conv1D"
+        transposed = self._module_types[module_path] == "Conv1D"
         on_output = spec.unit_side == "output"
         return int(on_output == transposed)
 
@@ -294,5 +291,12 @@ def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in merged]
 
 
+_TABLES: weakref.WeakKeyDictionary[nn.Module, Architecture] = weakref.WeakKeyDictionary()
+
+
 def architecture(model: nn.Module) -> Architecture:
-    return Architecture(model)
+    """The model's architecture table, built once per model object (a copy gets its own)."""
+    table = _TABLES.get(model)
+    if table is None:
+        table = _TABLES[model] = Architecture(model)
+    return table

@@ -119,30 +119,6 @@ def patch_activations(
 
 
 @contextmanager
-def ablate(
-    model: nn.Module,
-    names: Sequence[str],
-    means: dict[str, torch.Tensor] | None = None,
-    positions: torch.Tensor | None = None,
-    units: dict[str, Sequence[int]] | None = None,
-) -> Iterator[None]:
-    """Zero-ablate ``names``, or mean-ablate those with an entry in ``means`` (a [features]
-    vector, e.g. the mean activation over a reference set)."""
-    means = means or {}
-    units = units or {}
-
-    def make(name):
-        def knock_out(act, point):
-            value = means[name].to(act) if name in means else torch.zeros((), dtype=act.dtype, device=act.device)
-            return torch.where(_select_mask(act, point, positions, units.get(name)), value, act)
-
-        return knock_out
-
-    with hooks(model, [(n, make(n)) for n in names]):
-        yield
-
-
-@contextmanager
 def record_gradients(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
     """Keep the activations of ``names`` in the graph so that after ``loss.backward()`` each
     recorded tensor has ``.grad`` (d loss / d activation). Works with a frozen model."""

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from mechunlearn.errors import ModelLoadError, UnsupportedArchitectureError
-from mechunlearn.models.components import SUPPORTED_MODEL_TYPES, Architecture
+from mechunlearn.models.components import SUPPORTED_MODEL_TYPES, Architecture, architecture
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "gemma-3-270m"
@@ -30,7 +30,7 @@ class LoadedModel:
 
     @property
     def arch(self) -> Architecture:
-        return Architecture(self.model)
+        return architecture(self.model)  # built once per model object
 
     @property
     def device(self) -> torch.device:
