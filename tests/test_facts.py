@@ -161,7 +161,8 @@ def test_facts_whose_edit_shares_the_answers_first_token_are_dropped(tiny_llama,
 
 def test_answer_that_tokenizes_to_nothing_names_the_fact(tiny_llama, tmp_path):
     p = tmp_path / "f.csv"
-    p.write_text("id,subject,prompt,target_true\nq1,Paris,Paris is in,\n")
+    # an empty answer is refused on load: blank it afterwards
+    p.write_text("id,subject,prompt,target_true\nq1,Paris,Paris is in,France\n")
     facts = load_table(p)
     facts = facts.subset([facts.facts[0].__class__(**{**facts.facts[0].__dict__, "target_true": ""})])
     with pytest.raises(FactDataError, match="q1"):

@@ -65,3 +65,26 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         tmp.rename(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_json_file(path: str | Path, what: str = "JSON file"):
+    """``read_json`` for a user-given file: a missing, unreadable, non-UTF-8 or malformed file is
+    a one-line ``MechunlearnError`` naming the file (and the line of a syntax error)."""
+    from mechunlearn.errors import MechunlearnError
+
+    path = Path(path)
+    if not path.exists():
+        raise MechunlearnError(f"no such {what}: {path}")
+    if not path.is_file():
+        raise MechunlearnError(f"{path} is not a file (expected a {what})")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise MechunlearnError(f"{path}: not UTF-8 text (byte {e.start}); is it really a {what}?") from None
+    if not text.strip():
+        raise MechunlearnError(f"{path} is empty (expected a {what})")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MechunlearnError(f"{path}: not valid JSON at line {e.lineno} column {e.colno} ({e.msg}); "
+                               f"the file may be truncated: write it again") from None

@@ -42,7 +42,8 @@ class FactSet:
             raise FactDataError(f"fact set {self.name!r} is empty")
         ids = [f.id for f in self.facts]
         if len(set(ids)) != len(ids):
-            raise FactDataError(f"fact set {self.name!r} has duplicate fact ids")
+            repeated = sorted({i for i in ids if ids.count(i) > 1})
+            raise FactDataError(f"fact set {self.name!r} has duplicate fact ids {repeated[:5]}: ids must be unique")
 
     def __len__(self) -> int:
         return len(self.facts)
