@@ -12,7 +12,7 @@ from torch import nn
 from mechunlearn.edit.config import EditConfig
 from mechunlearn.edit.data import FactTerm, micro_batches
 from mechunlearn.edit.objectives import FactLogits, FactObjective, general_lm_loss
-from mechunlearn.edit.prefix import final_hidden_shared
+from mechunlearn.models.prefix import final_hidden_shared
 from mechunlearn.models.scoring import encode, unembed
 
 TERMS = ("forget", "maintain", "general")

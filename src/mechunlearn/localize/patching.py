@@ -21,8 +21,6 @@ the two agree to float precision (tests, ``benchmarks/bench_localize.py``).
 
 from __future__ import annotations
 
-import copy
-import inspect
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -43,6 +41,7 @@ from mechunlearn.models.hooks import (
     skip_layers,
 )
 from mechunlearn.models.loading import LoadedModel
+from mechunlearn.models.prefix import PrefixKV, forward_suffix
 from mechunlearn.models.scoring import Encoded, final_hidden
 
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
@@ -111,24 +110,6 @@ def _drop_prefix(patch: Patch, P: int) -> Patch:
     return Patch(patch.name, patch.source[:, P:], positions, patch.units)
 
 
-def _cache_kwarg(model: nn.Module) -> str:
-    """The KV-cache argument (and output field) of the base model: ``cache`` in transformers
-    5.x, ``past_key_values`` before."""
-    params = inspect.signature(model.base_model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _tiled(cache, n: int):
-    """A copy of an HF cache with every layer's keys/values repeated ``n`` times along the batch
-    (variant-major, matching ``Tensor.repeat``)."""
-    cache = copy.deepcopy(cache)
-    for layer in cache.layers:
-        if getattr(layer, "keys", None) is not None and layer.keys.numel():
-            layer.keys = layer.keys.repeat(n, 1, 1, 1)
-            layer.values = layer.values.repeat(n, 1, 1, 1)
-    return cache
-
-
 def _repeat(batch: Encoded, n: int) -> Encoded:
     return Encoded(batch.input_ids.repeat(n, 1), batch.attention_mask.repeat(n, 1), batch.last_index.repeat(n))
 
@@ -157,12 +138,11 @@ class PatchRunner:
         if not 0 <= prefix <= int(self.batch.last_index.min()):
             raise MechunlearnError(f"shared prefix {prefix} must end before every prompt's last token")
         self.prefix = prefix
-        self.prefix_cache = prefix_cache  # reusable by another runner on the same prompts and prefix
+        self.prefix_cache: PrefixKV | None = prefix_cache  # reusable by another runner on the same prompts and prefix
         if prefix and prefix_cache is None:
             with torch.no_grad():
-                out = self.model.base_model(input_ids=self.batch.input_ids[:, :prefix],
-                                            attention_mask=self.batch.attention_mask[:, :prefix], use_cache=True)
-            self.prefix_cache = out[_cache_kwarg(self.model)]
+                self.prefix_cache = PrefixKV.run(self.model, self.batch.input_ids[:, :prefix],
+                                                 self.batch.attention_mask[:, :prefix])
 
     def run(self, variants: Sequence[Variant], progress: bool = False) -> torch.Tensor:
         B = len(self.batch)
@@ -203,15 +183,9 @@ class PatchRunner:
         with torch.no_grad(), skip_layers(self.model, start), hooks(self.model, fns):
             if not P:
                 return final_hidden(self.model, _repeat(self.batch, V))
-            T = self.batch.input_ids.shape[1]
-            out = self.model.base_model(
-                input_ids=self.batch.input_ids[:, P:].repeat(V, 1),
-                attention_mask=self.batch.attention_mask.repeat(V, 1),
-                position_ids=torch.arange(P, T, device=self.lm.device).expand(V * B, -1),
-                use_cache=True,
-                **{_cache_kwarg(self.model): _tiled(self.prefix_cache, V)},
-            )
-            h = out.last_hidden_state
+            rows = torch.arange(B, device=self.lm.device).repeat(V)  # variant-major, like Tensor.repeat
+            h = forward_suffix(self.model, self.prefix_cache, rows, self.batch.input_ids[:, P:].repeat(V, 1),
+                               self.batch.attention_mask.repeat(V, 1))
             return h[torch.arange(V * B, device=h.device), self.batch.last_index.repeat(V) - P]
 
     def run_loop(self, variants: Sequence[Variant]) -> torch.Tensor:
