@@ -313,7 +313,7 @@ def test_sequential_editing_keeps_the_original_base_hash():
 
 def test_shared_prefix_pass_matches_a_full_pass(tiny):
     """The trainer runs the prompts' common prefix once; values and gradients must not change."""
-    from mechunlearn.edit.prefix import final_hidden_shared, shared_prefix_length
+    from mechunlearn.models.prefix import final_hidden_shared, shared_prefix_length
     from mechunlearn.models.scoring import encode, final_hidden
 
     prompts = [f.prompt for f in tiny_athletes()][:5] + ["Fact: Tiger Woods plays the sport of golf\nFact: Al"]
@@ -339,12 +339,12 @@ def test_general_text_from_a_file_or_built_in(tiny_llama, tmp_path):
     built_in = general_windows(tiny_llama.tokenizer, None, 16)
     assert built_in.shape[1] == 16 and built_in.shape[0] > 20
     text = tmp_path / "text.txt"
-    text.write_text("the city river music was on the river\n\n" * 20)
+    text.write_text("".join(f"the city river music {i} was on the river\n\n" for i in range(20)))
     windows = general_windows(tiny_llama.tokenizer, str(text), 8)
     assert windows.shape[1] == 8 and (windows[:, 0] == tiny_llama.tokenizer.bos_token_id).all()
     with pytest.raises(FactDataError, match="no such text file"):
         general_windows(tiny_llama.tokenizer, str(tmp_path / "missing.txt"), 8)
-    text.write_text("short")
+    text.write_text("short\n\nshort too")
     with pytest.raises(FactDataError, match="fewer than one window"):
         general_windows(tiny_llama.tokenizer, str(text), 64)
     with pytest.raises(MechunlearnError, match="'datasets' package|cannot load general text"):  # offline tests

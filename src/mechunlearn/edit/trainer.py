@@ -22,7 +22,6 @@ from mechunlearn.edit.config import EditConfig
 from mechunlearn.edit.data import FactTerm, StepSampler, fact_term
 from mechunlearn.edit.objectives import get_objective
 from mechunlearn.edit.parallel import DataParallel
-from mechunlearn.edit.prefix import final_hidden_shared
 from mechunlearn.edit.saving import weights_hash
 from mechunlearn.edit.selection import TrainableWeights, expand_components
 from mechunlearn.edit.step import TERMS, LossTerms, autocast, fact_logits
@@ -31,6 +30,7 @@ from mechunlearn.facts import Split
 from mechunlearn.facts.general_text import general_windows
 from mechunlearn.models.components import ParamSlice
 from mechunlearn.models.loading import LoadedModel
+from mechunlearn.models.prefix import final_hidden_shared
 from mechunlearn.models.scoring import batched, encode
 
 
