@@ -1,12 +1,16 @@
 import json
+import math
 import shutil
 
 import pandas as pd
 import pytest
+from scipy.stats import ttest_rel
 
 from mechunlearn.io import write_json_atomic
 from mechunlearn.report import verdicts, write_report
-from mechunlearn.report.stats import compare, estimate
+from mechunlearn.report.stability import jaccard, stability_rows
+from mechunlearn.report.stats import compare, estimate, holm, paired_p
+from mechunlearn.report.training import strength_rows, unreached_seeds
 
 
 def _cell(setting, method, seed, mcq, maintain, relearn):
@@ -66,7 +70,18 @@ def test_report_files(run_dir):
     table = pd.read_csv(run_dir / "results.csv")
     assert len(table) == 12 and set(table.method) == {"fact_lookup", "causal_tracing", "all_mlps", "unedited"}
     assert (run_dir / "report" / "spider_edit16.png").stat().st_size > 10_000
-    assert json.loads((run_dir / "verdicts.json").read_text())
+    written = {(v["metric"], v["vs"]): v for v in json.loads((run_dir / "verdicts.json").read_text())}
+    assert {v["comparisons"] for v in written.values()} == {6}  # 6 metrics present x 1 output-tracing method
+    mcq = written[("edit.mcq.p_new", "causal_tracing")]
+    raw_p = ttest_rel([0.81, 0.78, 0.815], [0.19, 0.22, 0.185]).pvalue
+    assert mcq["p"] == pytest.approx(raw_p) and mcq["significant"] and mcq["significant_raw"]
+    # Holm: relearn.error has p = 0 (rank 1); mcq and probe.truth share raw_p (ranks 2, 3): 5 x raw_p for both
+    assert mcq["p_holm"] == pytest.approx(5 * raw_p)
+    assert written[("probe.truth", "causal_tracing")]["p_holm"] == pytest.approx(5 * raw_p)
+    maintain = written[("maintain.train.p_true", "causal_tracing")]
+    assert not maintain["significant"] and not maintain["significant_raw"] and maintain["p"] > 0.05
+    assert written[("lm_loss", "causal_tracing")]["p"] == 1.0 and "tied exactly" in written[("lm_loss", "causal_tracing")]["text"]
+    assert "Comparisons per setting: edit16: 6" in text and "Holm" in text
 
 
 def _chromium():
@@ -94,3 +109,161 @@ def test_report_loads_in_a_real_browser_without_errors(run_dir):
     assert title == "mechunlearn report"
     assert errors == []
     assert len(images) >= 5 and all(done and width > 100 for done, width in images)
+
+
+# --- the fairness of the comparison: multiplicity, training strength, FLU stability, formats ---------------
+
+_SEVEN = ("edit.train.p_new", "edit.qa.p_new", "edit.mcq.p_new", "edit.paraphrase.p_new", "relearn.error",
+          "maintain.train.p_true", "neighborhood.p_true")
+
+
+def _cells_with_advantages(advantages: dict[str, list[float]]) -> list[dict]:
+    """FLU, causal tracing and attribution patching over 3 seeds on seven metrics (14 comparisons);
+    FLU's per-seed advantage over causal tracing on a metric is ``advantages[metric]`` (else noise)."""
+    noise = (0.01, -0.02, 0.012)
+    cells = []
+    for seed in range(3):
+        for method in ("fact_lookup", "causal_tracing", "attribution_patching"):
+            metrics = {}
+            for i, name in enumerate(_SEVEN):
+                base = 0.5 + 0.01 * i
+                if method == "fact_lookup":
+                    metrics[name] = base + advantages.get(name, [0.0] * 3)[seed]
+                elif method == "causal_tracing" and name in advantages:
+                    metrics[name] = base
+                else:
+                    metrics[name] = base + noise[(seed + i + (method == "causal_tracing")) % 3]
+            cells.append({"setting": "s", "method": method, "seed": seed, "metrics": metrics, "curves": {}})
+    return cells
+
+
+def test_holm_adjusted_p_values_and_the_paired_test():
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adjusted = holm([0.2, math.nan, 0.001])
+    assert adjusted[2] == pytest.approx(0.003) and adjusted[0] == pytest.approx(0.4) and adjusted[1] == 1.0
+    ours, theirs = {0: 0.9, 1: 0.7, 2: 0.85}, {0: 0.5, 1: 0.6, 2: 0.4}
+    assert paired_p(ours, theirs) == pytest.approx(ttest_rel([0.9, 0.7, 0.85], [0.5, 0.6, 0.4]).pvalue)
+    assert math.isnan(paired_p({0: 1.0}, {0: 0.0}))
+
+
+def test_raw_interval_excluding_zero_is_no_reliable_difference_after_holm():
+    # advantages 0.15, 0.20, 0.25: t = 6.9 on 2 df, raw p = 0.020 (the interval excludes 0), but 14 comparisons
+    found = {(v["metric"], v["vs"]): v for v in verdicts(_cells_with_advantages({"edit.qa.p_new": [0.15, 0.2, 0.25]}))}
+    assert {v["comparisons"] for v in found.values()} == {14}
+    qa = found[("edit.qa.p_new", "causal_tracing")]
+    assert qa["low"] > 0 and qa["significant_raw"] and qa["p"] == pytest.approx(0.0202, abs=5e-4)
+    assert not qa["significant"] and qa["p_holm"] > 0.05
+    assert "no reliable difference between FLU and causal tracing after correcting for 14 comparisons" in qa["text"]
+    assert "beat" not in qa["text"]
+
+
+def test_raw_and_holm_agree_on_a_large_difference():
+    found = {(v["metric"], v["vs"]): v for v in verdicts(_cells_with_advantages({"edit.qa.p_new": [0.6, 0.61, 0.59]}))}
+    qa = found[("edit.qa.p_new", "causal_tracing")]
+    assert qa["significant_raw"] and qa["significant"] and qa["p_holm"] < 0.01
+    assert qa["text"].startswith("P(edit target), question/answer prompt: FLU beat causal tracing by 0.600")
+    assert "Holm-adjusted p" in qa["text"] and "over 14 comparisons" in qa["text"]
+    assert found[("edit.qa.p_new", "attribution_patching")]["significant"]  # FLU's 0.6 lead over noise
+    assert not any(v["significant"] for (metric, _), v in found.items() if metric != "edit.qa.p_new")
+
+
+def _target(steps, strength, reached):
+    return {"target": 0.9, "measure": "mean P(edit target), training prompts", "reached": reached, "steps": steps,
+            "strength": strength, "checks": [[steps, strength]]}
+
+
+def _with_targets(cells: list[dict]) -> list[dict]:
+    """FLU reaches 0.9 in 10/12/14 steps; causal tracing stops short in seed 1; the sequential setting has 2 blocks."""
+    plan = {("s", "fact_lookup"): [[(10, 0.92, True)], [(12, 0.91, True)], [(14, 0.95, True)]],
+            ("s", "causal_tracing"): [[(30, 0.90, True)], [(50, 0.71, False)], [(40, 0.93, True)]],
+            ("seq", "fact_lookup"): [[(5, 0.9, True), (7, 0.94, True)]] * 3,
+            ("seq", "causal_tracing"): [[(5, 0.9, True), (50, 0.5, False)]] * 3}
+    for c in cells:
+        blocks = plan.get((c["setting"], c["method"]))
+        if blocks:
+            c["train"] = {"target": [_target(*b) for b in blocks[c["seed"]]], "config": {"lr": 1e-3}}
+    return cells
+
+
+def test_training_strength_per_method_and_unreached_arms_flagged():
+    cells = _cells_with_advantages({"edit.qa.p_new": [0.6, 0.61, 0.59]})
+    cells += [{**c, "setting": "seq"} for c in _cells_with_advantages({})]
+    cells = _with_targets(cells)
+    rows = {r["method"]: r for r in strength_rows(cells, "s")}
+    assert set(rows) == {"FLU", "causal tracing"}  # attribution patching recorded no target
+    assert rows["FLU"]["steps to target"] == "12 (10–14)" and rows["FLU"]["final training strength"] == "0.927 (0.910–0.950)"
+    assert rows["FLU"]["reached target"] == "3/3" and rows["FLU"]["not reached in seed"] == "–"
+    assert rows["causal tracing"]["reached target"] == "2/3" and rows["causal tracing"]["not reached in seed"] == "1"
+    assert rows["FLU"]["lr"] == "0.001"
+    seq = {r["method"]: r for r in strength_rows(cells, "seq")}
+    assert seq["FLU"]["steps to target"] == "12 (12–12)" and seq["FLU"]["final training strength"] == "0.920 (0.920–0.920)"
+    assert seq["causal tracing"]["not reached in seed"] == "0 (block 2), 1 (block 2), 2 (block 2)"
+    assert unreached_seeds(cells) == {("s", "causal_tracing"): [1], ("seq", "causal_tracing"): [0, 1, 2]}
+
+    found = {(v["setting"], v["metric"], v["vs"]): v for v in verdicts(cells)}
+    flagged = found[("s", "edit.qa.p_new", "causal_tracing")]
+    assert flagged["target_not_reached"] == {"causal_tracing": [1]}
+    assert flagged["text"].endswith("Caution: causal tracing did not reach the training target in seed 1.")
+    clean = found[("s", "edit.qa.p_new", "attribution_patching")]
+    assert clean["target_not_reached"] == {} and "Caution" not in clean["text"]
+
+
+def _localization(path, method, layers, rule="score >= 0.1 x the largest"):
+    write_json_atomic(path, {"format": "mechunlearn.localization", "method": method, "params": {}, "fact_ids": [],
+                             "scores": {}, "model_spec": "tiny", "chosen": [],
+                             "evidence": {"flu_layers": layers, "rule": rule} if method == "fact_lookup" else {}})
+
+
+def test_flu_stability_over_seeds(tmp_path):
+    for seed, layers in enumerate(([1, 2, 3], [1, 2], [2, 3, 5])):
+        _localization(tmp_path / f"fact_lookup__s{seed}.json", "fact_lookup", layers)
+    _localization(tmp_path / "causal_tracing__s0.json", "causal_tracing", None)
+    write_json_atomic(tmp_path / "fact_lookup__s0.selection.json", {"components": []})
+    for seed in (0, 1):
+        _localization(tmp_path / f"cf16__fact_lookup__s{seed}.json", "fact_lookup", [4])
+    rows = {r["localization"]: r for r in stability_rows(tmp_path)}
+    assert set(rows) == {"shared by all settings", "cf16"}
+    shared = rows["shared by all settings"]
+    assert shared["MLP layers per seed"] == "seed 0: 1, 2, 3; seed 1: 1, 2; seed 2: 2, 3, 5"
+    assert shared["Jaccard mean"] == pytest.approx((2 / 3 + 2 / 4 + 1 / 4) / 3) and shared["Jaccard min"] == 0.25
+    assert rows["cf16"]["Jaccard mean"] == 1.0 and rows["cf16"]["seed pairs"] == 1
+    assert jaccard(set(), set()) == 1.0
+
+
+def test_report_states_targets_formats_probe_layers_and_flu_stability(run_dir):
+    cells = [json.loads(p.read_text()) for p in sorted((run_dir / "cells").glob("*.json"))]
+    for c in cells:
+        if c["method"] != "unedited":
+            missed = c["method"] == "causal_tracing" and c["seed"] == 2
+            c["train"] = {"target": [_target(20 if missed else 8, 0.6 if missed else 0.93, not missed)],
+                          "lr": 0.002 if c["method"] == "causal_tracing" else 0.001,
+                          "lr_rule": "the lowest lr of the grid that reaches the target on validation facts",
+                          "sweep": {"rule": "highest P(edit) on 8 validation facts", "chosen": {"lr": 0.001},
+                                    "trials": [{}, {}], "n_val": 8}}
+        c["evaluation"] = {"attacks": {"probe": {"headline_layers": [3, 4, 5], "headline_rule": "upper half"}}}
+        write_json_atomic(run_dir / "cells" / f"{c['setting']}__{c['method']}__s{c['seed']}.json", c)
+    data = json.loads((run_dir / "data.json").read_text())
+    data.update({"templates": {"qa": "Question: What sport does {subject} play? Answer:"}, "mcq_format": "options"})
+    write_json_atomic(run_dir / "data.json", data)
+    for seed, layers in enumerate(([1, 2], [1, 2], [2])):
+        _localization(run_dir / "localizations" / f"fact_lookup__s{seed}.json", "fact_lookup", layers)
+
+    text = write_report(run_dir).read_text()
+    assert "Every arm trained until the target (0.9 on mean P(edit target), training prompts)" in text
+    assert "Did not reach the training target in some seed: causal tracing." in text
+    assert "<td>8 (8–20)</td>" not in text and "<td>12 (8–20)</td>" in text  # causal tracing's steps over 3 seeds
+    assert "Caution: causal tracing did not reach the training target in seed 2." in text
+    assert "Learning rate per method: the lowest lr of the grid" in text and "<td>0.002</td>" in text
+    assert "Hyperparameter sweep rule: highest P(edit) on 8 validation facts" in text
+    assert "Multiple-choice format: options." in text and "What sport does {subject} play?" in text
+    assert "Localization facts: not recorded." in text
+    assert "the latent probe&#x27;s headline averages layers [3, 4, 5] (upper half)" in text
+    assert "seed 0: 1, 2; seed 1: 1, 2; seed 2: 2" in text and "FLU&#x27;s MLP rule: score &gt;= 0.1 x the largest" in text
+    written = json.loads((run_dir / "verdicts.json").read_text())
+    assert {tuple(v["target_not_reached"]) for v in written} == {("causal_tracing",)}
+
+
+def test_report_says_formats_not_recorded_and_no_target(run_dir):
+    text = write_report(run_dir).read_text()
+    assert "Multiple-choice format: not recorded." in text and "Prompt templates: not recorded." in text
+    assert "No training target was recorded" in text

@@ -9,18 +9,17 @@ from rich.table import Table
 
 def summary_table(run_dir: Path) -> Table:
     from mechunlearn.report import results_table
-    from mechunlearn.report.html import OURS, load_cells
+    from mechunlearn.report.html import load_cells
+    from mechunlearn.report.methods import ordered, short
     from mechunlearn.report.metrics import present
 
     cells = load_cells(run_dir)
     df = results_table(cells)
-    methods = sorted(df.method.unique(), key=lambda m: (m == "unedited", m != OURS, m))
+    methods = ordered(df.method.unique())
     table = Table(title="mean over seeds (↑ higher is better, ↓ lower is better; labels in report.html)")
-    short = {"fact_lookup": "FLU", "causal_tracing": "CT", "attribution_patching": "AP", "causal_tracing_mlps": "CT-mlp",
-             "attribution_patching_mlps": "AP-mlp", "all_mlps": "all MLPs", "unedited": "before"}
     table.add_column("setting / metric", no_wrap=True)
     for m in methods:
-        table.add_column(short.get(m, m.replace("_", " ")), justify="right", no_wrap=True)
+        table.add_column(short(m), justify="right", no_wrap=True)
     for setting, group in df.groupby("setting", sort=True):
         by_method = group.groupby("method")
         table.add_row(f"[b]{setting}[/b] params",
