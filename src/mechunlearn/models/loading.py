@@ -66,10 +66,101 @@ def _clear_gguf_markers(model: PreTrainedModel) -> None:
 
 
 def _load_gguf(path: Path, dtype: torch.dtype):
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    _check_gguf(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    except Exception as e:  # noqa: BLE001 - the GGUF reader raises ValueError, KeyError, struct.error ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelLoadError(f"cannot read the GGUF file {path}: {first[:200]}; it may be truncated or of an "
+                             "unsupported architecture: download it again or pass a Hugging Face folder") from None
     _clear_gguf_markers(model)
     return model, tokenizer
+
+
+def _check_gguf(path: Path) -> None:
+    if not path.is_file():
+        raise ModelLoadError(f"no such GGUF file: {path}")
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if head[:4] != b"GGUF":
+        raise ModelLoadError(f"{path} is not a GGUF file (it does not start with 'GGUF')")
+    if len(head) < 24:
+        raise ModelLoadError(f"{path} is truncated ({len(head)} bytes): download it again")
+
+
+def _check_safetensors(folder: Path) -> None:
+    """Local weights must be safetensors (a .bin is a pickle: never loaded) and readable: a
+    truncated or corrupt file is refused before anything is loaded."""
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        found = f"only {', '.join(pickles[:3])} (pickle files, never loaded: they can run code)" if pickles else "none"
+        raise ModelLoadError(f"{folder} holds no .safetensors weights ({found}); save the model with "
+                             "save_pretrained(..., safe_serialization=True) from a source you trust")
+    from safetensors import safe_open
+
+    for path in weights:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.metadata()
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            raise ModelLoadError(f"{path} is not a readable safetensors file ({str(e).strip()[:160]}); "
+                                 "it may be truncated: copy or download it again") from None
+
+
+def resolve_device(device: str | None) -> str:
+    """``None``: cuda when available, else cpu; otherwise a device that exists here."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ModelLoadError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r}: CUDA is not available on this machine; use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here "
+                                 f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
+    return device
+
+
+def _hub_cached(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an invalid repo id
+        return False
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+
+
+def check_model_source(spec: str) -> None:
+    """The cheap checks of ``load_model`` (nothing is loaded): the path, folder or GGUF file
+    exists and is readable; a Hub id is cached when offline."""
+    if spec == DEFAULT_MODEL:
+        return
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        _check_gguf(path)
+    elif path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"{path} is a file, not a model folder (a Hugging Face folder or a .gguf file)")
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"{path} is not a Hugging Face model folder (no config.json)")
+        _check_supported(str(path))
+        _check_safetensors(path)
+    elif not _looks_like_hub_id(spec):
+        raise ModelLoadError(f"no such model folder or file: {spec}")
+    elif _offline() and not _hub_cached(spec):
+        raise ModelLoadError(f"{spec!r} is neither a local folder nor a Hub model in the cache (offline: "
+                             "HF_HUB_OFFLINE is set); pass a local folder, or download it with network access")
 
 
 def _write_atomically(folder: Path, model, tokenizer) -> None:
@@ -102,7 +193,7 @@ def default_model_dir() -> Path:
 def _check_supported(source: str, **kwargs) -> None:
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
-    except ValueError as e:  # unknown model_type
+    except ValueError as e:  # unknown model_type, or a config.json that is not JSON
         raise UnsupportedArchitectureError(f"{source}: {e}") from None
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
@@ -125,25 +216,23 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer. Never modifies the source files."""
     torch_dtype = _dtype(dtype, device)
+    if device is not None:
+        resolve_device(device)
+    check_model_source(spec)
     if spec == DEFAULT_MODEL:
         source = str(default_model_dir())
         kwargs: dict = {}
     elif spec.endswith(".gguf"):
         path = Path(spec).expanduser()
-        if not path.is_file():
-            raise ModelLoadError(f"no such GGUF file: {path}")
         model, tokenizer = _load_gguf(path, torch_dtype)
         Architecture(model)
         return _finish(LoadedModel(model, tokenizer, spec, str(path)), device)
     elif Path(spec).expanduser().exists():
         source = str(Path(spec).expanduser())
-        if not (Path(source) / "config.json").exists():
-            raise ModelLoadError(f"{source} is not a Hugging Face model folder (no config.json)")
         kwargs = {}
     elif _looks_like_hub_id(spec):
         source = spec
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-        kwargs = {"local_files_only": offline}
+        kwargs = {"local_files_only": _offline()}
     else:
         raise ModelLoadError(f"no such model folder or file: {spec}")
 
@@ -151,7 +240,8 @@ def load_model(
         _check_supported(source, trust_remote_code=trust_remote_code, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code, **kwargs
+            source, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code,
+            use_safetensors=True, **kwargs
         )
     except OSError as e:
         hint = " (offline: set HF_HUB_OFFLINE=0 with network access, or pass a local folder)" if _looks_like_hub_id(spec) else ""
