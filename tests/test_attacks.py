@@ -142,22 +142,6 @@ def test_probe_reads_a_planted_linear_feature(tiny_llama):
     assert max(r["accuracy"] for r in control["layers"]) <= 0.6
 
 
-def test_probe_on_an_open_relation_uses_the_common_answers(tiny_llama):
-    languages = [" French"] * 6 + [" English"] * 6 + [" Spanish"]
-    facts = [Fact(f"m{i}", f"Person{i}", f"The mother tongue of Person{i} is", a, " Italian")
-             for i, a in enumerate(languages)]
-    edited = [Fact("e0", "Zed", "The mother tongue of Zed is", " French", " English"),
-              Fact("e1", "Yan", "The mother tongue of Yan is", " German", " Italian")]
-    open_set = lambda xs, n: FactSet(n, tuple(xs), None)  # noqa: E731
-    split = Split(open_set(edited, "f"), open_set(edited, "f"), open_set(facts[:4] + facts[6:10] + facts[12:], "mt"),
-                  open_set(facts[4:6] + facts[10:12], "mte"), 0, "test")
-    result = probe_attack(tiny_llama, split, ProbeConfig(layers=(1,), min_per_class=2))
-    assert result["classes"] == ["French", "English"]  # Spanish has one fact only
-    assert result["n_readable_true"] == 1 and result["n_readable_target"] == 1
-    assert len(result["notes"]) == 2
-    assert result["layers"][0]["reads_true"] in (0.0, 1.0)  # one readable fact
-
-
 def test_probe_needs_two_classes(tiny_llama):
     facts = made_up(12, seed=4, labels=[" football"] * 12)
     with pytest.raises(MechunlearnError, match="2 answer classes"):
