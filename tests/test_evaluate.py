@@ -143,11 +143,11 @@ def test_bad_formats_and_answers_are_refused(tiny_llama, athletes):
         evaluate_facts(tiny_llama, odd, ("train",))
 
 
-def test_lm_loss_matches_the_model_own_loss(tiny_llama):
-    windows = general_windows(tiny_llama.tokenizer, length=32, n=3, seed=1)
+def test_lm_loss_matches_the_model_own_loss_on_the_held_out_part(tiny_llama):
+    windows = general_windows(tiny_llama.tokenizer, length=32, n=3, seed=1, part="eval")
     assert windows.shape == (3, 32)
-    assert torch.equal(windows, general_windows(tiny_llama.tokenizer, length=32, n=3, seed=1))
-    assert not torch.equal(windows, general_windows(tiny_llama.tokenizer, length=32, n=3, seed=2))
+    assert torch.equal(windows, general_windows(tiny_llama.tokenizer, length=32, n=3, seed=1, part="eval"))
+    assert not torch.equal(windows, general_windows(tiny_llama.tokenizer, length=32, n=3, seed=2, part="eval"))
     with torch.no_grad():
         ours = next_token_loss(tiny_llama.model, windows, position_chunk=5)
         reference = tiny_llama.model(input_ids=windows, labels=windows).loss
@@ -155,6 +155,9 @@ def test_lm_loss_matches_the_model_own_loss(tiny_llama):
     result = lm_loss(tiny_llama, n_windows=3, length=32, seed=1)
     assert result["loss"] == pytest.approx(float(reference), rel=1e-5)
     assert result["perplexity"] == pytest.approx(float(torch.exp(reference)), rel=1e-4)
+    assert (result["part"], result["n_windows"], result["window_length"]) == ("eval", 3, 32)
+    on_training_text = lm_loss(tiny_llama, n_windows=3, length=32, seed=1, part="train")
+    assert on_training_text["part"] == "train" and on_training_text["loss"] != pytest.approx(result["loss"], rel=1e-3)
 
 
 def test_mmlu_fixture_reads_the_same_in_every_layout(tmp_path):
@@ -247,8 +250,14 @@ def test_evaluate_run_record_and_files(tiny_llama, athlete_split, tmp_path):
     mcq_rows = [r for r in result["rows"] if r["format"] == "mcq"]
     assert all(len(r["options"].split(" | ")) == 4 for r in mcq_rows)  # the shuffle is logged
 
+    other = evaluate_run(tiny_model("llama", seed=1), athlete_split, config=EvalConfig(formats=("train",), lm_windows=2))
+    against = compare_runs(result, other)["aggregates"]
+    for name in ("forget.train.p_true", "maintain.train.accuracy", "lm_loss"):
+        assert against[name] == {"base": agg[name], "edited": other["aggregates"][name],
+                                 "delta": pytest.approx(other["aggregates"][name] - agg[name])}
+    assert against["forget.train.p_true"]["delta"] != 0 and against["lm_loss"]["delta"] != 0
+    assert against["maintain.mcq.p_true"] == {"base": agg["maintain.mcq.p_true"], "edited": None, "delta": None}
     compared = compare_runs(result, result)
-    assert all(v["delta"] in (0, None) for v in compared["aggregates"].values())
     alone = compare_runs(None, result)
     assert alone["aggregates"]["lm_loss"] == {"base": None, "edited": agg["lm_loss"], "delta": None}
     assert {r["model"] for r in alone["rows"]} == {"edited"}

@@ -1,4 +1,5 @@
-"""Language-modelling loss on general English text (a side effect of editing)."""
+"""Language-modelling loss on the EVALUATION part of general English text (a side effect of
+editing, measured on text the general-LM training term never saw)."""
 
 from __future__ import annotations
 
@@ -6,37 +7,30 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mechunlearn.facts.general_text import general_windows
+from mechunlearn.edit.objectives.lm import general_lm_loss
+from mechunlearn.facts.general_text import SPLIT_RULE, general_windows, source_name
 from mechunlearn.models.loading import LoadedModel
-from mechunlearn.models.scoring import batched, unembed
+from mechunlearn.models.scoring import batched
 
 
 def next_token_loss(model, input_ids: torch.Tensor, position_chunk: int = 16) -> torch.Tensor:
-    """Mean next-token cross-entropy of full (unpadded) windows ``[B, T]``, projecting to the
-    vocabulary a few positions at a time (a 262k vocabulary is large). Differentiable."""
-    hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
-    targets = input_ids[:, 1:]
-    total = hidden.new_zeros(())
-    for start in range(0, hidden.shape[1], position_chunk):
-        h = hidden[:, start:start + position_chunk]
-        logits = unembed(model, h)
-        total = total + F.cross_entropy(logits.flatten(0, 1).float(), targets[:, start:start + position_chunk].flatten(),
-                                        reduction="sum")
-    return total / targets.numel()
+    """Mean next-token cross-entropy over all tokens of full windows ``[B, T]`` (a scalar; the
+    training term's loss averaged over the windows). Differentiable."""
+    return general_lm_loss(model, input_ids, position_chunk).mean()
 
 
-def lm_loss(lm: LoadedModel, path: str | Path | None = None, n_windows: int = 16, length: int = 64, seed: int = 0,
-            batch_size: int = 4, progress: bool = False) -> dict:
-    """Mean next-token cross-entropy (nats/token) and perplexity on seeded windows of general text."""
-    windows = general_windows(lm.tokenizer, path, length, n_windows, seed)
-    losses = []
+def lm_loss(lm: LoadedModel, path: str | Path | None = None, n_windows: int | None = 16, length: int = 64,
+            seed: int = 0, batch_size: int = 4, progress: bool = False, part: str = "eval") -> dict:
+    """Mean next-token cross-entropy (nats/token) and perplexity on seeded windows of one part
+    of general text (default: the held-out evaluation part; all its windows when ``n_windows``
+    is None)."""
+    windows = general_windows(lm.tokenizer, path, length, n_windows, seed, part=part)
+    total = 0.0
     with torch.no_grad():
         for rows in tqdm(list(batched(len(windows), batch_size)), desc="LM loss", disable=not progress, leave=False):
-            ids = windows[rows].to(lm.device)
-            losses.append(float(next_token_loss(lm.model, ids)) * len(ids))
-    loss = sum(losses) / len(windows)
-    return {"loss": loss, "perplexity": math.exp(loss), "n_windows": len(windows), "window_length": length,
-            "source": str(path) if path else "built-in general text"}
+            total += float(general_lm_loss(lm.model, windows[rows].to(lm.device)).sum())
+    loss = total / len(windows)
+    return {"loss": loss, "perplexity": math.exp(loss), "part": part, "n_windows": len(windows),
+            "window_length": length, "source": source_name(path), "split_rule": SPLIT_RULE}

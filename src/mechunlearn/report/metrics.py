@@ -31,8 +31,9 @@ METRICS: dict[str, Metric] = {
         Metric("softprompt.error", "1 - P(true) under a soft-prompt attack", True, True),
         Metric("maintain.train.p_true", "maintain facts P(true), training prompt", True, False),
         Metric("maintain.mcq.p_true", "maintain facts P(true), multiple choice", True, False),
+        Metric("unrelated.train.p_true", "unrelated facts (other relations) P(true), training prompt", True, False),
         Metric("neighborhood.p_true", "neighbourhood prompts P(true)", True, False),
-        Metric("lm_loss", "language-modelling loss on general text", False, False),
+        Metric("lm_loss", "language-modelling loss on held-out general text", False, False),
         Metric("mmlu.acc", "MMLU-style accuracy", True, False),
     ]
 }

@@ -1,6 +1,7 @@
-"""General language modelling: next-token cross-entropy on windows of general text. It needs
-logits at every position, so keep its windows short (it dominates the cost of a step on a
-262k-token vocabulary)."""
+"""General language modelling: next-token cross-entropy on windows of general text, the one
+loss shared by the training term and the LM-loss side effect (``evaluate/lm_loss.py``). It
+needs logits at every position, so it projects to the vocabulary a few positions at a time (a
+262k vocabulary is large); keep training windows short, this term dominates a step's cost."""
 
 import torch
 import torch.nn.functional as F
@@ -8,10 +9,17 @@ import torch.nn.functional as F
 from mechunlearn.models.scoring import unembed
 
 
-def general_lm_loss(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of each window: [B]."""
-    hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
-    logits = unembed(model, hidden[:, :-1]).float()
-    labels = input_ids[:, 1:].to(logits.device)
-    per_token = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
-    return per_token.view(labels.shape).mean(-1)
+def general_lm_loss(model: torch.nn.Module, input_ids: torch.Tensor, position_chunk: int = 16) -> torch.Tensor:
+    """Mean next-token cross-entropy of each full (unpadded) window ``[B, T]``: ``[B]``, in
+    float32. Differentiable."""
+    if position_chunk < 1:
+        raise ValueError(f"position_chunk must be >= 1, got {position_chunk}")
+    hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
+    labels = input_ids[:, 1:].to(hidden.device)
+    total = hidden.new_zeros(labels.shape[0], dtype=torch.float32)
+    for start in range(0, hidden.shape[1], position_chunk):
+        logits = unembed(model, hidden[:, start:start + position_chunk]).float()
+        target = labels[:, start:start + position_chunk]
+        per_token = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
+        total = total + per_token.view(target.shape).sum(-1)
+    return total / labels.shape[1]
