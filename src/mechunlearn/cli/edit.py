@@ -28,6 +28,9 @@ from mechunlearn.io import atomic_dir
 from mechunlearn.models.loading import load_model
 
 DEFAULTS = EditConfig()
+# the command trains to a strength by default: --steps is then the cap, with the cosine schedule
+# laid over it (so a raised cap also keeps the lr high for longer)
+CLI_TARGET, CLI_STEPS = 0.9, 100
 
 
 def _components(lm, localization: Path | None, components: str | None, budget: int | None,
@@ -64,6 +67,18 @@ def _probs(lm, split) -> dict[str, float]:
     return out
 
 
+def _check_target(result, require: bool) -> None:
+    """A missed target is a one-line warning, or with ``require`` an error before anything is written."""
+    record = result.target
+    if record is None or record["reached"]:
+        return
+    message = (f"target not reached: {record['measure']} is {record['strength']:.3f} after {record['steps']} "
+               f"steps (the cap), target {record['target']}; raise --steps (the cap) or --lr")
+    if require:
+        raise MechunlearnError(message + "; nothing was written")
+    console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
+
+
 @app.command("edit")
 def edit(
     out: Path = typer.Option(..., "--out", help="Output folder: model/ (HF checkpoint), diff.safetensors, train_log.json."),
@@ -79,7 +94,14 @@ def edit(
     category: str = typer.Option(None, "--category", help="With --mode category: the true answer to edit (e.g. basketball)."),
     new_target: str = typer.Option(None, "--new-target", help="With --mode category: the new answer (e.g. golf)."),
     objective: str = typer.Option(DEFAULTS.objective, "--objective", help="edit | log1m | grad_ascent | npo"),
-    steps: int = typer.Option(DEFAULTS.steps, "--steps"),
+    steps: int = typer.Option(CLI_STEPS, "--steps", help="The step cap (with --target) or the exact number of "
+                              "steps (--target 0)."),
+    target: float = typer.Option(CLI_TARGET, "--target", help="Stop when the forget strength on the training "
+                                 "prompts reaches this (edit: mean P(edit target); unlearning: 1 - mean P(true)); "
+                                 "0: train exactly --steps steps."),
+    check_every: int = typer.Option(DEFAULTS.check_every, "--check-every", help="Steps between strength checks."),
+    require_target: bool = typer.Option(False, "--require-target", help="Exit 2 and write nothing when the "
+                                        "target is not reached within --steps."),
     lr: float = typer.Option(DEFAULTS.lr, "--lr"),
     c_forget: float = typer.Option(None, "--c-forget", help="Weight of the edit/unlearning term (default: 0.2 for "
                                    "log1m, 1 for the others)."),
@@ -108,7 +130,7 @@ def edit(
         forget_batch_size=forget_batch, maintain_batch_size=maintain_batch, general_batch_size=general_batch,
         general_length=general_length, general_text=general_text, warmup=warmup, grad_clip=grad_clip,
         grad_accum=grad_accum, seed=seed, forget_over=forget_over, weight_mask=weight_mask, mask_l1=mask_l1,
-        mask_threshold=mask_threshold,
+        mask_threshold=mask_threshold, target=target if target != 0 else None, check_every=check_every,
     ).validate()
     accelerator = _accelerator(device)
     if device_map and accelerator is not None:
@@ -123,6 +145,7 @@ def edit(
     split = split_facts(known, forget=forget, mode=mode, category=category, new_target=new_target, seed=seed)
     before = _probs(lm, split)
     result = train(lm, names, split, config, progress=True, accelerator=accelerator)
+    _check_target(result, require_target)
     if accelerator is not None and not accelerator.is_main_process:
         return
     after = _probs(lm, split)
@@ -138,6 +161,10 @@ def edit(
     for key in before:
         table.add_row(key, f"{before[key]:.3f}", f"{after[key]:.3f}")
     console.print(table)
+    if result.target is not None:
+        console.print(f"target {result.target['target']}: {result.target['strength']:.3f} after "
+                      f"{result.target['steps']} of at most {config.steps} steps ({result.target['measure']})",
+                      soft_wrap=True)
     console.print(f"known facts: {len(known)} of {report.total}; split {split.sizes()}")
     console.print(f"wrote {out}/model, {out}/diff.safetensors, {out}/train_log.json")
 

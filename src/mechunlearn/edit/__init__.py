@@ -13,10 +13,11 @@ from mechunlearn.edit.saving import (
     write_diff,
 )
 from mechunlearn.edit.selection import TrainableWeights, expand_components, merge_slices
+from mechunlearn.edit.target import forget_strength, strength_measure
 from mechunlearn.edit.trainer import TrainResult, train, train_sequential
 
 __all__ = [
     "OBJECTIVES", "EditConfig", "TrainResult", "TrainableWeights", "apply_diff", "expand_components",
-    "forget_objectives", "get_objective", "merge_slices", "read_diff", "save_edit",
-    "sequential_blocks", "train", "train_log", "train_sequential", "weights_hash", "write_diff",
+    "forget_objectives", "forget_strength", "get_objective", "merge_slices", "read_diff", "save_edit",
+    "sequential_blocks", "strength_measure", "train", "train_log", "train_sequential", "weights_hash", "write_diff",
 ]

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass, fields, replace
 
 from mechunlearn.errors import MechunlearnError
 
 FORGET_OVER = ("auto", "vocab", "answers")
+FLOATS = ("lr", "c_forget", "c_maintain", "c_general", "grad_clip", "weight_decay", "log1m_cutoff", "npo_beta",
+          "mask_l1", "mask_threshold", "target")
+INTS = ("steps", "forget_batch_size", "maintain_batch_size", "general_batch_size", "general_length", "warmup",
+        "grad_accum", "seed", "check_every")
+BOOLS = ("weight_mask", "autocast")
 
 
 @dataclass
@@ -16,6 +23,12 @@ class EditConfig:
     Batch sizes are per optimizer step (the global batch, whatever the number of processes);
     ``grad_accum`` splits each step's batch into that many micro-batches to save memory and
     gives the same update.
+
+    With a ``target`` the run stops at the first check where the forget strength (editing: mean
+    P(edit target); unlearning: 1 - mean P(true); the training prompts, scored as the evaluation
+    scores its training format) reaches it, and ``steps`` is the cap. The cosine schedule is laid
+    over the cap, so the learning rate at step t is the same for every arm whatever its stopping
+    step (an arm that stops early stops at a higher lr, not on a compressed schedule).
     """
 
     objective: str = "edit"  # edit | log1m | grad_ascent | npo
@@ -44,15 +57,19 @@ class EditConfig:
     mask_l1: float = 1e-6  # coefficient of sum(1 - M) (a sum over all mask entries)
     mask_threshold: float | None = None  # binarize M >= threshold after training; None keeps it soft
     autocast: bool = True  # bf16 autocast when the model is on CUDA (never on CPU)
+    target: float | None = None  # stop when the forget strength reaches this, in (0, 1]; None: train all steps
+    check_every: int = 2  # steps between strength checks (and one after the last step)
 
     def validate(self) -> EditConfig:
         from mechunlearn.edit.objectives import forget_objectives
 
         if self.objective not in forget_objectives():
             raise MechunlearnError(f"unknown objective {self.objective!r}: use one of {forget_objectives()}")
-        positive = ("steps", "forget_batch_size", "maintain_batch_size", "general_batch_size", "grad_accum")
+        self._check_types()
+        positive = ("steps", "forget_batch_size", "maintain_batch_size", "general_batch_size", "grad_accum",
+                    "check_every")
         for name in positive:
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) < 1:
                 raise MechunlearnError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.general_length < 2:
             raise MechunlearnError(f"general_length must be >= 2 tokens, got {self.general_length}")
@@ -69,7 +86,34 @@ class EditConfig:
             raise MechunlearnError(f"npo_beta must be > 0, got {self.npo_beta}")
         if self.mask_threshold is not None and not 0 <= self.mask_threshold <= 1:
             raise MechunlearnError(f"mask_threshold must lie in [0, 1], got {self.mask_threshold}")
+        if self.target is not None and not 0 < self.target <= 1:
+            raise MechunlearnError(f"target must lie in (0, 1] (a forget strength), got {self.target}")
         return self
+
+    def _check_types(self) -> None:
+        """Numbers are numbers (finite ones for floats) and flags are booleans: a NaN coefficient
+        would pass every range check and silently switch a term off."""
+        for name in FLOATS:
+            value = getattr(self, name)
+            if value is None and name in ("c_forget", "mask_threshold", "target"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                hint = " (YAML reads 1e-4 as text: write 1.0e-4)" if isinstance(value, str) else ""
+                raise MechunlearnError(f"{name} must be a number, got {value!r}{hint}")
+            if not math.isfinite(value):
+                raise MechunlearnError(f"{name} must be a finite number, got {value}")
+        for name in INTS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise MechunlearnError(f"{name} must be a whole number, got {value!r}")
+        for name in BOOLS:
+            if not isinstance(getattr(self, name), bool):
+                raise MechunlearnError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("objective", "forget_over"):
+            if not isinstance(getattr(self, name), str):
+                raise MechunlearnError(f"{name} must be a name, got {getattr(self, name)!r}")
+        if self.general_text is not None and not isinstance(self.general_text, str):
+            raise MechunlearnError(f"general_text must be a path or hf:DATASET, got {self.general_text!r}")
 
     def resolve_forget_over(self, closed: bool) -> str:
         """Unlearning on a closed answer set (sports) is scored over the answers: over the full

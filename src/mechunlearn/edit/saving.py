@@ -205,6 +205,7 @@ def train_log(lm: LoadedModel, result, base_spec: str, facts: dict | None = None
         "facts": facts or {},
         "split": results[0].split if len(results) == 1 else [r.split for r in results],
         "history": history,
+        "target": results[0].target if len(results) == 1 else [r.target for r in results],
         "seconds": sum(r.seconds for r in results),
         "base_hash": results[0].base_hash,
         "optimizer_state_numel": results[-1].optimizer_state_numel,

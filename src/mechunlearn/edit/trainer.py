@@ -5,7 +5,8 @@ It knows nothing about how the components were chosen. One step:
 AdamW, cosine schedule (optional linear warm-up), grad-norm clipping, gradient accumulation,
 seeded batches; bf16 autocast on CUDA, fp32 on CPU. The fact terms read the vocabulary only at
 each prompt's last token. Dropout stays off (the model is kept in eval mode) so a run is a
-deterministic function of its seed.
+deterministic function of its seed. With ``config.target`` the run stops at the first check where
+the forget strength reaches it (edit/target.py); the cosine schedule spans the cap either way.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from mechunlearn.edit.parallel import DataParallel
 from mechunlearn.edit.saving import weights_hash
 from mechunlearn.edit.selection import TrainableWeights, expand_components
 from mechunlearn.edit.step import TERMS, LossTerms, autocast, fact_logits
+from mechunlearn.edit.target import TargetTracker
 from mechunlearn.errors import MechunlearnError, TrainingDivergedError
 from mechunlearn.facts import Split
 from mechunlearn.facts.general_text import general_windows
@@ -47,9 +49,7 @@ class TrainResult:
     optimizer_state_numel: int = 0  # AdamW exp_avg + exp_avg_sq entries
     world_size: int = 1
     notes: list[str] = field(default_factory=list)
-
-    def final(self) -> dict[str, float]:
-        return dict(self.history[-1]) if self.history else {}
+    target: dict | None = None  # with config.target: target, measure, reached, steps, strength, checks
 
 
 def _lr_lambda(steps: int, warmup: int):
@@ -106,7 +106,8 @@ def train(
     objective, maintain = get_objective(config.objective), get_objective("maintain")
     forget = fact_term(tok, split.forget, objective.answer, config.forget_over)
     keep = fact_term(tok, split.maintain_train, maintain.answer, "vocab")
-    windows = general_windows(tok, config.general_text, config.general_length) if config.c_general > 0 else None
+    windows = (general_windows(tok, config.general_text, config.general_length, part="train")
+               if config.c_general > 0 else None)
     if objective.needs_reference:
         forget.reference = _reference_logp(lm, forget, config.forget_batch_size, config.autocast)
     base_hash = base_hash or weights_hash(model)
@@ -122,6 +123,7 @@ def train(
     }
     terms = LossTerms(model, tok, config, objective, maintain, forget, keep, windows)
     coef = terms.coef
+    tracker = TargetTracker(lm, split.forget, objective.answer, config, parallel) if config.target else None
 
     history: list[dict[str, float]] = []
     was_training = model.training
@@ -159,8 +161,12 @@ def train(
             entry.update(weights.mask_stats())
             history.append(entry)
             bar.set_postfix({k: f"{v:.3g}" for k, v in entry.items() if k in (*TERMS, "mask_l1")})
-        if config.weight_mask and config.mask_threshold is not None:
+            if tracker is not None and tracker.due(step + 1) and tracker.check(step + 1):
+                break
+        binarize = config.weight_mask and config.mask_threshold is not None
+        if binarize:
             weights.binarize_masks(config.mask_threshold)
+        target = tracker.record(len(history), remeasure=binarize) if tracker is not None else None
     except BaseException:
         weights.restore_original()
         raise
@@ -184,6 +190,7 @@ def train(
         optimizer_state_numel=_optimizer_state_numel(optimizer),
         world_size=parallel.world,
         notes=notes,
+        target=target,
     )
 
 

@@ -1,0 +1,189 @@
+"""Training to a stated strength on tiny models: the run stops at the first check that reaches
+the target and records it (the recorded strength is what the evaluation's scorer measures); an
+unreachable target is reported; NaN settings and NaN training are refused; runs are bitwise
+deterministic."""
+
+import json
+import math
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mechunlearn.cli.app import app, main
+from mechunlearn.edit import EditConfig, train
+from mechunlearn.edit import target as target_module
+from mechunlearn.edit.config import FLOATS
+from mechunlearn.errors import MechunlearnError, TrainingDivergedError
+from mechunlearn.facts import answer_probs
+from test_edit import ALONE, football_split, golf_split, quick, sharp_tiny, snapshot, tiny_athletes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+COMPONENTS = "blocks.1..3.mlp"
+# at lr 1e-4 the sharp tiny model's P(golf) climbs 0.17 -> ~0.74 over 12 steps, one check per step
+EDIT = {"steps": 12, "lr": 1e-4, "check_every": 1}
+
+
+def test_training_stops_at_the_target_and_records_it():
+    split = golf_split()
+    lm = sharp_tiny()
+    result = train(lm, COMPONENTS, split, quick(target=0.6, **EDIT), progress=False)
+    record = result.target
+    steps = record["steps"]
+    assert record["reached"] and 1 < steps < EDIT["steps"]
+    assert len(result.history) == steps and result.history[-1]["step"] == steps
+    assert [c[0] for c in record["checks"]] == list(range(1, steps + 1))
+    assert record["checks"][-2][1] < 0.6 <= record["strength"] == record["checks"][-1][1]
+    _, p_new = answer_probs(lm.model, lm.tokenizer, split.forget)  # the evaluation's training-format P
+    assert record["strength"] == pytest.approx(float(p_new.mean()), abs=1e-6)
+    assert "P(edit target)" in record["measure"] and "answer set" in record["measure"]
+
+
+def test_checks_leave_training_unchanged_and_the_schedule_spans_the_cap():
+    """The first steps of a run with a target equal those of the same run without one: same
+    losses, same lr (the cosine runs over the cap, not over the steps used)."""
+    split = golf_split()
+    full = train(sharp_tiny(), COMPONENTS, split, quick(**EDIT), progress=False)
+    stopped = train(sharp_tiny(), COMPONENTS, split, quick(target=0.6, **EDIT), progress=False)
+    assert full.target is None and len(full.history) == EDIT["steps"]
+    assert stopped.history == full.history[: len(stopped.history)]
+    every5 = train(sharp_tiny(), COMPONENTS, split, quick(target=0.99, **{**EDIT, "check_every": 5}), progress=False)
+    assert [c[0] for c in every5.target["checks"]] == [5, 10, 12]  # and one after the last step
+
+
+def test_an_unreachable_target_is_reported():
+    lm = sharp_tiny()
+    result = train(lm, COMPONENTS, golf_split(), quick(target=0.9, steps=5, lr=1e-9, check_every=2), progress=False)
+    record = result.target
+    assert not record["reached"] and record["steps"] == 5 and len(result.history) == 5
+    assert [c[0] for c in record["checks"]] == [2, 4, 5]
+    assert record["strength"] < 0.3
+
+
+def test_unlearning_strength_is_one_minus_p_true():
+    split = football_split()
+    lm = sharp_tiny()
+    p0, _ = answer_probs(lm.model, lm.tokenizer, split.forget)
+    config = quick(objective="log1m", forget_over="answers", target=0.5, steps=12, lr=3e-5, check_every=1, **ALONE)
+    record = train(lm, COMPONENTS, split, config, progress=False).target
+    p1, _ = answer_probs(lm.model, lm.tokenizer, split.forget)
+    assert float(p0.mean()) > 0.7 and record["reached"]
+    assert record["strength"] == pytest.approx(1 - float(p1.mean()), abs=1e-6)
+    assert record["checks"][0][1] < 0.5 <= record["strength"]
+    assert record["measure"].startswith("1 - mean P(true)")
+
+
+def test_a_nan_strength_stops_training_and_restores_the_weights(monkeypatch):
+    lm = sharp_tiny()
+    before = snapshot(lm.model)
+    monkeypatch.setattr(target_module, "answer_probs", lambda *a, **k: (torch.tensor([math.nan]),) * 2)
+    with pytest.raises(TrainingDivergedError, match=r"step 2/12: the forget strength is nan"):
+        train(lm, COMPONENTS, golf_split(), quick(target=0.6, **{**EDIT, "check_every": 2}), progress=False)
+    assert all(torch.equal(p.detach(), before[n]) for n, p in lm.model.named_parameters())
+
+
+def test_same_config_and_seed_give_bitwise_identical_weights():
+    split = golf_split()
+    runs = []
+    for _ in range(2):
+        lm = sharp_tiny()
+        result = train(lm, "blocks.1.mlp,blocks.2.attn.q.h1", split, quick(target=0.6, seed=3, **EDIT),
+                       progress=False)
+        runs.append((snapshot(lm.model), result.history, result.target))
+    (w1, h1, t1), (w2, h2, t2) = runs
+    assert h1 == h2 and t1 == t2
+    assert all(torch.equal(w1[n], w2[n]) for n in w1)
+
+
+# --- config ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", FLOATS)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_config_refuses_non_finite_floats(name, value):
+    with pytest.raises(MechunlearnError, match=rf"^{name} must be a finite number, got"):
+        EditConfig(**{name: value}).validate()
+
+
+def test_config_refuses_bad_targets_and_types():
+    for bad, field in (({"target": 0.0}, "target"), ({"target": 1.5}, "target"), ({"target": -0.1}, "target"),
+                       ({"check_every": 0}, "check_every"), ({"steps": "ten"}, "steps"),
+                       ({"steps": 2.5}, "steps"), ({"lr": "1e-4"}, "lr"), ({"c_maintain": None}, "c_maintain"),
+                       ({"weight_mask": "yes"}, "weight_mask"), ({"grad_accum": True}, "grad_accum")):
+        with pytest.raises(MechunlearnError, match=rf"^{field} must"):
+            EditConfig(**bad).validate()
+    with pytest.raises(MechunlearnError, match="write 1.0e-4"):
+        EditConfig(lr="1e-4").validate()
+    assert EditConfig(target=1.0, check_every=1).validate().target == 1.0
+    assert EditConfig.from_json(EditConfig(target=0.9).to_json()).target == 0.9
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sharp_on_disk(tmp_path_factory):
+    root = tmp_path_factory.mktemp("target_cli")
+    lm = sharp_tiny()
+    lm.model.save_pretrained(root / "base")
+    lm.tokenizer.save_pretrained(root / "base")
+    rows = [{"subject": f.subject, "prompt": f.prompt, "target_true": f.target_true.strip(),
+             "target_new": f.target_new.strip()} for f in tiny_athletes()]
+    pd.DataFrame(rows).to_csv(root / "facts.csv", index=False)
+    return root
+
+
+def _edit_args(root, out, *extra):
+    return ["edit", "--model", str(root / "base"), "--dataset", "table", "--data", str(root / "facts.csv"),
+            "--threshold", "0", "--forget", "4", "--general-length", "16", "--components", "blocks.1..3.mlp",
+            "--out", str(out), *extra]
+
+
+def _main(monkeypatch, capsys, args) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["mechunlearn", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    return exit_.value.code, capsys.readouterr().err
+
+
+def _flat(text: str) -> str:
+    """The console wraps long lines at its width."""
+    return " ".join(text.split())
+
+
+def test_cli_warns_when_the_target_is_missed(sharp_on_disk):
+    out = sharp_on_disk / "missed"
+    result = CliRunner().invoke(app, _edit_args(sharp_on_disk, out, "--lr", "1e-9", "--steps", "3"))
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.output.splitlines() if "target not reached" in line]
+    assert len(warning) == 1 and "after 3 steps (the cap), target 0.9" in warning[0]
+    assert "--steps" in warning[0] and "--lr" in warning[0]
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["target"]["reached"] is False and log["target"]["steps"] == 3 and len(log["history"]) == 3
+    assert f"is {log['target']['strength']:.3f} after" in warning[0]
+
+
+def test_cli_require_target_exits_2_and_writes_nothing(sharp_on_disk, monkeypatch, capsys):
+    out = sharp_on_disk / "required"
+    code, err = _main(monkeypatch, capsys, _edit_args(sharp_on_disk, out, "--lr", "1e-9", "--steps", "3",
+                                                      "--require-target"))
+    assert code == 2 and not out.exists()
+    assert "target not reached" in err and "Traceback" not in err and "nothing was written" in _flat(err)
+    # reached: no warning, and the log records the steps used
+    result = CliRunner().invoke(app, _edit_args(sharp_on_disk, out, "--lr", "3e-3", "--steps", "20", "--target", "0.5", "--require-target",
+                                                "--c-maintain", "0", "--c-general", "0"))
+    assert result.exit_code == 0, result.output
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["target"]["reached"] and log["target"]["steps"] < 20 and len(log["history"]) == log["target"]["steps"]
+    assert "target not reached" not in result.output
+
+
+def test_cli_nan_settings_and_nan_training_exit_2_without_output(sharp_on_disk, monkeypatch, capsys):
+    out = sharp_on_disk / "nan"
+    for flag in ("--c-maintain", "--c-forget", "--c-general", "--grad-clip", "--lr", "--target"):
+        code, err = _main(monkeypatch, capsys, _edit_args(sharp_on_disk, out, flag, "nan"))
+        assert code == 2 and "finite" in err and "Traceback" not in err, (flag, err)
+        assert len(err.strip().splitlines()) == 1
+    code, err = _main(monkeypatch, capsys, _edit_args(sharp_on_disk, out, "--lr", "1e30",
+                                                      "--grad-clip", "0", "--steps", "4"))
+    assert code == 2 and "nothing was written" in _flat(err) and "Traceback" not in err, err
+    assert not out.exists()
