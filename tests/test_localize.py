@@ -11,11 +11,10 @@ from mechunlearn.errors import MechunlearnError
 from mechunlearn.facts import FactSet, load_builtin_athletes
 from mechunlearn.facts.records import Fact
 from mechunlearn.localize import METHODS, Localization, localize, select
-from mechunlearn.localize.activation_patching import activation_patching
 from mechunlearn.localize.attribution import unit_attributions
 from mechunlearn.localize.causal_tracing import p_true
 from mechunlearn.localize.corruption import embedding_noise, random_subject_tokens
-from mechunlearn.localize.metrics import AnswerScorer
+from mechunlearn.localize.metrics import AnswerScorer, normalized_effect
 from mechunlearn.localize.patching import (
     Patch,
     PatchRunner,
@@ -61,6 +60,24 @@ def _clean_cache(lm, batch, names):
     with torch.no_grad(), cache_activations(lm.model, names) as cache:
         hidden = final_hidden(lm.model, batch)
     return cache, hidden
+
+
+def activation_patching(lm, facts, seed=0):
+    """Exact activation patching, the reference attribution patching approximates: each head's
+    hook_z slice, each whole hook_z (the attention block) and each hook_mlp_out of the run with
+    random subject tokens written into the clean run. Labels ``blocks.L.attn.hH``,
+    ``blocks.L.attn``, ``blocks.L.mlp`` -> normalised logit-difference effect."""
+    scorer, index, layers = AnswerScorer(lm.tokenizer, facts), torch.arange(len(facts)), range(lm.arch.n_layers)
+    batch = _batch(lm, facts)
+    corrupt, hidden = _clean_cache(lm, random_subject_tokens(lm.tokenizer, batch, seed), component_hook_names(layers))
+    ld_corrupt = scorer.read(lm.model, hidden, index, need_p=False).logit_diff
+    runner = PatchRunner(lm, batch, prefix=shared_prefix(batch))
+    ld_clean = scorer.read(lm.model, runner.base_hidden, index, need_p=False).logit_diff
+    variants = component_variants(lm.arch, corrupt, layers)
+    variants += [Variant(f"blocks.{L}.attn", (Patch(f"blocks.{L}.attn.hook_z", corrupt[f"blocks.{L}.attn.hook_z"]),))
+                 for L in layers]
+    return {v.label: normalized_effect(scorer.read(lm.model, h, index, need_p=False).logit_diff, ld_clean, ld_corrupt)
+            for v, h in zip(variants, runner.run(variants), strict=True)}
 
 
 # --- the patching engine ----------------------------------------------------------------------
@@ -193,6 +210,8 @@ def test_attribution_patching_approximates_activation_patching(tiny_llama):
     approx = {f"blocks.{L}.attn.h{h}": float(totals[f"blocks.{L}.attn.o"][h]) / effect
               for L in range(tiny_llama.arch.n_layers) for h in range(tiny_llama.arch.n_heads)}
     approx |= {f"blocks.{L}.mlp": float(totals[f"blocks.{L}.mlp.out"].sum()) / effect
+               for L in range(tiny_llama.arch.n_layers)}
+    approx |= {f"blocks.{L}.attn": float(totals[f"blocks.{L}.attn.o"].sum()) / effect  # whole block: signed sum
                for L in range(tiny_llama.arch.n_layers)}
     keys = sorted(exact)
     rho = spearmanr([exact[k] for k in keys], [approx[k] for k in keys]).statistic

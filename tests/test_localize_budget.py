@@ -24,22 +24,31 @@ def _size(arch, block):
     return sum(c.n_params for c in arch.matrices([0], blocks=(block,)))
 
 
-def test_layer_scores_are_sum_of_absolute_head_scores_not_signed(arch):
-    heads = {(1, 0): 0.5, (1, 1): -0.5, (1, 2): 0.0, (1, 3): 0.0}
-    scores = head_and_mlp_scores(arch, heads, {1: 0.6, 2: -0.9})
+def test_layer_scores_are_the_absolute_net_effect_of_the_block(arch):
+    heads = {(1, 0): 0.5, (1, 1): -0.5, (1, 2): 0.2, (1, 3): 0.0}
+    scores = head_and_mlp_scores(arch, heads, {1: 0.6, 2: -0.9}, attn_scores={1: -0.3})
     by_label = {c.label: c.score for c in candidates(scores, arch, "layer")}
-    assert by_label == pytest.approx({"blocks.1.attn": 1.0, "blocks.1.mlp": 0.6, "blocks.2.mlp": 0.9})
+    # attention 1: |whole block| (0.3), not the sum of |head| scores (1.2); MLPs: |score|
+    assert by_label == pytest.approx({"blocks.1.attn": 0.3, "blocks.1.mlp": 0.6, "blocks.2.mlp": 0.9})
     # a layer candidate is the whole block
     layer1 = next(c for c in candidates(scores, arch, "layer") if c.label == "blocks.1.attn")
     assert layer1.components == tuple(f"blocks.1.attn.{m}" for m in "qkvo")
-    # matrix granularity: sum of |unit scores|; KV heads carry their query heads' |scores|
+    # matrix granularity: every attention matrix carries the block's net score, as MLP matrices do
     by_matrix = {c.label: c.score for c in candidates(scores, arch, "matrix")}
-    assert by_matrix["blocks.1.attn.q"] == pytest.approx(1.0)
-    assert by_matrix["blocks.1.attn.k"] == pytest.approx(1.0)
-    assert scores["blocks.1.attn.k.h0"] == pytest.approx(1.0) and scores["blocks.1.attn.k.h1"] == 0.0
+    assert by_matrix["blocks.1.attn.q"] == pytest.approx(0.3) and by_matrix["blocks.1.attn.k"] == pytest.approx(0.3)
+    assert by_matrix["blocks.2.mlp.gate"] == pytest.approx(0.9)
+    # KV heads carry their query heads' |scores| (head granularity only)
+    assert scores["blocks.1.attn.k.h0"] == pytest.approx(1.0) and scores["blocks.1.attn.k.h1"] == pytest.approx(0.2)
     # head granularity splits attention matrices into head slices, keeps MLP matrices whole
     by_head = {c.label: c.score for c in candidates(scores, arch, "head")}
     assert by_head["blocks.1.attn.q.h1"] == pytest.approx(0.5) and "blocks.2.mlp.in" in by_head
+
+
+def test_without_a_block_score_the_layer_is_the_net_of_its_heads(arch):
+    """Localizations written before the whole-block scores: |signed sum of the o head scores|."""
+    scores = head_and_mlp_scores(arch, {(1, 0): 0.5, (1, 1): -0.5, (1, 2): 0.2}, {1: 0.6})
+    by_label = {c.label: c.score for c in candidates(scores, arch, "layer")}
+    assert by_label == pytest.approx({"blocks.1.attn": 0.2, "blocks.1.mlp": 0.6})
 
 
 def test_under_never_exceeds_and_fills_with_smaller_layers(arch):

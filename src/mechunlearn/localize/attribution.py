@@ -10,9 +10,10 @@ difference (closed sets: true minus the mean of the other answers; open: true mi
 target), summed over prompts; scores are normalised by sum(corrupt - clean), so a score is the
 estimated fraction of the corruption's effect that patching that component alone would cause.
 
-Scores: every head slice ``blocks.L.attn.M.hH`` and every MLP matrix ``blocks.L.mlp.M`` (its
-neurons summed: the linear estimate of patching the whole matrix); ``neurons=True`` adds
-``blocks.L.mlp.M.nN``.
+Scores: every matrix ``blocks.L.{attn,mlp}.M``, the signed sum over its heads or neurons (the
+estimate is linear, so this is the estimate of patching the whole matrix; for o and out, of the
+whole block's output: attention and MLP layers are on one scale, see ``scores``); every head
+slice ``blocks.L.attn.M.hH``; ``neurons=True`` adds ``blocks.L.mlp.M.nN``.
 """
 
 from __future__ import annotations
@@ -87,12 +88,11 @@ def attribution_patching(lm: LoadedModel, facts: FactSet, seed: int, batch_size:
     scores: dict[str, float] = {}
     for name, units in totals.items():
         units = units / norm
+        scores[name] = float(units.sum())
         if name.split(".")[-1] in ATTN_MATRICES:
             scores.update({f"{name}.h{u}": float(v) for u, v in enumerate(units)})
-        else:
-            scores[name] = float(units.sum())
-            if neurons:
-                scores.update({f"{name}.n{u}": float(v) for u, v in enumerate(units)})
+        elif neurons:
+            scores.update({f"{name}.n{u}": float(v) for u, v in enumerate(units)})
     evidence = {
         "logit_diff": {"clean": float(ld["clean"].mean()), "corrupt": float(ld["corrupt"].mean())},
         "metric": "logit difference "

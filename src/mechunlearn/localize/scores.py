@@ -1,28 +1,31 @@
 """How component scores are written and aggregated: one rule for every method.
 
 Every score is an effect on the method's normalised metric (a fraction of the whole
-corruption's effect), so heads and MLPs are on one scale. Methods write:
+corruption's effect). Methods write:
 
-* attention heads: ``blocks.L.attn.{q,k,v,o}.hH``. A method that measures one number per head
-  (causal tracing, activation patching) writes it to that head's q and o slices; a KV head
-  (k, v; shared by several query heads under GQA) gets the sum of |score| of the query heads it
-  serves. Attribution patching measures every head slice of every matrix separately.
-* MLPs: whole matrices ``blocks.L.mlp.{in,gate,out}`` (one number per MLP, or each matrix's own
-  attribution), optionally neurons ``blocks.L.mlp.M.nN``.
-* baselines may write whole attention matrices ``blocks.L.attn.M``.
+* whole matrices ``blocks.L.attn.{q,k,v,o}`` and ``blocks.L.mlp.{in,gate,out}``: the signed
+  NET effect of the whole matrix. For causal tracing every attention matrix of layer L carries
+  the restoration of the whole attention output (all heads at once) and every MLP matrix the
+  restoration of the MLP output; attribution patching writes each matrix's attribution (the
+  signed sum over its heads or neurons: the estimate is linear, so this is the attribution of
+  patching the whole matrix at once).
+* units: heads ``blocks.L.attn.M.hH`` (causal tracing: one restoration per query head, written
+  to its q and o slices; a KV head, shared by several query heads under GQA, gets the sum of
+  |score| of the query heads it serves) and neurons ``blocks.L.mlp.M.nN``; they are only used
+  at head/neuron granularity.
+* baselines may write whole matrices only.
 
-A block's output passes through its output matrix (attention: o, whose input is the per-head
-output z; MLP: out), so the aggregates are:
+Aggregates (one scale for attention and MLPs: the absolute net effect of what is selected):
 
-* layer: attention layer L = sum over heads |s(o.hH)| (or |s(o)| when only the whole matrix is
-  scored); MLP layer L = |s(out)|. One MLP number against the summed absolute effect of the
-  heads: never a signed sum (heads of opposite sign would cancel) and never a sum over q,k,v,o
-  (which would count each head four times). A block with neither falls back to the largest
-  matrix score it has. A layer candidate is the whole block (all its matrices).
-* matrix: |s(M)| when the whole matrix is scored, else sum over its units |s(M.unit)|.
-* head: attention matrices split into head slices |s(M.hH)| where head scores exist; MLP
-  matrices stay whole. neuron: MLP matrices also split into neurons where neuron scores exist.
-  Anything without finer scores stays at the finest level it has.
+* layer: |net effect of the block| = |s(o)| for attention, |s(out)| for the MLP (the block's
+  output passes through that matrix). Never a sum of |head| scores: heads of opposite sign
+  cancel in the block's output, and summing absolute values would inflate attention up to
+  n_heads times against the MLP's single number. A block with no output-matrix score falls
+  back to its largest matrix score. A layer candidate is the whole block (all its matrices).
+* matrix: |s(M)|. Without a whole-matrix score (an older localization), |signed sum of its
+  unit scores| (exact for attribution patching, the first-order net for causal tracing).
+* head / neuron: |s(M.unit)| of each slice where unit scores exist; anything without finer
+  scores stays at the finest level it has.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ from mechunlearn.models.components import ATTN_MATRICES, MLP_MATRICES, Architect
 
 GRANULARITIES = ("layer", "matrix", "head", "neuron")
 AGGREGATION = (
-    "layer: attention = sum over heads |score(o.hH)| (|score(o)| if only the whole matrix), MLP = |score(out)|; "
-    "matrix: |score| or sum over units |score|; head/neuron: |score| of each head/neuron slice "
+    "one scale for attention and MLPs, the absolute net effect: layer = |score of the whole block's output| "
+    "(attention: |score(o)|, all heads at once; MLP: |score(out)|), never a sum of |head| scores; "
+    "matrix = |score(M)| (without one: |signed sum of its unit scores|); head/neuron = |score| of each slice "
     "(see mechunlearn.localize.scores)"
 )
 _KEY = re.compile(r"^blocks\.(\d+)\.(attn|mlp)\.(q|k|v|o|in|gate|out)(?:\.(?:h|n)(\d+))?$")
@@ -83,14 +87,12 @@ def _parse(scores: Mapping[str, float], arch: Architecture | None) -> dict[tuple
 def _matrix_score(entry: _MatrixScores) -> float:
     if entry.whole is not None:
         return abs(entry.whole)
-    return sum(abs(v) for v in (entry.units or {}).values())
+    return abs(sum((entry.units or {}).values()))
 
 
 def _block_score(table, layer: int, block: str) -> float:
     out = table.get((layer, block, "o" if block == "attn" else "out"))
     if out is not None:
-        if block == "attn" and out.units:
-            return sum(abs(v) for v in out.units.values())
         return _matrix_score(out)
     present = [e for (L, b, _), e in table.items() if L == layer and b == block]
     return max(_matrix_score(e) for e in present)
@@ -131,9 +133,14 @@ def layer_table(scores: Mapping[str, float], n_layers: int) -> dict[str, list[fl
 
 
 def head_and_mlp_scores(arch: Architecture, head_scores: Mapping[tuple[int, int], float],
-                        mlp_scores: Mapping[int, float]) -> dict[str, float]:
-    """Component scores from one number per (layer, query head) and per MLP layer."""
+                        mlp_scores: Mapping[int, float],
+                        attn_scores: Mapping[int, float] | None = None) -> dict[str, float]:
+    """Component scores from one number per (layer, query head), per MLP layer and per whole
+    attention layer (all heads at once: written to every attention matrix of the layer)."""
     out: dict[str, float] = {}
+    for L, s in sorted((attn_scores or {}).items()):
+        for m in ATTN_MATRICES:
+            out[f"blocks.{L}.attn.{m}"] = s
     per_kv = arch.n_heads // arch.n_kv_heads
     for (L, h), s in sorted(head_scores.items()):
         out[f"blocks.{L}.attn.q.h{h}"] = s
