@@ -14,6 +14,7 @@ from mechunlearn.localize import METHODS, Localization, localize, select
 from mechunlearn.localize.attribution import unit_attributions
 from mechunlearn.localize.causal_tracing import p_true
 from mechunlearn.localize.corruption import embedding_noise, random_subject_tokens
+from mechunlearn.localize.fact_lookup import choose_layers, monotone_envelope
 from mechunlearn.localize.metrics import AnswerScorer, normalized_effect
 from mechunlearn.localize.patching import (
     Patch,
@@ -26,6 +27,7 @@ from mechunlearn.localize.patching import (
     shared_prefix,
 )
 from mechunlearn.localize.plots import plot_heatmap, plot_probe_curves
+from mechunlearn.localize.probes import ProbeCurves
 from mechunlearn.models.hooks import cache_activations, patch_activations
 from mechunlearn.models.scoring import encode, final_hidden
 
@@ -293,6 +295,46 @@ def test_fact_lookup_can_probe_on_more_facts(tiny_llama):
     assert loc.fact_ids == [f.id for f in facts]
     with pytest.raises(MechunlearnError, match="must be a FactSet"):
         localize(tiny_llama, facts, "fact_lookup", probe_facts=["a"])
+
+
+# The demo's seed: MLP 3 dominates, seven marginal MLPs pass the absolute 0.02 (receiver layer 11).
+DEMO_MLPS = {0: 0.01, 1: 0.05, 2: 0.03, 3: 0.47, 4: -0.01, 5: 0.10, 6: 0.04, 7: 0.02, 8: 0.0, 9: 0.06, 10: 0.03}
+FLU_RULE = {"threshold": 0.02, "relative": 0.25, "min_probe_gain": 0.2, "plateau": 0.8}
+
+
+def _curve(subject: list[float]) -> ProbeCurves:
+    return ProbeCurves(["a", "b", "c"], 96, 1 / 3, subject, subject, 5)
+
+
+def test_flu_keeps_the_dominant_mlp_not_the_marginal_ones():
+    layers, rule, numbers = choose_layers(DEMO_MLPS, None, **FLU_RULE)
+    assert layers == [3]  # the absolute 0.02 alone took 1, 2, 3, 5, 6, 7, 9, 10
+    assert numbers["cut"] == pytest.approx(0.25 * 0.47) and "0.25 x the largest" in rule
+    assert choose_layers(DEMO_MLPS, None, **{**FLU_RULE, "relative": 0.0})[0] == [1, 2, 3, 5, 6, 7, 9, 10]
+    assert choose_layers({**DEMO_MLPS, 2: 0.3}, None, **FLU_RULE)[0] == [2, 3]  # an MLP of the same order stays
+    assert choose_layers({0: 0.01, 1: -0.2, 2: 0.015}, None, **FLU_RULE)[0] == [2]  # none passes: the best alone
+
+
+def test_flu_plateau_uses_the_monotone_envelope_of_the_probe_curve():
+    """An early spike that falls back (point 2) must not cut the lookup short: the envelope first
+    reaches 80% of its gain at point 6 (after block 5), so MLP 3 stays and MLP 9 goes."""
+    spiky = [0.33, 0.36, 0.85, 0.45, 0.5, 0.7, 0.9, 0.95, 0.95, 0.93, 0.94, 0.95, 0.94]
+    envelope = monotone_envelope(spiky)
+    assert all(b >= a for a, b in zip(envelope, envelope[1:], strict=False))
+    assert monotone_envelope(sorted(spiky)) == pytest.approx(sorted(spiky))  # a monotone curve is its own envelope
+    layers, rule, numbers = choose_layers(DEMO_MLPS, _curve(spiky), **FLU_RULE)
+    assert numbers["plateau_point"] == 6 and numbers["last_layer"] == 5
+    assert layers == [3] and "up to MLP 5" in rule
+    # the raw curve's first crossing (point 2) would have left MLPs 0-1 only
+    assert next(p for p, a in enumerate(spiky) if a >= 1 / 3 + 0.8 * (0.95 - 1 / 3)) == 2
+    late = [0.33, 0.34, 0.36, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.95, 0.95, 0.95]  # decodable only after block 8
+    assert choose_layers(DEMO_MLPS, _curve(late), **FLU_RULE)[0] == [3]
+    early = [0.33, 0.9, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95]  # decodable after block 0
+    layers, rule, _ = choose_layers(DEMO_MLPS, _curve(early), **FLU_RULE)
+    assert layers == [0] and "nothing passed" in rule  # MLP 0 is all that precedes the plateau
+    flat = [0.33, 0.4, 0.45, 0.38, 0.4, 0.42, 0.41, 0.4, 0.39, 0.4, 0.41, 0.4, 0.4]
+    layers, rule, numbers = choose_layers(DEMO_MLPS, _curve(flat), **FLU_RULE)
+    assert layers == [3] and "probes not used" in rule and "plateau_point" not in numbers
 
 
 def test_every_method_runs_saves_and_plots(tiny_llama, tmp_path):
