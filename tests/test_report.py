@@ -1,3 +1,4 @@
+import html
 import json
 import math
 import shutil
@@ -8,6 +9,7 @@ from scipy.stats import ttest_rel
 
 from mechunlearn.io import write_json_atomic
 from mechunlearn.report import verdicts, write_report
+from mechunlearn.report.sections import formats
 from mechunlearn.report.stability import jaccard, stability_rows
 from mechunlearn.report.stats import compare, estimate, holm, paired_p
 from mechunlearn.report.training import strength_rows, unreached_seeds
@@ -255,6 +257,7 @@ def test_report_states_targets_formats_probe_layers_and_flu_stability(run_dir):
     assert "Caution: causal tracing did not reach the training target in seed 2." in text
     assert "Learning rate per method: the lowest lr of the grid" in text and "<td>0.002</td>" in text
     assert "Hyperparameter sweep rule: highest P(edit) on 8 validation facts" in text
+    assert 'seed 0: {"lr": 0.001}; seed 1: {"lr": 0.001}; seed 2: {"lr": 0.001}' in html.unescape(text)
     assert "Multiple-choice format: options." in text and "What sport does {subject} play?" in text
     assert "Localization facts: not recorded." in text
     assert "the latent probe&#x27;s headline averages layers [3, 4, 5] (upper half)" in text
@@ -267,3 +270,14 @@ def test_report_says_formats_not_recorded_and_no_target(run_dir):
     text = write_report(run_dir).read_text()
     assert "Multiple-choice format: not recorded." in text and "Prompt templates: not recorded." in text
     assert "No training target was recorded" in text
+
+
+def test_formats_fall_back_to_what_the_evaluations_recorded():
+    evaluation = {"config": {"mcq_format": "option-likelihood", "qa_template": "paper"},
+                  "templates": {"qa": "Question: {question} Answer:", "train": "{subject} plays"}}
+    cells = [{"setting": "a", "method": "fact_lookup", "seed": 0, "evaluation": evaluation},
+             {"setting": "b", "method": "fact_lookup", "seed": 0, "evaluation": {**evaluation, "templates": {}}}]
+    text = html.unescape("".join(formats({}, cells, ["a", "b"])))
+    assert "Multiple-choice format: option-likelihood." in text and "Question/answer template: paper." in text
+    assert "Question: {question} Answer:" in text and "{subject} plays" in text and "not recorded" in text  # rule
+    assert text.count("<tr") == 3  # header + a's two templates; b recorded none

@@ -51,9 +51,17 @@ def comparison(found: list[dict]) -> list[str]:
         "setting": v["setting"], "metric": METRICS[v["metric"]].label if v["metric"] in METRICS else v["metric"],
         "FLU vs": label(v["vs"]), "advantage": v["advantage"], "raw 95% CI": f"{v['low']:+.3f} to {v['high']:+.3f}",
         "seeds": v["n"], "p": v["p"], "Holm p": v["p_holm"],
-        "decision": ("FLU better" if v["advantage"] > 0 else "FLU worse") if v["significant"] else "no reliable difference",
+        "decision": _decision(v),
     } for v in found])))
     return parts
+
+
+def _decision(v: dict) -> str:
+    if v["significant"]:
+        return "FLU better" if v["advantage"] > 0 else "FLU worse"
+    if v["low"] == v["high"] == 0:
+        return "tied exactly"
+    return "no reliable difference" if v["n"] > 1 else "one seed: untested"
 
 
 def fairness(cells: list[dict], settings: list[str]) -> list[str]:
@@ -88,19 +96,30 @@ def fairness(cells: list[dict], settings: list[str]) -> list[str]:
     return parts
 
 
+def _evaluations(cells: list[dict], setting: str | None = None) -> list[dict]:
+    return [c["evaluation"] for c in cells if c.get("evaluation") and setting in (None, c["setting"])]
+
+
 def formats(data: dict, cells: list[dict], settings: list[str]) -> list[str]:
-    """The prompt templates and MCQ format of the run, the localization-fact rule and the probe's headline layers."""
+    """The prompt templates and MCQ format of the run (data.json, else what the cells' evaluations
+    recorded), the localization-fact rule and the probe's headline layers."""
     parts = ["<h3>Formats and templates</h3>"]
-    parts.append(_p(f"Multiple-choice format: {data.get('mcq_format') or NOT_RECORDED}."))
-    templates = data.get("templates") or {}
-    if templates:
-        parts.append(table(pd.DataFrame([{"format": k, "template": v} for k, v in templates.items()])))
+    configs = [e.get("config") or {} for e in _evaluations(cells)]
+    mcq = data.get("mcq_format") or ", ".join(sorted({str(c["mcq_format"]) for c in configs if c.get("mcq_format")}))
+    parts.append(_p(f"Multiple-choice format: {mcq or NOT_RECORDED}."))
+    qa = sorted({str(c["qa_template"]) for c in configs if c.get("qa_template")})
+    if qa:
+        parts.append(_p(f"Question/answer template: {', '.join(qa)}."))
+    if data.get("templates"):
+        rows = [{"setting": "all", "format": k, "template": v} for k, v in data["templates"].items()]
     else:
-        parts.append(_p(f"Prompt templates: {NOT_RECORDED}."))
+        rows = sorted({(s, k, v) for s in settings for e in _evaluations(cells, s)
+                       for k, v in (e.get("templates") or {}).items()})
+        rows = [{"setting": s, "format": k, "template": v} for s, k, v in rows]
+    parts.append(table(pd.DataFrame(rows)) if rows else _p(f"Prompt templates: {NOT_RECORDED}."))
     parts.append(_p(f"Localization facts: {data.get('localization_rule') or NOT_RECORDED}."))
     for setting in settings:
-        probes = [((c.get("evaluation") or {}).get("attacks") or {}).get("probe") for c in cells
-                  if c["setting"] == setting]
+        probes = [((e.get("attacks") or {}).get("probe")) for e in _evaluations(cells, setting)]
         probes = [p for p in probes if p]
         if not probes:
             continue

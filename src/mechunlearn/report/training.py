@@ -83,16 +83,16 @@ def lr_rules(cells: list[dict]) -> list[str]:
 
 
 def sweep_summary(cells: list[dict], setting: str) -> tuple[list[str], list[dict]]:
-    """The sweep rules stated by ``setting``'s cells, and per method and seed what the sweep chose."""
+    """The sweep rules stated by ``setting``'s cells, and per method what the sweep chose in each seed."""
     rules, rows = set(), []
-    sub = [c for c in cells if c["setting"] == setting]
-    rank = {m: i for i, m in enumerate(ordered({c["method"] for c in sub}))}
-    for c in sorted(sub, key=lambda c: (rank[c["method"]], c["seed"])):
-        sweep = (c.get("train") or {}).get("sweep")
-        if not sweep:
-            continue
-        if sweep.get("rule"):
-            rules.add(str(sweep["rule"]))
-        rows.append({"method": label(c["method"]), "seed": c["seed"], "chosen": json.dumps(sweep.get("chosen")),
-                     "trials": len(sweep.get("trials") or []), "validation facts": sweep.get("n_val", "–")})
+    sub = [c for c in cells if c["setting"] == setting and (c.get("train") or {}).get("sweep")]
+    for method in ordered({c["method"] for c in sub}):
+        mine = sorted((c for c in sub if c["method"] == method), key=lambda c: c["seed"])
+        sweeps = [c["train"]["sweep"] for c in mine]
+        rules |= {str(s["rule"]) for s in sweeps if s.get("rule")}
+        rows.append({"method": label(method),
+                     "chosen per seed": "; ".join(f"seed {c['seed']}: {json.dumps(s.get('chosen'))}"
+                                                  for c, s in zip(mine, sweeps, strict=True)),
+                     "trials": ", ".join(sorted({str(len(s.get("trials") or [])) for s in sweeps})),
+                     "validation facts": ", ".join(sorted({str(s.get("n_val", "–")) for s in sweeps}))})
     return sorted(rules), rows
