@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from mechunlearn.cli.app import app, main
-from mechunlearn.edit import EditConfig, train
+from mechunlearn.edit import EditConfig, sequential_blocks, train, train_log, train_sequential
 from mechunlearn.edit import target as target_module
 from mechunlearn.edit.config import FLOATS
 from mechunlearn.errors import MechunlearnError, TrainingDivergedError
@@ -98,6 +98,16 @@ def test_same_config_and_seed_give_bitwise_identical_weights():
     assert all(torch.equal(w1[n], w2[n]) for n in w1)
 
 
+def test_sequential_blocks_each_train_to_the_target_and_the_log_keeps_each_record():
+    blocks = sequential_blocks(tiny_athletes(), n_blocks=2, block_size=3, seed=0)
+    lm = sharp_tiny()
+    results = train_sequential(lm, "blocks.1.mlp", blocks, quick(target=0.5, steps=6, lr=3e-3, check_every=1),
+                               progress=False)
+    records = train_log(lm, results, "tiny")["target"]
+    assert [r["steps"] for r in records] == [len(r.history) for r in results]
+    assert all(r["target"] == 0.5 and r["checks"] for r in records)
+
+
 # --- config ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", FLOATS)
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
@@ -160,6 +170,12 @@ def test_cli_warns_when_the_target_is_missed(sharp_on_disk):
     log = json.loads((out / "train_log.json").read_text())
     assert log["target"]["reached"] is False and log["target"]["steps"] == 3 and len(log["history"]) == 3
     assert f"is {log['target']['strength']:.3f} after" in warning[0]
+    # --target 0: exactly --steps steps, no target recorded
+    result = CliRunner().invoke(app, _edit_args(sharp_on_disk, sharp_on_disk / "fixed", "--target", "0",
+                                                "--steps", "2"))
+    assert result.exit_code == 0, result.output
+    log = json.loads((sharp_on_disk / "fixed" / "train_log.json").read_text())
+    assert log["target"] is None and len(log["history"]) == 2 and log["config"]["target"] is None
 
 
 def test_cli_require_target_exits_2_and_writes_nothing(sharp_on_disk, monkeypatch, capsys):
