@@ -26,7 +26,7 @@ class Localization:
     method: str
     params: dict
     fact_ids: list[str]
-    scores: dict[str, float]  # component name -> score (see budget.py for how they aggregate)
+    scores: dict[str, float]  # component name -> score (see scores.py for how they aggregate)
     evidence: dict  # JSON-able: probe curves, patching tables, the aggregation rule
     model_spec: str
     chosen: list[str] = field(default_factory=list)  # the method's own choice (FLU layers, all MLPs); [] = ranking only
