@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from mechunlearn.errors import MechunlearnError
-from mechunlearn.experiment import Experiment, load_config
+from mechunlearn.experiment import Experiment, SettingSpec, load_config
 from mechunlearn.models.tiny import tiny_model
 
 SPORTS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sports.csv"
@@ -61,10 +61,8 @@ def test_config_errors(tmp_path):
 
 
 def test_unknown_training_option_is_an_error(tiny_dir, tmp_path):
-    cfg = load_config(_config(tiny_dir, tmp_path))
-    cfg["training"]["default"]["learning_rate"] = 1.0
-    with pytest.raises(MechunlearnError, match="learning_rate"):
-        Experiment(cfg, tmp_path / "run").run()
+    with pytest.raises(MechunlearnError, match="'training.default.learning_rate' is unknown"):
+        load_config(_config(tiny_dir, tmp_path), {"training": {"default": {"learning_rate": 1.0}}})
 
 
 def test_grid_runs_with_equal_budgets_and_a_report(tiny_dir, tmp_path):
@@ -112,12 +110,26 @@ def test_killed_run_resumes_without_losing_or_doubling(tiny_dir, tmp_path):
     assert len(table) == 9 and not table.duplicated(["setting", "method", "seed"]).any()
     assert set(table.seed) == {0, 1, 2}
 
+    # what a kill while a cell file is written, and one during the report, leave behind
+    (cells / "edit4__random__s1.json").write_text('{"setting": "edit4", "met')
+    (cells / ".edit4__random__s1.json.tmp-killed").write_text('{"setting"')
+    (out / "results.csv").write_text("setting,method\n")
+    (out / "report.html").unlink()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "edit4__random__s1.json: it cannot be read" in " ".join(done.stderr.split())
+    assert (out / "report.html").exists()
+
+    whole = tmp_path / "uninterrupted"
+    done = subprocess.run([*cmd[:-1], str(whole)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "results.csv").read_text() == (whole / "results.csv").read_text()
+
 
 def test_sweep_picks_by_its_rule_and_records_trials(tiny_dir, tmp_path):
-    cfg = load_config(_config(tiny_dir, tmp_path))
-    cfg["localization"]["methods"] = ["all_mlps"]
-    cfg["evaluation"]["attacks"] = []
-    cfg["training"]["sweep"] = {"lr": [1e-6, 1e-2], "max_maintain_drop": 1.0}
+    cfg = load_config(_config(tiny_dir, tmp_path), {
+        "localization": {"methods": ["all_mlps"]}, "evaluation": {"attacks": []},
+        "training": {"target": None, "sweep": {"lr": [1e-6, 1e-2], "max_maintain_drop": 1.0}}})
     out = tmp_path / "run"
     Experiment(cfg, out).run()
     cell = __import__("json").loads((out / "cells" / "edit4__all_mlps__s0.json").read_text())
@@ -188,21 +200,21 @@ def test_missing_data_files_fail_before_any_work(tiny_dir, tmp_path):
 
 
 def test_cli_overrides_and_setting_filter(tmp_path):
-    from mechunlearn.experiment import _eval_config, _evaluation, only_settings, parse_overrides
+    from mechunlearn.experiment import only_settings, parse_overrides
 
     assert parse_overrides(["seeds=[0, 1]", "facts.limit=50", "facts.data=x.csv"]) == {
         "seeds": [0, 1], "facts": {"limit": 50, "data": "x.csv"}}
     with pytest.raises(MechunlearnError, match="KEY=VALUE"):
         parse_overrides(["seeds"])
     cfg = load_config("paper")
-    assert [s["name"] for s in only_settings(cfg, ["unlearn16", "edit16"])["settings"]] == ["edit16", "unlearn16"]
+    assert [s.name for s in only_settings(cfg, ["unlearn16", "edit16"]).settings] == ["edit16", "unlearn16"]
     with pytest.raises(MechunlearnError, match="nope"):
         only_settings(cfg, ["nope"])
     with pytest.raises(MechunlearnError, match="packaged configs: demo, paper, quick"):
         load_config(tmp_path / "absent.yaml")
-    own = {"name": "x", "evaluation": {"formats": ["train"], "config": {"lm_windows": 3}}}
-    assert _evaluation(cfg, own)["formats"] == ["train"] and _evaluation(cfg, own)["attacks"] == cfg["evaluation"]["attacks"]
-    assert _eval_config(cfg, own, 0).lm_windows == 3 and _eval_config(cfg, {"name": "y"}, 0).lm_windows == 16
+    own = SettingSpec("x", evaluation={"formats": ["train"], "config": {"lm_windows": 3}})
+    assert cfg.evaluation_for(own).formats == ["train"] and cfg.evaluation_for(own).attacks == cfg.evaluation.attacks
+    assert cfg.eval_config(own, 0).lm_windows == 3 and cfg.eval_config(SettingSpec("y"), 0).lm_windows == 16
 
 
 def test_cli_run_names_a_packaged_config_and_fails_cleanly(tmp_path):
@@ -216,12 +228,13 @@ def test_cli_run_names_a_packaged_config_and_fails_cleanly(tmp_path):
 
 
 def test_a_setting_the_facts_cannot_fill_is_skipped_and_reported(tiny_dir, tmp_path):
-    cfg = load_config(_config(tiny_dir, tmp_path))
-    cfg["localization"]["methods"] = ["all_mlps"]
-    cfg["evaluation"]["attacks"] = []
-    cfg["settings"].append({"name": "too_many", "objective": "edit", "forget": 500})
+    settings = [{"name": "edit4", "objective": "edit", "forget": 4},
+                {"name": "too_many", "objective": "edit", "forget": 500}]
+    cfg = load_config(_config(tiny_dir, tmp_path), {"localization": {"methods": ["all_mlps"]},
+                                                     "evaluation": {"attacks": []}, "settings": settings})
     out = tmp_path / "run"
-    with pytest.raises(MechunlearnError, match="too_many: asked to forget 500 of only 80"):
+    # 80 known facts, 8 of them set aside for localization
+    with pytest.raises(MechunlearnError, match="too_many: asked to forget 500 of only 72"):
         Experiment(cfg, out).run()
     assert sorted(p.name for p in (out / "cells").glob("*.json")) == ["edit4__all_mlps__s0.json", "edit4__unedited__s0.json"]
     assert "too_many" in json.loads((out / "data.json").read_text())["skipped"]
@@ -230,13 +243,13 @@ def test_a_setting_the_facts_cannot_fill_is_skipped_and_reported(tiny_dir, tmp_p
 
 def test_known_facts_are_filtered_with_the_unedited_model(tiny_dir, tmp_path, monkeypatch):
     """A later setting's known-fact filter must not see the previous cell's edited weights."""
-    import mechunlearn.experiment as experiment
+    import mechunlearn.experiment.runner as experiment
 
-    cfg = load_config(_config(tiny_dir, tmp_path))
-    cfg["localization"]["methods"] = ["all_mlps"]
-    cfg["evaluation"]["attacks"] = []
-    cfg["training"]["default"]["lr"] = 0.1
-    cfg["settings"].append({"name": "later", "objective": "edit", "forget": 4, "facts": {"limit": 60}})
+    settings = [{"name": "edit4", "objective": "edit", "forget": 4},
+                {"name": "later", "objective": "edit", "forget": 4, "facts": {"limit": 60}}]
+    cfg = load_config(_config(tiny_dir, tmp_path), {
+        "localization": {"methods": ["all_mlps"]}, "evaluation": {"attacks": []}, "settings": settings,
+        "training": {"target": None, "default": {"lr": 0.1}}})
     seen = []
     real = experiment.filter_known
 
@@ -247,3 +260,99 @@ def test_known_facts_are_filtered_with_the_unedited_model(tiny_dir, tmp_path, mo
     monkeypatch.setattr(experiment, "filter_known", spy)
     Experiment(cfg, tmp_path / "run").run()
     assert len(seen) == 2 and seen[0] == seen[1]  # the second filter ran after an lr-0.1 edit
+
+
+def test_a_misspelled_key_fails_fast_with_its_path(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("settings:\n  - {name: a, objectve: log1m}\n")
+    start = time.perf_counter()
+    with pytest.raises(MechunlearnError, match=r"'settings\[0\]\.objectve' is unknown \(did you mean 'objective'\?\)"):
+        load_config(bad)
+    assert time.perf_counter() - start < 1.0
+    cases = {
+        "evaluation: {formatz: [train]}\n": r"'evaluation.formatz' is unknown \(did you mean 'formats'\?\)",
+        "training: {default: {steps: ten}}\n": r"'training.default.steps': expected a whole number, got 'ten'",
+        "seeds: []\n": "'seeds' is empty",
+        "localization: {methods: [fact_lookup, magic]}\n": r"'localization.methods\[1\]' is 'magic'",
+        "modle: x\n": r"'modle' is unknown \(did you mean 'model'\?\)",
+        "settings: [{name: a, mode: category, category: golf, new_target: golf}]\n": "nothing to edit",
+        "training: {default: {lr: .nan}}\n": r"'training.default.lr': expected a finite number",
+        "settings: [{name: a\n": "not valid YAML at line",
+    }
+    for text, message in cases.items():
+        bad.write_text(text)
+        with pytest.raises(MechunlearnError, match=message):
+            load_config(bad)
+
+
+def test_packaged_configs_validate():
+    from mechunlearn.experiment import packaged_configs
+
+    assert packaged_configs() == ["demo", "paper", "quick"]
+    for name in packaged_configs():
+        cfg = load_config(name)
+        assert cfg.training.target == 0.9 and cfg.settings
+
+
+def test_localization_facts_are_never_evaluated_and_sequential_blocks_relocalize(tiny_dir, tmp_path):
+    settings = [{"name": "edit4", "objective": "edit", "forget": 4},
+                {"name": "seq", "objective": "edit", "forget": 3, "blocks": 2}]
+    cfg = load_config(_config(tiny_dir, tmp_path), {
+        "localization": {"methods": ["random"], "n_facts": 6, "budget": {"match": None, "params": 20000}},
+        "evaluation": {"attacks": ["relearn"]}, "settings": settings,
+        "training": {"target": 0.99, "default": {"steps": 2, "check_every": 1}}})
+    out = tmp_path / "run"
+    Experiment(cfg, out).run()
+    data = json.loads((out / "data.json").read_text())
+    localization = set(data["localization_facts"]["s0"])
+    assert len(localization) == 6 and "set aside before the splits" in data["localization_rule"]
+    for name in ("edit4", "seq"):
+        cell = json.loads((out / "cells" / f"{name}__random__s0.json").read_text())
+        split = cell["evaluation"]["split"]
+        evaluated = set(split["forget"]) | set(split["forget_eval"]) | set(split["maintain_test"])
+        assert evaluated and not evaluated & localization
+        relearn = cell["evaluation"]["attacks"]["relearn"]
+        assert not set(relearn.get("train_ids", [])) & localization
+        targets = cell["train"]["target"]
+        assert all(t["target"] == 0.99 and t["steps"] <= 2 for t in targets)
+    seq = json.loads((out / "cells" / "seq__random__s0.json").read_text())["train"]
+    assert seq["localize"] == "per_block" and len(seq["blocks"]) == 2 and len(seq["target"]) == 2
+    assert all(b["n_params"] <= 20000 for b in seq["blocks"])
+
+
+def test_the_sweep_chooses_on_facts_that_are_never_evaluated(tiny_dir, tmp_path):
+    from mechunlearn.experiment.facts import evaluated_ids, seed_facts
+    from mechunlearn.experiment.sweep import validation_split
+    from mechunlearn.facts import load_facts
+
+    cfg = load_config(_config(tiny_dir, tmp_path))
+    facts = load_facts("sports").subset(load_facts("sports").facts[::7])
+    for seed in range(3):
+        split = seed_facts(cfg, facts, cfg.settings[0], seed).splits[0]
+        carve = validation_split(split)
+        used = {f.id for s in (carve.forget, carve.maintain_train, carve.maintain_test) for f in s}
+        assert len(carve.forget) == 4 and not used & evaluated_ids(split)
+        assert {f.id for f in carve.forget}.isdisjoint(f.id for f in carve.maintain_test)
+
+
+def test_a_corrupt_cell_is_named_and_computed_again(tiny_dir, tmp_path):
+    cfg = load_config(_config(tiny_dir, tmp_path), {"localization": {"methods": ["all_mlps"]},
+                                                     "evaluation": {"attacks": []}})
+    out = tmp_path / "run"
+    Experiment(cfg, out).run()
+    cell = out / "cells" / "edit4__all_mlps__s0.json"
+    good = json.loads(cell.read_text())
+    cell.write_text(cell.read_text()[:100])  # what a crash in the middle of a write could leave
+    Experiment(cfg, out).run()
+    assert (out / "cells" / "edit4__all_mlps__s0.json.corrupt").exists()
+    again = json.loads(cell.read_text())
+    assert again["metrics"] == good["metrics"]  # recomputed, and the run is deterministic
+    table = pd.read_csv(out / "results.csv")
+    assert len(table) == 2
+
+
+def test_a_failed_start_does_not_lock_the_run_folder(tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(MechunlearnError):
+        Experiment(load_config(_config(tiny_dir, tmp_path), {"model": str(tmp_path / "absent")}), out).run()
+    assert not out.exists()
