@@ -245,7 +245,8 @@ def test_report_states_targets_formats_probe_layers_and_flu_stability(run_dir):
         c["evaluation"] = {"attacks": {"probe": {"headline_layers": [3, 4, 5], "headline_rule": "upper half"}}}
         write_json_atomic(run_dir / "cells" / f"{c['setting']}__{c['method']}__s{c['seed']}.json", c)
     data = json.loads((run_dir / "data.json").read_text())
-    data.update({"templates": {"qa": "Question: What sport does {subject} play? Answer:"}, "mcq_format": "options"})
+    data.update({"templates": {"edit16": {"qa": "Question: What sport does {subject} play? Answer:"},
+                               "absent": {"qa": "not in this run"}}, "mcq_format": "options"})
     write_json_atomic(run_dir / "data.json", data)
     for seed, layers in enumerate(([1, 2], [1, 2], [2])):
         _localization(run_dir / "localizations" / f"fact_lookup__s{seed}.json", "fact_lookup", layers)
@@ -259,6 +260,7 @@ def test_report_states_targets_formats_probe_layers_and_flu_stability(run_dir):
     assert "Hyperparameter sweep rule: highest P(edit) on 8 validation facts" in text
     assert 'seed 0: {"lr": 0.001}; seed 1: {"lr": 0.001}; seed 2: {"lr": 0.001}' in html.unescape(text)
     assert "Multiple-choice format: options." in text and "What sport does {subject} play?" in text
+    assert "not in this run" not in text  # templates of a setting without cells
     assert "Localization facts: not recorded." in text
     assert "the latent probe&#x27;s headline averages layers [3, 4, 5] (upper half)" in text
     assert "seed 0: 1, 2; seed 1: 1, 2; seed 2: 2" in text and "FLU&#x27;s MLP rule: score &gt;= 0.1 x the largest" in text
@@ -281,3 +283,5 @@ def test_formats_fall_back_to_what_the_evaluations_recorded():
     assert "Multiple-choice format: option-likelihood." in text and "Question/answer template: paper." in text
     assert "Question: {question} Answer:" in text and "{subject} plays" in text and "not recorded" in text  # rule
     assert text.count("<tr") == 3  # header + a's two templates; b recorded none
+    flat = html.unescape("".join(formats({"templates": {"qa": "Q: {question} A:"}}, cells, ["a"])))
+    assert "<td>all</td>" in flat and "Q: {question} A:" in flat and "{subject} plays" not in flat

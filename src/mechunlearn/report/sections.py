@@ -111,7 +111,12 @@ def formats(data: dict, cells: list[dict], settings: list[str]) -> list[str]:
     if qa:
         parts.append(_p(f"Question/answer template: {', '.join(qa)}."))
     if data.get("templates"):
-        rows = [{"setting": "all", "format": k, "template": v} for k, v in data["templates"].items()]
+        # the runner writes {setting: {format: text}}; a flat {format: text} holds for every setting
+        recorded = data["templates"]
+        nested = all(isinstance(v, dict) for v in recorded.values())
+        rows = ([{"setting": s, "format": k, "template": v} for s, by_format in recorded.items()
+                 for k, v in by_format.items() if s in settings] if nested
+                else [{"setting": "all", "format": k, "template": v} for k, v in recorded.items()])
     else:
         rows = sorted({(s, k, v) for s in settings for e in _evaluations(cells, s)
                        for k, v in (e.get("templates") or {}).items()})
