@@ -80,6 +80,39 @@ def test_lora_relearning_leaves_every_family_unchanged(tiny, small_split):
     assert result["losses"][0] != result["losses"][-1]  # the copy did train
 
 
+def test_relearning_loss_and_gradients_equal_the_models_own_full_forward(tiny, small_split):
+    """The relearning step (shared-prefix pass, vocabulary read at the last token only) computes
+    the loss and LoRA gradients of a plain forward pass: the model's own logits and LM loss."""
+    import torch.nn.functional as F
+
+    from mechunlearn.evaluate.attacks.common import model_copy, true_token_ids
+    from mechunlearn.evaluate.attacks.relearn import RelearnLoss, _trainable
+    from mechunlearn.facts.general_text import general_windows
+    from mechunlearn.models.prefix import shared_prefix_length
+
+    model = model_copy(tiny).model
+    params = _trainable(model, RelearnConfig(rank=4))
+    with torch.no_grad():  # LoRA's B starts at zero: give the adapters an effect of their own
+        for p in params:
+            p.normal_(0, 0.05, generator=torch.Generator().manual_seed(p.numel()))
+    facts = [*small_split.forget.facts[:3], *small_split.maintain_train.facts[:2]]
+    batch = encode(tiny.tokenizer, [f.prompt for f in facts])
+    assert shared_prefix_length(batch) >= 4  # the shared-prefix path is the one under test
+    targets = true_token_ids(tiny.tokenizer, fact_set(facts))
+    windows = general_windows(tiny.tokenizer, None, 16, 2, 0, part="train")
+    ours = RelearnLoss(batch, targets, 3, windows)(model)
+
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    last = logits[torch.arange(len(facts)), batch.last_index].float()
+    per_fact = F.cross_entropy(last, targets, reduction="none")
+    reference = per_fact[:3].mean() + per_fact[3:].mean() + model(input_ids=windows, labels=windows).loss
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    ref_grads = torch.autograd.grad(reference, params)
+    assert max(g.abs().max() for g in ref_grads) > 0
+    for g, g_ref in zip(torch.autograd.grad(ours, params), ref_grads, strict=True):
+        torch.testing.assert_close(g, g_ref, atol=1e-4 * g_ref.abs().max().item() + 1e-8, rtol=0)
+
+
 def test_full_relearning_probe_and_softprompt_leave_the_model_unchanged(tiny_llama, small_split):
     batch = encode(tiny_llama.tokenizer, [f.prompt for f in small_split.forget])
     with torch.no_grad():

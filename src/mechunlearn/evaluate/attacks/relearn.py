@@ -19,14 +19,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from mechunlearn.edit.objectives.lm import general_lm_loss
 from mechunlearn.errors import MechunlearnError, TrainingDivergedError
 from mechunlearn.evaluate.attacks.common import attack_halves, model_copy, seeded, true_token_ids
-from mechunlearn.evaluate.lm_loss import next_token_loss
 from mechunlearn.evaluate.metrics import FormatResults, evaluate_facts
 from mechunlearn.facts import FactSet, Split
 from mechunlearn.facts.general_text import general_windows
 from mechunlearn.models.loading import LoadedModel
-from mechunlearn.models.scoring import encode, final_hidden, unembed
+from mechunlearn.models.prefix import final_hidden_shared
+from mechunlearn.models.scoring import Encoded, encode, unembed
 
 METHODS = ("lora", "full")
 DEFAULT_LR = {"lora": 2e-4, "full": 1e-5}
@@ -80,6 +81,28 @@ def _trainable(model, config: RelearnConfig) -> list[torch.nn.Parameter]:
     return params
 
 
+@dataclass
+class RelearnLoss:
+    """The loss of one relearning step on its fixed batch: the first ``n_train`` prompts are the
+    edited facts, the rest maintain facts. Their shared prefix runs once; the vocabulary is read
+    only at each prompt's last token."""
+
+    batch: Encoded
+    targets: torch.Tensor  # [B] true answer's first token
+    n_train: int
+    windows: torch.Tensor | None  # [n_general, T] general text, or None
+
+    def __call__(self, model: torch.nn.Module) -> torch.Tensor:
+        logits = unembed(model, final_hidden_shared(model, self.batch)).float()
+        per_fact = F.cross_entropy(logits, self.targets, reduction="none")
+        loss = per_fact[: self.n_train].mean()
+        if len(per_fact) > self.n_train:
+            loss = loss + per_fact[self.n_train:].mean()
+        if self.windows is not None:
+            loss = loss + general_lm_loss(model, self.windows).mean()
+        return loss
+
+
 def _curve_point(lm: LoadedModel, held_out: FactSet, step: int, formats, seed: int) -> tuple[dict, FormatResults]:
     results = evaluate_facts(lm, held_out, formats, seed=seed)
     aggs = results.aggregates()
@@ -111,9 +134,11 @@ def relearn(lm: LoadedModel, split: Split, config: RelearnConfig | None = None, 
     batch = encode(tok, [f.prompt for f in facts], device=device)
     targets = true_token_ids(tok, train.subset(facts)).to(device)
     n_train = len(train)
-    windows = (general_windows(tok, config.general_text, config.general_length, config.n_general, config.seed).to(device)
+    windows = (general_windows(tok, config.general_text, config.general_length, config.n_general, config.seed,
+                               part="train").to(device)
                if config.n_general else None)
 
+    loss_fn = RelearnLoss(batch, targets, n_train, windows)
     with seeded(config.seed):
         params = _trainable(model, config)
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
@@ -123,13 +148,7 @@ def relearn(lm: LoadedModel, split: Split, config: RelearnConfig | None = None, 
     losses = []
     for step in tqdm(range(1, config.steps + 1), desc=f"relearn ({config.method})", disable=not progress, leave=False):
         optimizer.zero_grad(set_to_none=True)
-        logits = unembed(model, final_hidden(model, batch)).float()
-        per_fact = F.cross_entropy(logits, targets, reduction="none")
-        loss = per_fact[:n_train].mean()
-        if len(facts) > n_train:
-            loss = loss + per_fact[n_train:].mean()
-        if windows is not None:
-            loss = loss + next_token_loss(model, windows)
+        loss = loss_fn(model)
         if not torch.isfinite(loss):
             raise TrainingDivergedError(f"relearning loss became {loss.item()} at step {step}; lower the learning rate")
         loss.backward()
