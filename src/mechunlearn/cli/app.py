@@ -10,6 +10,11 @@ from rich.console import Console
 from mechunlearn import __version__
 from mechunlearn.errors import MechunlearnError
 
+try:
+    from typer._click import exceptions as click_errors  # typer >= 0.25 carries its own click
+except ImportError:
+    from click import exceptions as click_errors
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Localize the components that look a fact up, fine-tune only those, and test the change.")
 console = Console(stderr=True)
@@ -35,9 +40,38 @@ for _name in COMMAND_MODULES:
             raise
 
 
-def main() -> None:
+def _say(message: str) -> None:
+    """One line on stderr, never wrapped (plain print: rich would read '[...]' as markup)."""
+    print("error: " + " ".join(str(message).split()), file=sys.stderr)
+
+
+def invoke(argv: list[str] | None = None) -> int:
+    """Run the command line in this process; return its exit status. Bad input (ours or click's)
+    is one ``error:`` line and status 2, never a traceback."""
     try:
-        app()
+        status = app(args=argv, prog_name="mechunlearn", standalone_mode=False)
+        return status if isinstance(status, int) else 0
+    except click_errors.NoArgsIsHelpError as e:
+        print(e.ctx.get_help() if e.ctx else e.format_message(), file=sys.stderr)
+        return 2
+    except click_errors.UsageError as e:
+        command = e.ctx.command_path if e.ctx else "mechunlearn"
+        _say(f"{e.format_message()} (see '{command} --help')")
+        return 2
+    except click_errors.ClickException as e:
+        _say(e.format_message())
+        return e.exit_code
+    except typer.Abort:
+        return 130
     except MechunlearnError as e:
-        console.print(f"[red]error:[/red] {e}")
-        sys.exit(2)
+        _say(str(e))
+        return 2
+    except OSError as e:
+        if e.filename is None:
+            raise
+        _say(f"{e.filename}: {e.strerror or e}")
+        return 2
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(invoke(argv))

@@ -17,13 +17,20 @@ from mechunlearn.cli.common import (
     MODEL,
     SEED,
     THRESHOLD,
+    as_selection,
+    check_model_args,
+    check_number,
+    check_out_folder,
+    check_threshold,
     known_facts,
     open_model,
+    pick_device,
+    read_localization,
 )
 from mechunlearn.edit import EditConfig, apply_diff, expand_components, read_diff, save_edit, train
-from mechunlearn.edit.saving import check_output_dir, save_model
+from mechunlearn.edit.saving import DIFF_FILE, LOG_FILE, check_output_dir, save_model
 from mechunlearn.errors import MechunlearnError
-from mechunlearn.facts import answer_probs, split_facts
+from mechunlearn.facts import answer_probs, load_facts, split_facts
 from mechunlearn.io import atomic_dir
 from mechunlearn.models.loading import load_model
 
@@ -33,20 +40,50 @@ DEFAULTS = EditConfig()
 CLI_TARGET, CLI_STEPS = 0.9, 100
 
 
-def _components(lm, localization: Path | None, components: str | None, budget: int | None,
-                match: Path | None) -> tuple[list[str], str]:
+def _read_selection_args(localization: Path | None, components: str | None, budget: int | None,
+                         match: Path | None) -> tuple:
+    """The parsed --localization and --match files (cheap: no model needed)."""
     if (localization is None) == (components is None):
         raise MechunlearnError("give either --localization LOC.json or --components NAMES")
     if components is not None:
         if budget is not None or match is not None:
             raise MechunlearnError("--budget and --match apply to --localization, not to --components")
+        if not any(c.strip() for c in components.split(",")):
+            raise MechunlearnError("--components is empty: name at least one component, e.g. blocks.3.mlp")
+        return None, None
+    check_number("--budget", budget, above=0)
+    loc = read_localization(localization, "--localization")
+    return loc, read_localization(match, "--match") if match is not None else None
+
+
+def _components(lm, loc, match_item, components: str | None, budget: int | None) -> tuple[list[str], str]:
+    if components is not None:
         return expand_components(lm.arch, components), "--components"
-    try:
-        from mechunlearn.localize import load_selection
-    except ImportError:
-        from mechunlearn.localize.budget import load_selection
-    selection = load_selection(localization, lm.arch, budget=budget, match=match)
-    return expand_components(lm.arch, selection.components), f"{localization} ({selection.n_params} parameters)"
+    selection = as_selection(loc, lm.arch, budget=budget, match=match_item)
+    return expand_components(lm.arch, selection.components), f"{loc.path} ({selection.n_params} parameters)"
+
+
+def _check_split_args(facts, forget: int, mode: str, category: str | None, new_target: str | None) -> None:
+    """What the split needs from the fact file, checked before the model scores it."""
+    if mode not in ("random", "first", "category"):
+        raise MechunlearnError(f"unknown --mode {mode!r}: random, first or category")
+    if mode != "category":
+        if category is not None or new_target is not None:
+            raise MechunlearnError("--category and --new-target apply to --mode category only")
+        check_number("--forget", forget, minimum=1)
+        if forget >= len(facts):
+            raise MechunlearnError(f"--forget {forget}: the data has only {len(facts)} facts and some must be left "
+                                   "to maintain; forget fewer")
+        return
+    if not category or not category.strip():
+        raise MechunlearnError("--mode category needs --category ANSWER (the true answer to edit, e.g. basketball)")
+    answers = facts.count_by_answer()
+    if category.strip() not in answers:
+        raise MechunlearnError(f"--category {category!r}: no fact has this answer; the answers are "
+                               f"{', '.join(list(answers)[:10])}")
+    if new_target is not None and new_target.strip() == category.strip():
+        raise MechunlearnError(f"--new-target {new_target!r} equals --category: the edit would change nothing; "
+                               "give another answer")
 
 
 def _accelerator(device: str | None):
@@ -132,6 +169,12 @@ def edit(
         grad_accum=grad_accum, seed=seed, forget_over=forget_over, weight_mask=weight_mask, mask_l1=mask_l1,
         mask_threshold=mask_threshold, target=target if target != 0 else None, check_every=check_every,
     ).validate()
+    check_out_folder(out, "--out", (LOG_FILE, DIFF_FILE))
+    check_threshold(threshold)
+    loc, match_item = _read_selection_args(localization, components, budget, match)
+    check_model_args({"--model": model}, dtype, None if device_map else device)
+    all_facts = load_facts(dataset, data, seed=seed)
+    _check_split_args(all_facts, forget, mode, category, new_target)
     accelerator = _accelerator(device)
     if device_map and accelerator is not None:
         raise MechunlearnError("--device-map splits one model over GPUs in one process; do not combine it with a "
@@ -140,8 +183,13 @@ def edit(
         lm = load_model(model, dtype=dtype, device_map=device_map)
     else:
         lm = open_model(model, dtype, str(accelerator.device) if accelerator is not None else device)
-    names, source = _components(lm, localization, components, budget, match)
-    known, report = known_facts(lm, dataset, data, seed, threshold)
+    names, source = _components(lm, loc, match_item, components, budget)
+    check_output_dir(lm, out, (LOG_FILE, DIFF_FILE))
+    known, report = known_facts(lm, dataset, data, seed, threshold, facts=all_facts)
+    if mode != "category" and forget >= len(known):
+        raise MechunlearnError(f"--forget {forget}: the model knows only {len(known)} of the {report.total} facts "
+                               f"at P(true) > {report.threshold} and some must be left to maintain; forget fewer "
+                               "or lower --threshold")
     split = split_facts(known, forget=forget, mode=mode, category=category, new_target=new_target, seed=seed)
     before = _probs(lm, split)
     result = train(lm, names, split, config, progress=True, accelerator=accelerator)
@@ -179,7 +227,10 @@ def apply_diff_cmd(
 ):
     """Rebuild an edited model from its base model and the small diff (the base's hash is checked)."""
     record = read_diff(diff)
-    base = load_model(model or record.base_model, dtype=dtype or record.dtype, device=device)
+    check_out_folder(out, "--out", ("config.json",))
+    check_model_args({"--model" if model else "the diff's base model": model or record.base_model},
+                     dtype or record.dtype, device)
+    base = load_model(model or record.base_model, dtype=dtype or record.dtype, device=pick_device(device))
     check_output_dir(base, out, ("config.json",))
     edited = apply_diff(base, diff)
     with atomic_dir(out) as tmp:

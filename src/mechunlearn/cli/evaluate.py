@@ -8,11 +8,22 @@ import yaml
 from rich.table import Table
 
 from mechunlearn.cli.app import app, console
-from mechunlearn.cli.common import DEVICE, DTYPE, THRESHOLD, known_facts, open_model
+from mechunlearn.cli.common import (
+    DEVICE,
+    DTYPE,
+    THRESHOLD,
+    check_input_file,
+    check_model_args,
+    check_number,
+    check_out_file,
+    check_threshold,
+    known_facts,
+    open_model,
+)
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.evaluate.run import EvalConfig, compare_runs, evaluate_run, write_results
 from mechunlearn.facts import load_facts, split_facts, split_from_facts
-from mechunlearn.io import read_json
+from mechunlearn.io import load_json_file
 
 HEADLINE_SKIP = (".n", ".n_missing", ".err")
 
@@ -26,12 +37,28 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 def _load_config(path: Path | None) -> dict:
     if path is None:
         return {}
-    if not path.is_file():
-        raise MechunlearnError(f"no such config file: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    check_input_file(path, "--config")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise MechunlearnError(f"--config {path}: not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise MechunlearnError(f"--config {path}: YAML syntax error{where} ({problem})") from None
     if not isinstance(data, dict):
-        raise MechunlearnError(f"{path}: expected a mapping of evaluation settings")
+        raise MechunlearnError(f"--config {path}: expected a mapping of evaluation settings")
     return data
+
+
+def _read_log(path: Path) -> dict:
+    log = load_json_file(path, "training log (--forget-from)")
+    split = log.get("split") if isinstance(log, dict) else None
+    if not (isinstance(split, dict) or (isinstance(split, list) and split and all(isinstance(b, dict) for b in split))):
+        raise MechunlearnError(f"--forget-from {path} is not a training log (no 'split' record); give the "
+                               "train_log.json written by 'mechunlearn edit'")
+    return log
 
 
 def _edit_folder(model: str, forget_from: Path | None) -> tuple[str, Path | None]:
@@ -88,6 +115,13 @@ def evaluate(
     """Evaluate an edited model and its unedited base on the edited and maintain facts, in
     several prompt formats, with side effects and attacks."""
     model, forget_from = _edit_folder(model, forget_from)
+    check_out_file(out)
+    check_out_file(csv or out.with_suffix(".csv"), "--csv")
+    check_input_file(general_text, "--general-text")
+    check_threshold(threshold)
+    check_number("--forget", forget, minimum=1)
+    if mmlu and Path(mmlu).suffix.lower() in (".csv", ".jsonl", ".json", ".parquet"):
+        check_input_file(mmlu, "--mmlu")
     settings = _load_config(config)
     overrides = {"formats": _names(formats), "attacks": _names(attacks), "mmlu_path": mmlu, "mmlu_shots": mmlu_shots,
                  "mmlu_limit": mmlu_limit, "general_text": str(general_text) if general_text else None}
@@ -100,25 +134,27 @@ def evaluate(
             settings.setdefault("relearn", {})
             if isinstance(settings["relearn"], dict):
                 settings["relearn"][key] = value
-    eval_config = EvalConfig.from_dict(settings)
+    try:
+        eval_config = EvalConfig.from_dict(settings)
+    except (TypeError, ValueError) as e:
+        raise MechunlearnError(f"{'--config ' + str(config) if config else 'evaluation settings'}: {e}") from None
 
-    log = read_json(forget_from) if forget_from else None
-    if forget_from and not isinstance(log, dict):
-        raise MechunlearnError(f"{forget_from}: not a training log")
+    log = _read_log(forget_from) if forget_from else None
     base = base or (log.get("model") if log else None) or "default"
-    base = None if base.lower() == "none" else base
+    base = None if str(base).lower() == "none" else str(base)
+    check_model_args({"--model": model, "--base": base}, dtype, device)
 
-    base_lm = open_model(base, dtype, device) if base else None
-    model_lm = None
     if log:
-        if "split" not in log:
-            raise MechunlearnError(f"{forget_from} has no 'split' record")
         spec = log.get("facts") or {}
         facts = load_facts(dataset or spec.get("dataset", "sports"), data or spec.get("data"), seed=int(spec.get("seed", 0)))
         split = split_from_facts(facts, log["split"])
     else:
+        facts = load_facts(dataset or "sports", data, seed=seed)
+    base_lm = open_model(base, dtype, device) if base else None
+    model_lm = None
+    if not log:
         reference = base_lm or (model_lm := open_model(model, dtype, device))
-        known, report = known_facts(reference, dataset or "sports", data, seed, threshold)
+        known, report = known_facts(reference, dataset or "sports", data, seed, threshold, facts=facts)
         console.print(f"{len(known)} of {report.total} facts known at P(true) > {report.threshold}")
         split = split_facts(known, forget=forget, seed=seed)
     console.print(f"split: {split.rule}; sizes {split.sizes()}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -10,25 +11,71 @@ import typer
 from rich.table import Table
 
 from mechunlearn.cli.app import app, console
-from mechunlearn.cli.common import DATA, DATASET, DEVICE, DTYPE, MODEL, SEED, THRESHOLD, open_model
+from mechunlearn.cli.common import (
+    DATA,
+    DATASET,
+    DEVICE,
+    DTYPE,
+    MODEL,
+    SEED,
+    THRESHOLD,
+    as_selection,
+    check_model_args,
+    check_number,
+    check_out_file,
+    check_threshold,
+    open_model,
+    read_localization,
+    total_params,
+)
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.facts import FactSet, filter_known, load_facts
-from mechunlearn.localize import GRANULARITIES, METHODS, RULES, load_selection, localize
+from mechunlearn.localize import GRANULARITIES, METHODS, RULES, localize
 from mechunlearn.localize.plots import plot_heatmap, plot_probe_curves
 from mechunlearn.localize.scores import candidates
 
 
-def _params(items: list[str]) -> dict:
+def _params(items: list[str], method: str) -> dict:
+    """``KEY=VALUE`` items, each a parameter of ``method`` with a value of its default's type."""
+    defaults = getattr(METHODS[method], "defaults", {})
+    settable = sorted(k for k in defaults if k not in ("probe_facts", "progress"))
     params = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise MechunlearnError(f"--param takes KEY=VALUE, got {item!r}")
+        if key not in settable:
+            hint = "; set it with --probe-facts" if key == "probe_facts" else ""
+            raise MechunlearnError(f"--param {key}: {method} has no such parameter{hint}; it takes "
+                                   f"{', '.join(settable) or 'none'}")
         try:
-            params[key] = json.loads(value)
+            parsed = json.loads(value)
         except json.JSONDecodeError:
-            params[key] = value
+            parsed = value
+        params[key] = _typed(key, parsed, defaults[key])
     return params
+
+
+def _typed(key: str, value, default):
+    expected = type(default)
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        value = float(value) if ok else value
+    elif isinstance(default, tuple | list):
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        expected = list
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        raise MechunlearnError(f"--param {key}={json.dumps(value) if not isinstance(value, str) else value}: "
+                               f"expected {expected.__name__} like {json.dumps(default)}")
+    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        raise MechunlearnError(f"--param {key}: must not be negative, got {value}")
+    return tuple(value) if isinstance(default, tuple) else value
 
 
 def _known_sample(lm, facts: FactSet, n: int, seed: int, threshold: float | None) -> list:
@@ -91,30 +138,52 @@ def localize_command(
     if budget is not None and match is not None:
         raise MechunlearnError("give --budget or --match, not both")
     if rule not in RULES:
-        raise MechunlearnError(f"unknown --rule {rule!r}: {RULES}")
-    params = _params(param)
+        raise MechunlearnError(f"unknown --rule {rule!r}: {', '.join(RULES)}")
+    if granularity is not None and granularity not in GRANULARITIES:
+        raise MechunlearnError(f"unknown --granularity {granularity!r}: {', '.join(GRANULARITIES)}")
+    check_number("--budget", budget, above=0)
+    check_number("--facts", facts, minimum=1)
+    check_number("--probe-facts", probe_facts, minimum=0)
+    check_threshold(threshold)
+    written_paths = [out, out.with_suffix(".png"), out.with_suffix(".selection.json"), out.with_suffix(".probes.png")]
+    for path in written_paths:
+        check_out_file(path)
+    match_item = read_localization(match, "--match") if match is not None else None
+    params = _params(param, method)
     if "progress" in getattr(METHODS[method], "defaults", {}):
         params.setdefault("progress", True)
+    check_model_args({"--model": model}, dtype, device)
+    all_facts = load_facts(dataset, data, seed=seed)
     lm = open_model(model, dtype, device)
+    if budget is not None and budget > total_params(lm.arch):
+        raise MechunlearnError(f"--budget {budget:,} exceeds the {total_params(lm.arch):,} parameters of all the "
+                               "model's attention and MLP matrices; give a smaller budget")
+    if match_item is not None:
+        match_item = as_selection(match_item, lm.arch)
     n_probe = probe_facts if method == "fact_lookup" else 0
-    chosen_facts, probe_set = _choose_facts(lm, load_facts(dataset, data, seed=seed), facts, n_probe, seed, threshold)
+    chosen_facts, probe_set = _choose_facts(lm, all_facts, facts, n_probe, seed, threshold)
     console.print(f"localizing with {method} on {len(chosen_facts)} known facts ({chosen_facts.count_by_answer()})")
     if probe_set is not None and "probe_facts" not in params:
         params["probe_facts"] = probe_set
         console.print(f"probes on {len(probe_set)} known facts ({probe_set.count_by_answer()})")
     loc = localize(lm, chosen_facts, method, seed=seed, **params)
-    loc.save(out)
     if "mlp_path_patching" in loc.evidence:
         console.print(f"FLU: receiver layer {loc.evidence['receiver_layer']}, MLP layers {loc.evidence['flu_layers']}"
                       f"; rule: {loc.evidence['rule']}")
     try:
-        selection = load_selection(loc, lm.arch, budget=budget, match=match, granularity=granularity, rule=rule)
+        selection = as_selection(loc, lm.arch, budget=budget, match=match_item, granularity=granularity, rule=rule)
     except MechunlearnError as e:
         if budget is not None or match is not None or loc.chosen:
             raise
         _print_ranking(loc, lm.arch, granularity)
         console.print(f"note: {e}")
         selection = None
+    if selection is not None and (budget is not None or match is not None):
+        # recorded so that 'edit --localization' cuts this file as it was cut here
+        loc.evidence["selection"] = {"budget": selection.budget, "rule": selection.rule,
+                                     "granularity": selection.granularity, "n_params": selection.n_params,
+                                     "match": str(match) if match is not None else None}
+    loc.save(out)
     written = [out, plot_heatmap(loc, out.with_suffix(".png"), selection.components if selection else None)]
     if "mlp_path_patching" in loc.evidence:
         written.append(plot_probe_curves(loc, out.with_suffix(".probes.png")))

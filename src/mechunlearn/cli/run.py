@@ -35,8 +35,10 @@ def demo(
     """The default comparison on the embedded Gemma 3 270M and the built-in athletes: FLU, causal
     tracing, attribution patching, random and all-MLPs at FLU's budget; edit 16 athletes;
     evaluate formats, maintain, LM loss, relearning and probes; write the report."""
+    from mechunlearn.cli.common import check_out_folder
     from mechunlearn.experiment import Experiment, load_config
 
+    check_out_folder(out, "--out")
     start = time.perf_counter()
     Experiment(load_config("quick" if quick else "demo"), out, console).run()
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s")

@@ -137,11 +137,27 @@ def read_diff(path: str | Path) -> EditDiff:
         raise MechunlearnError(f"{path} is not a safetensors file: {e}") from None
     if metadata.get("format") != DIFF_FORMAT:
         raise MechunlearnError(f"{path} is not a mechunlearn diff (format {metadata.get('format')!r})")
-    slices = [ParamSlice(s["param"], s["dim"], s["start"], s["stop"]) for s in json.loads(metadata["slices"])]
+    absent = [k for k in ("base_model", "base_hash", "slices", "components") if k not in metadata]
+    if absent:
+        raise MechunlearnError(f"{path} is damaged: its metadata lacks {absent}; write the edit again")
+    slices = _parse_slices(path, metadata)
     missing = [_key(s) for s in slices if _key(s) not in tensors]
     if missing:
         raise MechunlearnError(f"{path} is damaged: tensors missing for {missing[:3]}")
     return EditDiff(metadata, slices, tensors)
+
+
+def _parse_slices(path: Path, metadata: dict) -> list[ParamSlice]:
+    try:
+        records = json.loads(metadata["slices"])
+        components = json.loads(metadata["components"])
+        slices = [ParamSlice(str(r["param"]), int(r["dim"]), int(r["start"]), int(r["stop"])) for r in records]
+    except (json.JSONDecodeError, TypeError, KeyError, ValueError) as e:
+        raise MechunlearnError(f"{path} is damaged: its metadata 'slices'/'components' do not parse ({e}); "
+                               "write the edit again") from None
+    if not isinstance(components, list) or not slices:
+        raise MechunlearnError(f"{path} is damaged: it records no trained slices; write the edit again")
+    return slices
 
 
 @torch.no_grad()

@@ -53,10 +53,14 @@ def _space(answer: str) -> str:
     return answer if answer.startswith(" ") else " " + answer
 
 
+KNOWN_COLUMNS = {"id", "subject", "prompt", "target_true", "target_new", "target_false", "relation", "paraphrases",
+                 "neighborhood", "question", "mc_choices", "athlete", "sport", "case_id", "prompt_id"}
+
+
 def _require(df: pd.DataFrame, columns: list[str], path) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        found = [str(c) for c in df.columns if c not in columns]
+        found = [str(c) for c in df.columns if c not in KNOWN_COLUMNS]  # a misspelling is not a known column
         hints = [f"{m!r} (is it {close[0]!r}?)" if (close := difflib.get_close_matches(m, found, 1, 0.6)) else repr(m)
                  for m in missing]
         raise FactDataError(f"{path}: missing column(s) {', '.join(hints)}; the header has {[str(c) for c in df.columns]}; "
