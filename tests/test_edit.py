@@ -10,7 +10,6 @@ from mechunlearn.edit import (
     EditConfig,
     expand_components,
     merge_slices,
-    sequential_blocks,
     train,
     train_sequential,
     weights_hash,
@@ -18,7 +17,7 @@ from mechunlearn.edit import (
 from mechunlearn.edit.data import StepSampler, fact_term, micro_batches
 from mechunlearn.edit.objectives import OBJECTIVES, FactObjective
 from mechunlearn.errors import FactDataError, MechunlearnError, TrainingDivergedError
-from mechunlearn.facts import Fact, FactSet, answer_probs, split_facts
+from mechunlearn.facts import Fact, FactSet, answer_probs, sequential_blocks, split_facts
 from mechunlearn.facts.loaders import SPORTS_ANSWERS, SPORTS_PROMPT
 from mechunlearn.models.tiny import tiny_model
 

@@ -13,11 +13,11 @@ import torch
 from typer.testing import CliRunner
 
 from mechunlearn.cli.app import app, main
-from mechunlearn.edit import EditConfig, sequential_blocks, train, train_log, train_sequential
+from mechunlearn.edit import EditConfig, train, train_log, train_sequential
 from mechunlearn.edit import target as target_module
 from mechunlearn.edit.config import FLOATS
 from mechunlearn.errors import MechunlearnError, TrainingDivergedError
-from mechunlearn.facts import answer_probs
+from mechunlearn.facts import answer_probs, sequential_blocks
 from test_edit import ALONE, football_split, golf_split, quick, sharp_tiny, snapshot, tiny_athletes
 
 pytestmark = pytest.mark.usefixtures("one_thread")

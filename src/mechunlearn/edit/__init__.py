@@ -2,7 +2,6 @@
 heads or neurons), save the edit as an HF checkpoint plus a small diff, rebuild it from the base."""
 
 from mechunlearn.edit.config import EditConfig
-from mechunlearn.edit.data import sequential_blocks
 from mechunlearn.edit.objectives import OBJECTIVES, forget_objectives, get_objective
 from mechunlearn.edit.saving import (
     apply_diff,
@@ -19,5 +18,5 @@ from mechunlearn.edit.trainer import TrainResult, train, train_sequential
 __all__ = [
     "OBJECTIVES", "EditConfig", "TrainResult", "TrainableWeights", "apply_diff", "expand_components",
     "forget_objectives", "forget_strength", "get_objective", "merge_slices", "read_diff", "save_edit",
-    "sequential_blocks", "strength_measure", "train", "train_log", "train_sequential", "weights_hash", "write_diff",
+    "strength_measure", "train", "train_log", "train_sequential", "weights_hash", "write_diff",
 ]

@@ -9,12 +9,12 @@ from pathlib import Path
 
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.experiment.config import FactsSpec, RunConfig, SettingSpec
-from mechunlearn.facts import FactSet, load_facts, split_facts
+from mechunlearn.facts import FactSet, load_facts, sequential_blocks, split_facts
 from mechunlearn.facts.splits import Split
 
 LOCALIZATION_RULE = ("per seed, a seeded sample of the known facts (n_facts for every method; probe_facts, a "
-                     "superset, for fact_lookup's probes) is set aside before the splits are drawn, so no "
-                     "localization fact is edited, evaluated or used by an attack")
+                     "superset, for fact_lookup's probes; at most half of the known facts) is set aside before "
+                     "the splits are drawn, so no localization fact is edited, evaluated or used by an attack")
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,9 @@ def load_spec(spec: FactsSpec) -> FactSet:
 def seed_facts(config: RunConfig, known: FactSet, setting: SettingSpec, seed: int) -> SeedFacts:
     """Localization and probe facts drawn first from the known facts, the splits from the rest."""
     loc = config.localization
-    n = min(loc.n_facts, len(known))
-    n_probe = min(max(n, loc.probe_facts), len(known))
+    n = min(loc.n_facts, len(known) // 2)
+    probes = loc.probe_facts if "fact_lookup" in loc.methods else 0
+    n_probe = max(n, min(probes, len(known) // 2))  # at least half the known facts stay for the splits
     drawn = random.Random(f"localization:{seed}").sample(list(known.facts), n_probe)
     taken = {f.id for f in drawn}
     rest = known.subset([f for f in known.facts if f.id not in taken], known.name)
@@ -66,12 +67,7 @@ def splits(known: FactSet, setting: SettingSpec, seed: int) -> list[Split]:
     """One split, or for ``blocks: K`` sequential editing K disjoint forget blocks sharing one
     maintain set."""
     if setting.blocks:
-        k, n = setting.blocks, setting.forget or 16
-        whole = split_facts(known, forget=k * n, mode=setting.split_mode, seed=seed)
-        ids = [f.id for f in whole.forget]
-        blocks = [whole.forget.by_id(ids[i * n:(i + 1) * n]) for i in range(k)]
-        return [Split(b, b, whole.maintain_train, whole.maintain_test, seed, f"sequential block {i + 1}/{k} of {n}")
-                for i, b in enumerate(blocks)]
+        return sequential_blocks(known, setting.blocks, setting.forget or 16, seed)
     return [split_facts(known, forget=setting.forget, mode=setting.split_mode, category=setting.category,
                         new_target=setting.new_target, seed=seed)]
 

@@ -24,6 +24,7 @@ from mechunlearn.edit import train
 from mechunlearn.edit.saving import weights_hash
 from mechunlearn.errors import FactDataError, MechunlearnError
 from mechunlearn.evaluate import evaluate_run
+from mechunlearn.evaluate.formats import format_templates
 from mechunlearn.experiment import facts as run_facts
 from mechunlearn.experiment.config import RunConfig, SettingSpec
 from mechunlearn.experiment.localizations import Localizations
@@ -36,8 +37,8 @@ from mechunlearn.localize import Selection
 from mechunlearn.models.loading import LoadedModel, load_model
 from mechunlearn.report import write_report
 from mechunlearn.report.flatten import curves, flatten
+from mechunlearn.report.methods import BASE
 
-BASE = "unedited"
 CELL_KEYS = ("setting", "method", "seed", "metrics", "n_params")
 
 
@@ -150,6 +151,16 @@ class Experiment:
         return evaluate_run(lm, run_facts.union(splits), formats=ev.formats, attacks=ev.attacks,
                             config=self.config.eval_config(setting, seed), progress=True)
 
+    def record_formats(self, data: dict, setting: SettingSpec, known: FactSet) -> None:
+        config = self.config.eval_config(setting, 0)
+        formats = self.config.evaluation_for(setting).formats
+        data.setdefault("templates", {})[setting.name] = format_templates(known, formats, config.style)
+        data.setdefault("formats", {})[setting.name] = {"qa_template": config.qa_template,
+                                                        "mcq_format": config.mcq_format}
+        used = {f["mcq_format"] for name, f in data["formats"].items()
+                if "mcq" in self.config.evaluation_for(self.config.setting(name)).formats}
+        data["mcq_format"] = ", ".join(sorted(used)) if used else "no MCQ format evaluated"
+
     # --- the grid ------------------------------------------------------------------------
     def run(self) -> Path | None:
         self.check()
@@ -174,6 +185,7 @@ class Experiment:
                 data.setdefault("probe_facts", {})[f"{tag}s{seed}"] = [f.id for f in facts.probes]
                 data.setdefault("splits", {}).setdefault(setting.name, {})[str(seed)] = run_facts.split_record(
                     facts.splits)
+                self.record_formats(data, setting, known)
                 write_json_atomic(self.out / "data.json", data)
                 methods = [BASE, *self.config.localization.methods]
                 todo = [m for m in methods if not self.cell_done(self.cell_path(setting.name, m, seed))]

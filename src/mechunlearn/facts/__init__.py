@@ -7,9 +7,17 @@ from mechunlearn.facts.loaders import (
     load_table,
 )
 from mechunlearn.facts.records import Fact, FactSet
-from mechunlearn.facts.splits import Split, halves, split_facts, split_from_facts, split_from_log
+from mechunlearn.facts.splits import (
+    Split,
+    halves,
+    sequential_blocks,
+    split_facts,
+    split_from_facts,
+    split_from_log,
+)
 
 __all__ = [
     "Fact", "FactSet", "KnownReport", "Split", "answer_probs", "filter_known", "halves", "load_builtin_athletes",
-    "load_counterfact", "load_facts", "load_sports", "load_table", "split_facts", "split_from_facts", "split_from_log",
+    "load_counterfact", "load_facts", "load_sports", "load_table", "sequential_blocks", "split_facts",
+    "split_from_facts", "split_from_log",
 ]

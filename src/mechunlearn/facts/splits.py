@@ -100,6 +100,23 @@ def split_facts(
     )
 
 
+def sequential_blocks(facts: FactSet, n_blocks: int, block_size: int, seed: int = 0,
+                      maintain_test_fraction: float = 0.2) -> list[Split]:
+    """``n_blocks`` disjoint seeded blocks of ``block_size`` facts to edit one after another;
+    all blocks share one maintain train/test split of the remaining facts."""
+    if n_blocks < 1 or block_size < 1:
+        raise FactDataError(f"need at least one block of at least one fact, got {n_blocks} x {block_size}")
+    whole = split_facts(facts, forget=n_blocks * block_size, mode="random",
+                        maintain_test_fraction=maintain_test_fraction, seed=seed)
+    chosen = list(whole.forget)
+    blocks = []
+    for b in range(n_blocks):
+        block = whole.forget.subset(chosen[b * block_size:(b + 1) * block_size], f"{facts.name} block {b + 1}")
+        blocks.append(Split(block, block, whole.maintain_train, whole.maintain_test, seed,
+                            f"sequential block {b + 1}/{n_blocks} of {block_size} (seed {seed})"))
+    return blocks
+
+
 _CATEGORY_RULE = re.compile(r"^category '(.*)' -> '(.*)':")
 
 
