@@ -113,6 +113,28 @@ def test_relearning_loss_and_gradients_equal_the_models_own_full_forward(tiny, s
         torch.testing.assert_close(g, g_ref, atol=1e-4 * g_ref.abs().max().item() + 1e-8, rtol=0)
 
 
+def test_softprompt_loss_and_gradient_equal_the_models_own_full_forward(tiny_llama, small_split):
+    """The soft-prompt loss runs the prompts' shared prefix once; the perturbation of the prefix
+    tokens must still count, in the loss and in its gradient."""
+    import torch.nn.functional as F
+
+    from mechunlearn.evaluate.attacks.common import answer_columns
+    from mechunlearn.evaluate.attacks.softprompt import _loss_fn, perturb_embeddings
+
+    lm, facts = tiny_llama, small_split.forget
+    v = torch.randn(lm.arch.d_model, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    with perturb_embeddings(lm.model, v):
+        ours = _loss_fn(lm, facts)()
+        batch = encode(lm.tokenizer, [f.prompt for f in facts])
+        ids, columns = answer_columns(lm.tokenizer, facts)
+        logits = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        reference = F.cross_entropy(logits[torch.arange(len(facts)), batch.last_index][:, ids].float(), columns)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    (g,), (g_ref,) = torch.autograd.grad(ours, [v]), torch.autograd.grad(reference, [v])
+    assert g_ref.abs().max() > 0
+    torch.testing.assert_close(g, g_ref, atol=1e-4 * g_ref.abs().max().item(), rtol=0)
+
+
 def test_full_relearning_probe_and_softprompt_leave_the_model_unchanged(tiny_llama, small_split):
     batch = encode(tiny_llama.tokenizer, [f.prompt for f in small_split.forget])
     with torch.no_grad():

@@ -34,7 +34,8 @@ from mechunlearn.evaluate.metrics import evaluate_facts
 from mechunlearn.facts import FactSet, Split
 from mechunlearn.models.hooks import cache_activations, hooks
 from mechunlearn.models.loading import LoadedModel
-from mechunlearn.models.scoring import encode, final_hidden, unembed
+from mechunlearn.models.prefix import final_hidden_shared
+from mechunlearn.models.scoring import encode, unembed
 
 
 @dataclass
@@ -81,8 +82,8 @@ def _loss_fn(lm: LoadedModel, facts: FactSet):
         ids, targets = None, true_token_ids(lm.tokenizer, facts)
     targets = targets.to(lm.device)
 
-    def loss() -> torch.Tensor:
-        return F.cross_entropy(unembed(lm.model, final_hidden(lm.model, batch), ids).float(), targets)
+    def loss() -> torch.Tensor:  # the perturbation reaches the shared prefix's tokens too (hook_embed runs in both calls)
+        return F.cross_entropy(unembed(lm.model, final_hidden_shared(lm.model, batch), ids).float(), targets)
 
     return loss
 
