@@ -10,6 +10,7 @@ import shutil
 import struct
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from safetensors import safe_open
@@ -275,6 +276,8 @@ CASES = [
                                               "--category", "chess"), ["'chess'", "football"]),
     ("edit-unknown-mode", lambda ws: EDIT(ws, "--components", "blocks.1.mlp", "--mode", "sideways"), ["'sideways'"]),
     ("edit-bad-data", lambda ws: EDIT(ws, "--components", "blocks.1.mlp", data="ragged.csv"), ["ragged.csv"]),
+    ("edit-general-text-missing", lambda ws: EDIT(ws, "--components", "blocks.1.mlp", "--general-text",
+                                                  str(ws / "nope.txt")), ["--general-text", "nope.txt"]),
     ("edit-steps-not-a-number", lambda ws: EDIT(ws, "--components", "blocks.1.mlp", "--steps", "ten"), ["--steps"]),
     # apply-diff
     ("apply-diff-other-model", lambda ws: ["apply-diff", str(ws / "edit"), "--model", str(ws / "other_model"),
@@ -304,6 +307,9 @@ CASES = [
      ["bad_yaml.yaml", "YAML syntax error", "line"]),
     ("evaluate-config-unknown-key", lambda ws: EVAL(ws, "--config", str(ws / "unknown_key.yaml")), ["formatz"]),
     ("evaluate-config-missing", lambda ws: EVAL(ws, "--config", str(ws / "nope.yaml")), ["--config", "nope.yaml"]),
+    ("evaluate-mmlu-missing", lambda ws: EVAL(ws, "--mmlu", str(ws / "mmlu.csv")), ["--mmlu", "mmlu.csv"]),
+    ("evaluate-general-text-missing", lambda ws: EVAL(ws, "--general-text", str(ws / "nope.txt")),
+     ["--general-text", "nope.txt"]),
     ("evaluate-out-folder", lambda ws: [*EVAL(ws), "--out", str(ws / "a_folder")], ["a_folder", "is a folder"]),
     # demo
     ("demo-out-existing-file", lambda ws: ["demo", "--out", str(ws / "existing_file")], ["existing_file", "is a file"]),
@@ -370,3 +376,20 @@ def test_gguf_header_without_tensors_is_refused(tmp_path):
     path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0))
     with pytest.raises(ModelLoadError, match="empty.gguf"):
         load_model(str(path))
+
+
+def test_facts_known_writes_every_p_true_and_says_why_few_are_known(ws, tmp_path, capsys):
+    """A random tiny model knows none of the facts at 0.5: the CSV still lists every fact's
+    P(true), and the message names the likely cause and the remedies."""
+    out = tmp_path / "known.csv"
+    status = invoke(["facts", "known", *M(ws), "--dataset", "table", "--data", str(ws / "good.csv"), "--out", str(out)])
+    printed = " ".join(capsys.readouterr().err.split())
+    assert status == 0, printed
+    rows = pd.read_csv(out)
+    assert list(rows.id) == [r[0] for r in GOOD_ROWS] and not rows.known.any()
+    assert ((rows.p_true > 0) & (rows.p_true < 0.5)).all()
+    assert "few facts known: 0 of 12" in printed and "solved example" in printed and "--threshold" in printed
+
+    status = invoke(["facts", "known", *M(ws), *T(ws), "--out", str(out)])  # threshold 0: all known, no warning
+    printed = " ".join(capsys.readouterr().err.split())
+    assert status == 0 and pd.read_csv(out).known.all() and "few facts known" not in printed

@@ -18,6 +18,7 @@ from mechunlearn.cli.common import (
     SEED,
     THRESHOLD,
     as_selection,
+    check_input_file,
     check_model_args,
     check_number,
     check_out_folder,
@@ -171,6 +172,8 @@ def edit(
     ).validate()
     check_out_folder(out, "--out", (LOG_FILE, DIFF_FILE))
     check_threshold(threshold)
+    if general_text and not general_text.startswith("hf:"):
+        check_input_file(general_text, "--general-text")
     loc, match_item = _read_selection_args(localization, components, budget, match)
     check_model_args({"--model": model}, dtype, None if device_map else device)
     all_facts = load_facts(dataset, data, seed=seed)
