@@ -117,7 +117,7 @@ def test_killed_run_resumes_without_losing_or_doubling(tiny_dir, tmp_path):
     (out / "report.html").unlink()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "edit4__random__s1.json: it cannot be read" in " ".join(done.stderr.split())
+    assert "edit4__random__s1.jsoncannotberead" in "".join(done.stderr.split())
     assert (out / "report.html").exists()
 
     whole = tmp_path / "uninterrupted"
@@ -356,3 +356,61 @@ def test_a_failed_start_does_not_lock_the_run_folder(tiny_dir, tmp_path):
     with pytest.raises(MechunlearnError):
         Experiment(load_config(_config(tiny_dir, tmp_path), {"model": str(tmp_path / "absent")}), out).run()
     assert not out.exists()
+
+
+RUN_CASES = {
+    "yaml-syntax": ("settings: [{name: a\n", ["not valid YAML at line"]),
+    "unknown-key": ("settings: [{name: a, objectve: log1m}]\n", ["settings[0].objectve", "'objective'"]),
+    "wrong-type": ("training: {default: {steps: ten}}\n", ["training.default.steps", "whole number"]),
+    "empty-seeds": ("seeds: []\n", ["'seeds' is empty"]),
+    "unknown-method": ("localization: {methods: [all_mlps, magic]}\n", ["localization.methods[1]", "magic"]),
+    "not-a-mapping": ("- 1\n- 2\n", ["YAML mapping"]),
+    "bad-override": (None, ["KEY=VALUE"]),
+}
+
+
+@pytest.mark.parametrize("name", list(RUN_CASES))
+def test_bad_run_input_is_one_line_and_leaves_no_folder(name, tmp_path, capsys):
+    from mechunlearn.cli.app import invoke
+
+    text, expected = RUN_CASES[name]
+    config = tmp_path / "exp.yaml"
+    config.write_text(text or "seeds: [0]\n")
+    out = tmp_path / "run"
+    argv = ["run", str(config), "--out", str(out)] + (["--set", "seeds"] if text is None else [])
+    status = invoke(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert status == 2 and "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert all(e in lines[0] for e in expected), lines[0]
+    assert not out.exists()
+
+
+def test_report_names_what_is_wrong_with_a_run_folder(tiny_dir, tmp_path, capsys):
+    from mechunlearn.cli.app import invoke
+
+    def report(folder) -> str:
+        status = invoke(["report", str(folder)])
+        err = capsys.readouterr().err.strip()
+        assert status == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
+        return err
+
+    assert "not a run folder" in report(tmp_path / "absent")
+    (tmp_path / "empty" / "cells").mkdir(parents=True)
+    assert "no finished cells" in report(tmp_path / "empty")
+    cfg = load_config(_config(tiny_dir, tmp_path), {"localization": {"methods": ["all_mlps"]},
+                                                     "evaluation": {"attacks": []}})
+    out = tmp_path / "run"
+    Experiment(cfg, out).run()
+    capsys.readouterr()
+    cell = out / "cells" / "edit4__all_mlps__s0.json"
+    text = cell.read_text()
+    cell.write_text(text[: len(text) // 2])
+    assert "edit4__all_mlps__s0.json cannot be read" in report(out)
+    cell.write_text("{}")
+    assert "edit4__all_mlps__s0.json lacks the keys of a cell" in report(out)
+    other = load_config(_config(tiny_dir, tmp_path), {"seeds": [1]})
+    cell.write_text(text)
+    with pytest.raises(MechunlearnError, match="holds a run with a different config"):
+        Experiment(other, out).run()

@@ -37,9 +37,8 @@ from mechunlearn.localize import Selection
 from mechunlearn.models.loading import LoadedModel, load_model
 from mechunlearn.report import write_report
 from mechunlearn.report.flatten import curves, flatten
+from mechunlearn.report.html import read_cell
 from mechunlearn.report.methods import BASE
-
-CELL_KEYS = ("setting", "method", "seed", "metrics", "n_params")
 
 
 class Experiment:
@@ -96,16 +95,13 @@ class Experiment:
         if not path.exists():
             return False
         try:
-            cell = read_json(path)
-            if isinstance(cell, dict) and all(k in cell for k in CELL_KEYS):
-                return True
-            problem = "it lacks the keys of a cell"
-        except (OSError, ValueError, MechunlearnError) as e:
-            problem = f"it cannot be read ({e})"
-        aside = path.with_name(path.name + ".corrupt")
-        path.replace(aside)
-        self.console.print(f"[yellow]cell {path.name}: {problem}; moved to {aside.name}, computing it again[/yellow]")
-        return False
+            read_cell(path)
+            return True
+        except MechunlearnError as e:
+            aside = path.with_name(path.name + ".corrupt")
+            path.replace(aside)
+            self.console.print(f"[yellow]{e}: moved to {aside.name}, computing it again[/yellow]")
+            return False
 
     def run_cell(self, setting: SettingSpec, method: str, seed: int, facts: run_facts.SeedFacts,
                  selection: Selection | None, first: dict[str, Selection]) -> dict:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mechunlearn.errors import MechunlearnError
 from mechunlearn.io import read_json, write_text_atomic
 from mechunlearn.report import plots, sections
 from mechunlearn.report.methods import BASE, OURS, label, ordered
@@ -24,8 +25,26 @@ from mechunlearn.report.verdicts import RULE, verdicts
 __all__ = ["OURS", "load_cells", "results_table", "verdicts", "write_report"]
 
 
+CELL_KEYS = ("setting", "method", "seed", "metrics", "n_params")
+
+
+def read_cell(path: Path) -> dict:
+    """One cell of a run folder; an unreadable or incomplete one is named."""
+    try:
+        cell = read_json(path)
+    except (OSError, ValueError) as e:
+        raise MechunlearnError(f"cell {path} cannot be read ({e}); rerun the run to compute it again") from None
+    if not isinstance(cell, dict) or not all(k in cell for k in CELL_KEYS):
+        raise MechunlearnError(f"cell {path} lacks the keys of a cell {list(CELL_KEYS)}; rerun the run to compute it "
+                               "again")
+    return cell
+
+
 def load_cells(run_dir: Path) -> list[dict]:
-    return [read_json(p) for p in sorted((run_dir / "cells").glob("*.json"))]
+    cells = [read_cell(p) for p in sorted((run_dir / "cells").glob("*.json"))]
+    if not cells:
+        raise MechunlearnError(f"{run_dir} holds no finished cells yet (cells/ is empty)")
+    return cells
 
 
 def results_table(cells: list[dict]) -> pd.DataFrame:
