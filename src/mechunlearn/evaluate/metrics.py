@@ -2,7 +2,9 @@
 
 Probabilities are read at each prompt's last token from the first token of each answer:
 normalised over the candidates for closed sets (sports answers, MCQ letters), over the full
-vocabulary otherwise. A fact with several prompts (paraphrases, neighbours) gets the mean."""
+vocabulary otherwise. Option-likelihood MCQ items score each option's whole text (summed or
+per-token mean log-probability), normalised over the options. A fact with several prompts
+(paraphrases, neighbours) gets the mean."""
 
 from __future__ import annotations
 
@@ -15,10 +17,18 @@ import torch
 from tqdm.auto import tqdm
 
 from mechunlearn.errors import FactDataError
-from mechunlearn.evaluate.formats import FormatItem, build_format
+from mechunlearn.evaluate.formats import FormatItem, FormatStyle, build_format
 from mechunlearn.facts import FactSet
 from mechunlearn.models.loading import LoadedModel
-from mechunlearn.models.scoring import answer_token_id, batched, encode, final_hidden, unembed
+from mechunlearn.models.scoring import (
+    answer_token_id,
+    batched,
+    continuation_logprobs,
+    distinct_first_tokens,
+    encode,
+    final_hidden,
+    unembed,
+)
 
 DEFAULT_FORMATS = ("train", "qa", "mcq")
 
@@ -90,16 +100,47 @@ def _mean(values) -> float | None:
     return float(sum(vals) / len(vals)) if vals else None
 
 
-def _token_ids(tokenizer, answers: Sequence[str], what: str) -> list[int]:
-    ids = [answer_token_id(tokenizer, a, what) for a in answers]
-    if len(set(ids)) != len(ids):
-        raise FactDataError(f"{what}s {tuple(answers)} share a first token: they cannot be told apart")
-    return ids
-
-
 def score_items(lm: LoadedModel, items: list[FormatItem], batch_size: int = 16, progress: bool = False,
                 desc: str = "scoring") -> list[list[PromptScore]]:
     """Score every prompt of every item; returns one list of scores per item."""
+    whole = [i for i, item in enumerate(items) if item.scoring != "first_token"]
+    first = [i for i, item in enumerate(items) if item.scoring == "first_token"]
+    scores: list[list[PromptScore]] = [[] for _ in items]
+    for group, scorer in ((first, _score_first_tokens), (whole, _score_continuations)):
+        if group:
+            for i, s in zip(group, scorer(lm, [items[i] for i in group], batch_size, progress, desc), strict=True):
+                scores[i] = s
+    return scores
+
+
+def _score_continuations(lm: LoadedModel, items: list[FormatItem], batch_size: int, progress: bool,
+                         desc: str) -> list[list[PromptScore]]:
+    """Whole-text scoring: log p(candidate | prompt), summed or per-token mean, softmax over the candidates."""
+    for item in items:
+        if not item.candidates or item.true_answer not in item.candidates:
+            raise FactDataError(f"{item.fact_id!r}: whole-answer scoring needs candidates that include the true answer")
+    pairs = [(i, p, c) for i, item in enumerate(items) for p in item.prompts for c in item.candidates]
+    total, count = torch.empty(len(pairs)), torch.empty(len(pairs))
+    with torch.no_grad():
+        for rows in tqdm(list(batched(len(pairs), batch_size)), desc=desc, disable=not progress, leave=False):
+            chunk = pairs[rows]
+            total[rows], count[rows] = continuation_logprobs(
+                lm.model, lm.tokenizer, [p for _, p, _ in chunk], [c for _, _, c in chunk], lm.device)
+    scores: list[list[PromptScore]] = [[] for _ in items]
+    at = 0
+    for i, item in enumerate(items):
+        k = len(item.candidates)
+        for _ in item.prompts:
+            value = total[at:at + k] / (count[at:at + k] if item.scoring == "mean" else 1)
+            logp = value.log_softmax(-1)
+            new = item.candidates.index(item.new_answer) if item.new_answer in item.candidates else None
+            scores[i].append(_read(logp, None, item.candidates.index(item.true_answer), new))
+            at += k
+    return scores
+
+
+def _score_first_tokens(lm: LoadedModel, items: list[FormatItem], batch_size: int, progress: bool,
+                        desc: str) -> list[list[PromptScore]]:
     tok = lm.tokenizer
     flat = [(i, p) for i, item in enumerate(items) for p in item.prompts]
     if not flat:
@@ -107,7 +148,7 @@ def score_items(lm: LoadedModel, items: list[FormatItem], batch_size: int = 16, 
     cand_ids = {}
     for item in items:
         if item.candidates is not None and item.candidates not in cand_ids:
-            cand_ids[item.candidates] = _token_ids(tok, item.candidates, "candidate answer")
+            cand_ids[item.candidates] = distinct_first_tokens(tok, item.candidates, "candidate answer")
     true_ids = [answer_token_id(tok, it.true_answer, f"answer of {it.fact_id!r}") for it in items]
     new_ids = [answer_token_id(tok, it.new_answer, f"edit target of {it.fact_id!r}") if it.new_answer else None
                for it in items]
@@ -148,13 +189,14 @@ def _read(logp: torch.Tensor, candidate_ids: list[int] | None, true_id: int, new
 
 
 def evaluate_facts(lm: LoadedModel, facts: FactSet, formats: Sequence[str] = DEFAULT_FORMATS, seed: int = 0,
-                   batch_size: int = 16, progress: bool = False) -> FormatResults:
+                   batch_size: int = 16, progress: bool = False, style: FormatStyle | None = None) -> FormatResults:
     """Per-fact P(true), P(edit target) and argmax accuracy in each format (see
-    ``evaluate.formats``), with the facts each format could not ask listed as missing."""
+    ``evaluate.formats``; ``style`` picks the QA template and MCQ variant), with the facts each
+    format could not ask listed as missing."""
     formats = tuple(dict.fromkeys(formats))
     rows, missing, notes = [], {}, []
     for fmt in formats:
-        built = build_format(facts, fmt, seed)
+        built = build_format(facts, fmt, seed, style)
         missing[fmt] = built.missing
         if built.missing:
             notes.append(f"{fmt}: {len(built.missing)} of {len(facts)} facts cannot be asked in this format")

@@ -18,7 +18,7 @@ from torch import nn
 
 from mechunlearn.errors import FactDataError, MechunlearnError
 from mechunlearn.facts import FactSet
-from mechunlearn.models.scoring import answer_token_id, unembed
+from mechunlearn.models.scoring import answer_tokens, first_token_clashes, unembed
 
 
 @dataclass
@@ -32,22 +32,17 @@ class AnswerScorer:
 
     def __init__(self, tokenizer, facts: FactSet):
         self.closed = facts.closed
-        self.true_ids = torch.tensor([answer_token_id(tokenizer, f.target_true, f"answer of {f.id!r}") for f in facts])
+        tokens = answer_tokens(tokenizer, facts)
+        self.true_ids = tokens.true
         if self.closed:
-            self.answer_ids = torch.tensor([answer_token_id(tokenizer, a, "answer") for a in facts.answers])
-            if len(set(self.answer_ids.tolist())) != len(self.answer_ids):
-                raise FactDataError(f"answers {facts.answers} share a first token: they cannot be told apart")
-            where = {int(t): i for i, t in enumerate(self.answer_ids)}
-            missing = [f.id for f, t in zip(facts, self.true_ids.tolist(), strict=True) if t not in where]
-            if missing:
-                raise FactDataError(f"true answers of {missing[:5]} are not in the answer set {facts.answers}")
-            self.true_pos = torch.tensor([where[int(t)] for t in self.true_ids])
+            self.answer_ids = torch.tensor(tokens.answers)
+            self.true_pos = tokens.true_column
         else:
             no_target = [f.id for f in facts if not f.target_new]
             if no_target:
                 raise FactDataError(f"open-vocabulary facts need an edit target for the logit difference: {no_target[:5]}")
-            self.new_ids = torch.tensor([answer_token_id(tokenizer, f.target_new, f"edit target of {f.id!r}") for f in facts])
-            same = [f.id for f, a, b in zip(facts, self.true_ids, self.new_ids, strict=True) if a == b]
+            self.new_ids = tokens.new
+            same = first_token_clashes(tokenizer, facts)
             if same:
                 raise FactDataError(f"true answer and edit target share their first token for {same[:5]}")
 

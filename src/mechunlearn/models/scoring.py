@@ -109,3 +109,113 @@ def last_token_logits(model: nn.Module, batch: Encoded, token_ids: Sequence[int]
 def batched(n: int, batch_size: int):
     for start in range(0, n, batch_size):
         yield slice(start, min(start + batch_size, n))
+
+
+def distinct_first_tokens(tokenizer, answers: Sequence[str], what: str = "answer") -> list[int]:
+    """First token of each answer; refuses answers that share one (they could not be told apart)."""
+    ids = [answer_token_id(tokenizer, a, what) for a in answers]
+    if len(set(ids)) != len(ids):
+        raise FactDataError(f"{what}s {tuple(answers)} share a first token: they cannot be told apart")
+    return ids
+
+
+@dataclass(frozen=True)
+class AnswerTokens:
+    """The first tokens of a fact set's answers, and for a closed set each answer's column."""
+
+    true: torch.Tensor  # [N] first token of each fact's true answer
+    new: torch.Tensor  # [N] first token of its edit target; -1 when it has none
+    answers: list[int] | None  # first tokens of the closed answer set (distinct); None = open vocabulary
+    true_column: torch.Tensor | None  # [N] position of the true answer in `answers`
+    new_column: torch.Tensor | None  # [N] position of the edit target in `answers`; -1 when none or outside
+
+    def ids(self, which: str) -> torch.Tensor:
+        return self.true if which == "true" else self.new
+
+    def columns(self, which: str) -> torch.Tensor:
+        return self.true_column if which == "true" else self.new_column
+
+
+def fact_answer_ids(tokenizer, facts, which: str = "true") -> list[int]:
+    """First token of each fact's true answer (``which="true"``) or edit target (``"new"``; -1 when it has none)."""
+    if which == "true":
+        return [answer_token_id(tokenizer, f.target_true, f"answer of {f.id!r}") for f in facts]
+    return [answer_token_id(tokenizer, f.target_new, f"edit target of {f.id!r}") if f.target_new else -1 for f in facts]
+
+
+def answer_tokens(tokenizer, facts) -> AnswerTokens:
+    """First tokens of every fact's true answer and edit target (facts: a ``FactSet``). A closed
+    set's answers must have distinct first tokens, and every true answer must be one of them."""
+    true, new = fact_answer_ids(tokenizer, facts, "true"), fact_answer_ids(tokenizer, facts, "new")
+    if facts.answers is None:
+        return AnswerTokens(torch.tensor(true), torch.tensor(new), None, None, None)
+    answers = distinct_first_tokens(tokenizer, facts.answers)
+    where = {t: i for i, t in enumerate(answers)}
+    outside = [f.id for f, t in zip(facts, true, strict=True) if t not in where]
+    if outside:
+        raise FactDataError(f"true answers of {outside[:5]} are not in the answer set {facts.answers}")
+    return AnswerTokens(torch.tensor(true), torch.tensor(new), answers,
+                        torch.tensor([where[t] for t in true]), torch.tensor([where.get(t, -1) for t in new]))
+
+
+def first_token_clashes(tokenizer, facts) -> list[str]:
+    """Ids of facts whose edit target starts with the same token as the true answer (an edit
+    of such a fact cannot be scored)."""
+    return [f.id for f in facts
+            if f.target_new and answer_token_id(tokenizer, f.target_new) == answer_token_id(tokenizer, f.target_true)]
+
+
+@dataclass
+class Continuations:
+    """Prompts with a continuation each, and the positions whose next-token logits score it."""
+
+    batch: Encoded  # prompt + continuation, right-padded
+    rows: torch.Tensor  # [M] the sequence (index into the inputs) of each scored position
+    positions: torch.Tensor  # [M] the position whose output predicts the token
+    targets: torch.Tensor  # [M] the continuation token predicted there
+
+    def to(self, device) -> Continuations:
+        return Continuations(self.batch.to(device), self.rows.to(device), self.positions.to(device),
+                             self.targets.to(device))
+
+
+def encode_continuations(tokenizer, prompts: Sequence[str], continuations: Sequence[str], device=None) -> Continuations:
+    """Token ids of ``prompt`` followed by those of ``continuation`` (tokenized on its own, as
+    answers are everywhere: with its leading space, without special tokens)."""
+    seqs, rows, positions, targets = [], [], [], []
+    for i, (prompt, cont) in enumerate(zip(prompts, continuations, strict=True)):
+        head = tokenizer(prompt)["input_ids"]
+        tail = tokenizer.encode(cont, add_special_tokens=False)
+        if not tail:
+            raise FactDataError(f"continuation {cont!r} tokenizes to nothing")
+        for j, token in enumerate(tail):
+            rows.append(i)
+            positions.append(len(head) + j - 1)
+            targets.append(token)
+        seqs.append(head + tail)
+    width = max(len(s) for s in seqs)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    batch = Encoded(ids, mask, mask.sum(1) - 1)
+    out = Continuations(batch, torch.tensor(rows), torch.tensor(positions), torch.tensor(targets))
+    return out.to(device) if device is not None else out
+
+
+@torch.no_grad()
+def continuation_logprobs(model: nn.Module, tokenizer, prompts: Sequence[str], continuations: Sequence[str],
+                          device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each continuation after its prompt, and its token count: [P], [P].
+    Full-vocabulary logits are computed only at the positions that predict a continuation token."""
+    enc = encode_continuations(tokenizer, prompts, continuations, device)
+    out = model.base_model(input_ids=enc.batch.input_ids, attention_mask=enc.batch.attention_mask, use_cache=False)
+    hidden = out.last_hidden_state[enc.rows, enc.positions]
+    logp = unembed(model, hidden).float().log_softmax(-1)
+    token_logp = logp[torch.arange(len(enc.targets), device=logp.device), enc.targets].cpu()
+    owner = enc.rows.cpu()
+    total = torch.zeros(len(prompts)).index_add_(0, owner, token_logp)
+    count = torch.zeros(len(prompts)).index_add_(0, owner, torch.ones_like(token_logp))
+    return total, count

@@ -12,7 +12,7 @@ import torch
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.facts import FactSet, Split, halves
 from mechunlearn.models.loading import LoadedModel, from_model
-from mechunlearn.models.scoring import answer_token_id
+from mechunlearn.models.scoring import answer_tokens, fact_answer_ids
 
 
 def attack_halves(split: Split, seed: int = 0) -> tuple[FactSet, FactSet, str]:
@@ -48,11 +48,10 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 def true_token_ids(tokenizer, facts: FactSet) -> torch.Tensor:
-    return torch.tensor([answer_token_id(tokenizer, f.target_true, f"answer of {f.id!r}") for f in facts])
+    return torch.tensor(fact_answer_ids(tokenizer, facts, "true"))
 
 
 def answer_columns(tokenizer, facts: FactSet) -> tuple[list[int], torch.Tensor]:
     """For a closed set: the answer token ids and each fact's true answer as a column index."""
-    ids = [answer_token_id(tokenizer, a, "answer") for a in facts.answers]
-    cols = torch.tensor([ids.index(answer_token_id(tokenizer, f.target_true)) for f in facts])
-    return ids, cols
+    tokens = answer_tokens(tokenizer, facts)
+    return tokens.answers, tokens.true_column
