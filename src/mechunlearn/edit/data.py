@@ -9,7 +9,7 @@ import torch
 
 from mechunlearn.errors import FactDataError, MechunlearnError
 from mechunlearn.facts import FactSet
-from mechunlearn.models.scoring import answer_token_id
+from mechunlearn.models.scoring import answer_tokens, fact_answer_ids
 
 
 @dataclass
@@ -33,20 +33,18 @@ def fact_term(tokenizer, facts: FactSet, answer: str, over: str = "vocab") -> Fa
         missing = [f.id for f in facts if not f.target_new]
         if missing:
             raise FactDataError(f"{len(missing)} facts have no edit target (e.g. {missing[:3]}); editing needs one")
-    ids = [
-        answer_token_id(tokenizer, f.target_new if answer == "new" else f.target_true, f"answer of {f.id!r}")
-        for f in facts
-    ]
+    which = "new" if answer == "new" else "true"
     columns = None
     if over == "answers":
         if not facts.closed:
             raise MechunlearnError(f"{facts.name!r} has no closed answer set: use forget_over='vocab'")
-        columns = [answer_token_id(tokenizer, a, "answer") for a in facts.answers]
-        position = {tok: i for i, tok in enumerate(columns)}
-        outside = [f.id for f, i in zip(facts, ids, strict=True) if i not in position]
+        tokens = answer_tokens(tokenizer, facts)
+        outside = [f.id for f, c in zip(facts, tokens.columns(which).tolist(), strict=True) if c < 0]
         if outside:
             raise FactDataError(f"answers of {outside[:3]} are not in the answer set {facts.answers}")
-        ids = [position[i] for i in ids]
+        columns, ids = tokens.answers, tokens.columns(which).tolist()
+    else:
+        ids = fact_answer_ids(tokenizer, facts, which)
     return FactTerm([f.prompt for f in facts], torch.tensor(ids, dtype=torch.long), columns)
 
 

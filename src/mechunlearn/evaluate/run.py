@@ -15,7 +15,15 @@ from mechunlearn.errors import MechunlearnError
 from mechunlearn.evaluate.attacks.probe import ProbeConfig, probe_attack
 from mechunlearn.evaluate.attacks.relearn import RelearnConfig, relearn
 from mechunlearn.evaluate.attacks.softprompt import SoftPromptConfig, softprompt_attack
-from mechunlearn.evaluate.formats import FORMATS
+from mechunlearn.evaluate.formats import (
+    DEFAULT_MCQ_FORMAT,
+    DEFAULT_QA_TEMPLATE,
+    FORMATS,
+    MCQ_FORMATS,
+    QA_TEMPLATES,
+    FormatStyle,
+    format_templates,
+)
 from mechunlearn.evaluate.metrics import DEFAULT_FORMATS, evaluate_facts
 from mechunlearn.evaluate.side_effects import side_effects
 from mechunlearn.facts import Split
@@ -32,6 +40,8 @@ class EvalConfig:
     attacks: tuple[str, ...] = ()
     seed: int = 0  # MCQ shuffles, LM-loss windows, MMLU shots
     batch_size: int = 16
+    qa_template: str = DEFAULT_QA_TEMPLATE  # one of QA_TEMPLATES (evaluate/formats.py)
+    mcq_format: str = DEFAULT_MCQ_FORMAT  # one of MCQ_FORMATS (docs/mcq_formats.md)
     general_text: str | None = None  # None = the built-in general text
     lm_windows: int = 16
     lm_window_length: int = 64
@@ -47,6 +57,12 @@ class EvalConfig:
         self.attacks = tuple(self.attacks)
         check_names(self.formats, FORMATS, "format")
         check_names(self.attacks, ATTACKS, "attack")
+        check_names([self.qa_template], QA_TEMPLATES, "QA template")
+        check_names([self.mcq_format], MCQ_FORMATS, "MCQ format")
+
+    @property
+    def style(self) -> FormatStyle:
+        return FormatStyle(self.qa_template, self.mcq_format)
 
     @classmethod
     def from_dict(cls, data: dict) -> EvalConfig:
@@ -146,10 +162,11 @@ def evaluate_run(
     check_names(attacks, ATTACKS, "attack")
     start = time.perf_counter()
     forget = evaluate_facts(lm, split.forget_eval, formats, seed=config.seed, batch_size=config.batch_size,
-                            progress=progress)
+                            progress=progress, style=config.style)
     effects = side_effects(
         lm, split, config.general_text, config.mmlu_path, formats, config.seed, config.mmlu_shots,
         config.mmlu_limit, config.lm_windows, config.lm_window_length, config.batch_size, progress,
+        style=config.style,
     )
     attack_results = {}
     if "relearn" in attacks:
@@ -162,6 +179,7 @@ def evaluate_run(
         "model": lm.spec,
         "source": lm.source,
         "config": {**asdict(config), "formats": list(formats), "attacks": list(attacks)},
+        "templates": format_templates(split.forget_eval, formats, config.style),
         "seeds": {"evaluation": config.seed, "split": split.seed, "relearn": config.relearn.seed,
                   "probe": config.probe.seed, "softprompt": config.softprompt.seed},
         "facts": {"name": split.forget_eval.name, "source": split.forget_eval.source,

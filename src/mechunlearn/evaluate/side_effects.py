@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from mechunlearn.evaluate.formats import FormatStyle
 from mechunlearn.evaluate.lm_loss import lm_loss
 from mechunlearn.evaluate.metrics import DEFAULT_FORMATS, evaluate_facts
 from mechunlearn.evaluate.mmlu import mmlu_eval
@@ -26,10 +27,12 @@ def side_effects(
     lm_window_length: int = 64,
     batch_size: int = 16,
     progress: bool = False,
+    style: FormatStyle | None = None,
 ) -> dict:
     """``{"maintain": FormatResults json (held-out maintain facts), "lm_loss": {...},
     "mmlu": {...} or None}``. The LM loss uses ``general_text`` (default: the built-in text)."""
-    maintain = evaluate_facts(lm, split.maintain_test, formats, seed=seed, batch_size=batch_size, progress=progress)
+    maintain = evaluate_facts(lm, split.maintain_test, formats, seed=seed, batch_size=batch_size, progress=progress,
+                              style=style)
     return {
         "maintain": maintain.to_json(),
         "lm_loss": lm_loss(lm, general_text, lm_windows, lm_window_length, seed, progress=progress),

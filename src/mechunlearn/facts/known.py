@@ -9,7 +9,14 @@ from tqdm.auto import tqdm
 
 from mechunlearn.errors import FactDataError
 from mechunlearn.facts.records import FactSet
-from mechunlearn.models.scoring import answer_token_id, batched, encode, last_token_logits
+from mechunlearn.models.scoring import (
+    answer_tokens,
+    batched,
+    distinct_first_tokens,
+    encode,
+    first_token_clashes,
+    last_token_logits,
+)
 
 CLOSED_THRESHOLD = 0.7
 OPEN_THRESHOLD = 0.5
@@ -22,22 +29,17 @@ def answer_probs(
     format unless ``prompts`` is given). Closed answer sets are normalised over the set; open
     ones over the full vocabulary, scoring an answer's first token."""
     prompts = prompts if prompts is not None else [f.prompt for f in facts]
-    true_ids = torch.tensor([answer_token_id(tokenizer, f.target_true, f"answer of {f.id!r}") for f in facts])
-    new_ids = torch.tensor(
-        [answer_token_id(tokenizer, f.target_new, f"edit target of {f.id!r}") if f.target_new else -1 for f in facts]
-    )
-    answer_ids = [answer_token_id(tokenizer, a, "answer") for a in facts.answers] if facts.closed else None
+    tokens = answer_tokens(tokenizer, facts)
+    closed = tokens.answers is not None
+    true_ids = tokens.true_column if closed else tokens.true
+    new_ids = tokens.new_column if closed else tokens.new
     device = next(model.parameters()).device
     p_true, p_new = [], []
     with torch.no_grad():
         for rows in tqdm(list(batched(len(prompts), batch_size)), desc="scoring facts", disable=not progress):
             batch = encode(tokenizer, prompts[rows], device=device)
-            probs = last_token_logits(model, batch, answer_ids).softmax(-1).cpu()
+            probs = last_token_logits(model, batch, tokens.answers).softmax(-1).cpu()
             t, n = true_ids[rows], new_ids[rows]
-            if answer_ids is not None:
-                lookup = {tok: i for i, tok in enumerate(answer_ids)}
-                t = torch.tensor([lookup[int(x)] for x in t])
-                n = torch.tensor([lookup.get(int(x), -1) for x in n])
             idx = torch.arange(len(t))
             p_true.append(probs[idx, t])
             p_new.append(torch.where(n >= 0, probs[idx, n.clamp(min=0)], torch.nan))
@@ -72,15 +74,12 @@ def filter_known(
     closed answer sets, normalised over the relation's answers, e.g. the three sports without
     the edit-only " golf"; 0.5 over the full vocabulary for open ones)."""
     if facts.closed:
-        first = [answer_token_id(tokenizer, a, "answer") for a in facts.answers]
-        if len(set(first)) != len(first):
-            raise FactDataError(f"answers {facts.answers} share a first token: they cannot be told apart")
+        distinct_first_tokens(tokenizer, facts.answers)
     threshold = threshold if threshold is not None else (CLOSED_THRESHOLD if facts.closed else OPEN_THRESHOLD)
     scored = replace(facts, answers=facts.relation_answers)
     p_true, _ = answer_probs(model, tokenizer, scored, batch_size=batch_size, progress=progress)
     notes = list(facts.notes)
-    clash = {f.id for f in facts
-             if f.target_new and answer_token_id(tokenizer, f.target_new) == answer_token_id(tokenizer, f.target_true)}
+    clash = set(first_token_clashes(tokenizer, facts))
     if clash:
         notes.append(f"{len(clash)} facts dropped: true answer and edit target share their first token, so an "
                      "edit cannot be scored (e.g. " + ", ".join(sorted(clash)[:3]) + ")")
