@@ -24,7 +24,7 @@ from mechunlearn.evaluate import (
     option_order,
     write_results,
 )
-from mechunlearn.evaluate.formats import LETTERS
+from mechunlearn.evaluate.formats import LETTERS, PAPER_SYSTEM_SPORTS, FormatStyle
 from mechunlearn.evaluate.lm_loss import lm_loss, next_token_loss
 from mechunlearn.evaluate.mmlu import choose_shots, mmlu_prompt
 from mechunlearn.facts import Fact, FactSet, answer_probs, load_facts, split_facts, split_from_log
@@ -52,7 +52,8 @@ def letter_probs(lm, prompt: str, n: int) -> torch.Tensor:
 
 
 def test_mcq_shuffle_is_seeded_logged_and_represents_golf(athletes):
-    a, b, c = (build_format(athletes, "mcq", seed) for seed in (0, 0, 1))
+    letter = FormatStyle(mcq_format="letter-1shot")
+    a, b, c = (build_format(athletes, "mcq", seed, letter) for seed in (0, 0, 1))
     assert [i.options for i in a.items] == [i.options for i in b.items]
     assert [i.options for i in a.items] != [i.options for i in c.items]
     assert len({i.options.index(f.target_true.strip()) for i, f in zip(a.items, athletes, strict=True)}) == 4
@@ -63,7 +64,7 @@ def test_mcq_shuffle_is_seeded_logged_and_represents_golf(athletes):
         assert item.new_answer == f" {LETTERS[item.options.index(fact.target_new.strip())]}"
         shown = "\n".join(f"{LETTERS[k]}. {o}" for k, o in enumerate(item.options))
         assert item.prompts[0].endswith(f"Question: {fact.question}\n{shown}\nAnswer:")
-        assert item.prompts[0].startswith(athletes.system)
+        assert item.prompts[0].startswith(PAPER_SYSTEM_SPORTS)
         assert "Tiger Woods" in item.prompts[0]  # the solved example
     # a fact's order depends on the fact and the seed, not on the set it is in
     one = athletes.subset(athletes.facts[5:6])
@@ -84,15 +85,17 @@ def test_train_format_matches_the_foundation_scorer(tiny_llama, athletes):
 
 
 def test_mcq_and_qa_are_scored_on_their_own_tokens(tiny_llama, athletes):
-    results = evaluate_facts(tiny_llama, athletes, ("qa", "mcq"), seed=3)
+    letter = FormatStyle(mcq_format="letter-1shot")
+    results = evaluate_facts(tiny_llama, athletes, ("qa", "mcq"), seed=3, style=letter)
     mcq = [r for r in results.rows if r.format == "mcq"]
     for row, fact in list(zip(mcq, athletes, strict=True))[:4]:
-        probs = letter_probs(tiny_llama, build_format(athletes.subset([fact]), "mcq", 3).items[0].prompts[0], 4)
+        probs = letter_probs(tiny_llama, build_format(athletes.subset([fact]), "mcq", 3, letter).items[0].prompts[0], 4)
         assert row.p_true == pytest.approx(float(probs[row.options.index(fact.target_true.strip())]), abs=1e-5)
         assert row.p_new == pytest.approx(float(probs[row.options.index(fact.target_new.strip())]), abs=1e-5)
         assert row.correct == float(int(probs.argmax()) == row.options.index(fact.target_true.strip()))
     qa = [r for r in results.rows if r.format == "qa"]
-    prompts = [f"{athletes.system}\nQuestion: {f.question}\nAnswer:" for f in athletes]
+    prompts = [f"{PAPER_SYSTEM_SPORTS} Question: What sport does Tiger Woods play? Answer: golf\n"
+               f"Question: {f.question} Answer:" for f in athletes]
     p_true, _ = answer_probs(tiny_llama.model, tiny_llama.tokenizer, athletes, prompts=prompts)
     assert [r.p_true for r in qa] == pytest.approx(p_true.tolist(), abs=1e-5)
     agg = results.aggregates()
@@ -131,7 +134,12 @@ def test_open_vocabulary_formats_and_missing_facts(tiny_llama, open_facts):
     neigh_new = full_vocab_probs(tiny_llama, list(full.neighborhood), " English")
     assert row["f1", "neighborhood"].p_new == pytest.approx(sum(neigh_new) / 3, rel=1e-4)
     assert row["f2", "train"].p_true == pytest.approx(full_vocab_probs(tiny_llama, [open_facts.facts[1].prompt], " English")[0], rel=1e-4)
-    assert 0 <= row["f1", "paraphrase"].correct <= 1
+    french = answer_token_id(tiny_llama.tokenizer, " French")
+    with torch.no_grad():
+        top = last_token_logits(tiny_llama.model, encode(tiny_llama.tokenizer, list(full.paraphrases))).argmax(-1)
+    assert row["f1", "paraphrase"].correct == pytest.approx(float((top == french).float().mean()))
+    assert row["f1", "paraphrase"].edited == pytest.approx(
+        float((top == answer_token_id(tiny_llama.tokenizer, " English")).float().mean()))
     assert set(row["f1", "mcq"].options) == set(full.mc_choices)
 
 
