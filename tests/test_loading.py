@@ -54,3 +54,41 @@ def test_default_model_loads_fast_from_cache(gemma):
     assert seconds <= 10
     assert lm.arch.n_layers == 18 and lm.model.config.model_type == "gemma3_text"
     assert next(lm.model.parameters()).dtype == torch.float32
+
+
+def test_device_must_exist_here():
+    from mechunlearn.models.loading import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ModelLoadError, match="unknown device 'tpu9'"):
+        resolve_device("tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="CUDA is not available"):
+            resolve_device("cuda:7")
+
+
+def test_local_weights_must_be_readable_safetensors(tmp_path):
+    lm = tiny_model("llama")
+    lm.model.save_pretrained(tmp_path)
+    lm.tokenizer.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-100])  # truncated: the header promises more bytes than there are
+    with pytest.raises(ModelLoadError, match="not a readable safetensors"):
+        load_model(str(tmp_path))
+    weights.unlink()
+    (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ModelLoadError, match=r"no \.safetensors weights \(only pytorch_model\.bin"):
+        load_model(str(tmp_path))
+
+
+def test_gguf_files_are_checked_before_loading(tmp_path):
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"not a gguf at all, just text")
+    with pytest.raises(ModelLoadError, match="not a GGUF file"):
+        load_model(str(fake))
+    short = tmp_path / "short.gguf"
+    short.write_bytes(b"GGUF\x03\x00")
+    with pytest.raises(ModelLoadError, match="truncated"):
+        load_model(str(short))

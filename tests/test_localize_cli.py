@@ -72,3 +72,33 @@ def test_bad_options_are_user_errors(model_dir, tmp_path):
     assert isinstance(result.exception, MechunlearnError) and "not both" in str(result.exception)
     result = _run("--method", "random", "--model", model_dir, "--param", "oops", "--out", tmp_path / "x.json")
     assert isinstance(result.exception, MechunlearnError)
+
+
+def test_edit_takes_the_localization_json_that_localize_cut_to_a_budget(model_dir, tmp_path):
+    """``localize --method causal_tracing_mlps --budget N`` (or ``--match``) records its cut in the
+    JSON: ``edit --localization`` on that JSON trains exactly the selection written beside it."""
+    from mechunlearn.cli.app import invoke
+
+    out = tmp_path / "ct.json"
+    result = _run("--method", "causal_tracing_mlps", "--model", model_dir, "--threshold", 0, "--facts", 6,
+                  "--budget", 50_000, "--out", out, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    recorded = json.loads(out.read_text())["evidence"]["selection"]
+    selection = Selection.load(tmp_path / "ct.selection.json")
+    assert recorded["budget"] == 50_000 and recorded["n_params"] == selection.n_params
+    (tmp_path / "ct.selection.json").unlink()  # the JSON alone must do
+    status = invoke(["edit", "--model", str(model_dir), "--localization", str(out), "--threshold", "0", "--forget",
+                     "4", "--steps", "1", "--target", "0", "--device", "cpu", "--out", str(tmp_path / "edit")])
+    assert status == 0
+    log = json.loads((tmp_path / "edit" / "train_log.json").read_text())
+    assert sorted(log["components"]) == sorted(selection.components)
+    assert log["n_trained_params"] == selection.n_params
+
+
+def test_nothing_is_written_when_an_option_is_bad(model_dir, tmp_path):
+    result = _run("--method", "random", "--model", model_dir, "--budget", 0, "--out", tmp_path / "x.json")
+    assert isinstance(result.exception, MechunlearnError) and "--budget" in str(result.exception)
+    result = _run("--method", "causal_tracing", "--model", model_dir, "--threshold", 0, "--facts", 3,
+                  "--budget", 10**12, "--out", tmp_path / "x.json", "--device", "cpu")
+    assert isinstance(result.exception, MechunlearnError) and "exceeds" in str(result.exception)
+    assert list(tmp_path.iterdir()) == []
