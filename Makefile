@@ -29,8 +29,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_localize.py
-	$(BIN)/python benchmarks/bench_edit.py
+	$(BIN)/python benchmarks/run_all.py --out bench-results.json
 
 clean:
 	rm -rf $(VENV) demo-results

@@ -1,60 +1,199 @@
-"""Seconds per training step of the localized trainer on the embedded Gemma 3 270M (16 forget +
-16 maintain prompts + 2 general windows of 64 tokens, MLPs 2-7), against the same step without
-the shared-prefix pass and without the general-text term, measured in the same run.
+"""Forward pass, training step, relearning step and evaluation on the embedded Gemma 3 270M, each
+configuration timed side by side in one process, with its achieved FLOP rate as a fraction of the
+fp32 matmul throughput measured in the same run.
 
-    python benchmarks/bench_edit.py [--steps 3] [--threads 1]
+Sizes are the demo's: 16 forget + 16 maintain prompts + 2 general windows of 64 tokens, MLPs 2-7
+trained (training step); LoRA rank 64 on every linear layer, 8 edited + 4 maintain prompts + 1
+window (relearning step); 16 facts in the train, qa and mcq formats (evaluation). A "before"
+configuration swaps the replaced code back in where the step uses it: the plain full forward
+instead of the shared-prefix pass, and the LM head over 3-D chunks of 16 positions.
+
+    python benchmarks/bench_edit.py [--repeats 2] [--threads 2] [--model default|tiny] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import importlib
+import json
+from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
+from bench_common import matmul_flops_per_second, print_rows, side_by_side
 
-import mechunlearn.edit.trainer as trainer_module
-from mechunlearn.edit import EditConfig, expand_components, train
+import mechunlearn.edit.step as step_module
+from mechunlearn.edit import EditConfig, expand_components
+from mechunlearn.edit.data import fact_term
+from mechunlearn.edit.objectives import get_objective
+from mechunlearn.edit.selection import TrainableWeights
+from mechunlearn.evaluate.attacks.common import model_copy, true_token_ids
+from mechunlearn.evaluate.metrics import evaluate_facts
 from mechunlearn.facts import load_builtin_athletes, split_facts
+from mechunlearn.facts.general_text import general_windows
 from mechunlearn.models.loading import load_model
-from mechunlearn.models.scoring import final_hidden
+from mechunlearn.models.prefix import final_hidden_shared
+from mechunlearn.models.scoring import encode, final_hidden, unembed
+from mechunlearn.models.tiny import tiny_model
+
+COMPONENTS = "blocks.2..7.mlp"
+# the package re-exports the function ``relearn`` under the module's name
+relearn_module = importlib.import_module("mechunlearn.evaluate.attacks.relearn")
 
 
-def step_seconds(lm, split, components, steps: int, **config) -> float:
-    params = {s.param for c in expand_components(lm.arch, components) for s in lm.arch.component(c).slices}
-    saved = {n: p.detach().clone() for n, p in lm.model.named_parameters() if n in params}
-    start = time.perf_counter()
-    train(lm, components, split, EditConfig(steps=steps, **config), progress=False)
-    seconds = (time.perf_counter() - start) / steps
+def lm_head_in_3d_chunks(model, input_ids, position_chunk: int = 16):
+    """The general LM loss as it was before ea97f00 (3-D slices of 16 positions through the head)."""
+    hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
+    labels = input_ids[:, 1:]
+    total = hidden.new_zeros(labels.shape[0], dtype=torch.float32)
+    for start in range(0, hidden.shape[1], position_chunk):
+        logits = unembed(model, hidden[:, start:start + position_chunk]).float()
+        target = labels[:, start:start + position_chunk]
+        per_token = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
+        total = total + per_token.view(target.shape).sum(-1)
+    return total / labels.shape[1]
+
+
+@contextmanager
+def swapped(module, **names):
+    """Replace module-level names where the step looks them up, for the duration of a call."""
+    saved = {n: getattr(module, n) for n in names}
+    for n, v in names.items():
+        setattr(module, n, v)
+    try:
+        yield
+    finally:
+        for n, v in saved.items():
+            setattr(module, n, v)
+
+
+def in_context(fn, make_context):
+    def run():
+        with make_context():
+            return fn()
+    return run
+
+
+BEFORE = {"final_hidden_shared": final_hidden, "general_lm_loss": lm_head_in_3d_chunks}
+
+
+def training_step(lm, split):
+    config = EditConfig().validate().resolved(split.forget.closed)
+    objective, maintain = get_objective(config.objective), get_objective("maintain")
+    forget = fact_term(lm.tokenizer, split.forget, objective.answer, config.forget_over)
+    keep = fact_term(lm.tokenizer, split.maintain_train, maintain.answer, "vocab")
+    windows = general_windows(lm.tokenizer, None, config.general_length, part="train")
+    terms = step_module.LossTerms(lm.model, lm.tokenizer, config, objective, maintain, forget, keep, windows)
+    components = [lm.arch.component(n) for n in expand_components(lm.arch, COMPONENTS)]
+    weights = TrainableWeights(lm.model, components)
+    optimizer = torch.optim.AdamW(weights.tensors, lr=config.lr)
+    drawn = {"forget": list(range(len(forget))), "maintain": list(range(min(16, len(keep)))),
+             "general": list(range(config.general_batch_size))}
+
+    def step(without_general: bool = False):
+        terms.windows = None if without_general else windows
+        terms.backward(drawn, 0, 1)
+        weights.collect_grads()
+        torch.nn.utils.clip_grad_norm_(weights.tensors, config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        weights.after_step()
+
+    return weights, step
+
+
+def relearning_step(lm, split):
+    attacked = model_copy(lm)
+    model, tok = attacked.model, lm.tokenizer
+    train = split.forget.subset(split.forget.facts[:8])
+    facts = [*train, *split.maintain_train.facts[:4]]
+    batch = encode(tok, [f.prompt for f in facts])
+    targets = true_token_ids(tok, split.forget.subset(facts))
+    windows = general_windows(tok, None, 64, 1, 0, part="train")
+    loss_fn = relearn_module.RelearnLoss(batch, targets, len(train), windows)
+    params = relearn_module._trainable(model, relearn_module.RelearnConfig(rank=64))
+    optimizer = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+
+    return step
+
+
+def run(model: str = "default", repeats: int = 2, threads: int = 2) -> dict:
+    torch.set_num_threads(threads)
+    lm = tiny_model("gemma", n_layers=8) if model == "tiny" else load_model(model)
+    facts = load_builtin_athletes()  # the first 200, unfiltered: timing does not need known facts
+    split = split_facts(facts.subset(facts.facts[:200]), forget=16, seed=0)
+    peak_before = matmul_flops_per_second()
+    rows = []
+
+    batch = encode(lm.tokenizer, [f.prompt for f in [*split.forget, *split.maintain_train.facts[:16]]])
     with torch.no_grad():
-        for n, p in lm.model.named_parameters():
-            if n in saved:
-                p.copy_(saved[n])
-    return seconds
+        rows += side_by_side("forward", {
+            "plain forward (32 prompts)": lambda: final_hidden(lm.model, batch),
+            "shared-prefix pass (32 prompts)": lambda: final_hidden_shared(lm.model, batch),
+        }, repeats, peak_before)
+
+    weights, step = training_step(lm, split)
+    weights.activate()
+    try:
+        rows += side_by_side("training step", {
+            "default": step,
+            "before: plain forward, 3-D head chunks": in_context(step, lambda: swapped(step_module, **BEFORE)),
+            "without the shared-prefix pass": in_context(
+                step, lambda: swapped(step_module, final_hidden_shared=final_hidden)),
+            "LM head in 3-D chunks of 16 positions": in_context(
+                step, lambda: swapped(step_module, general_lm_loss=lm_head_in_3d_chunks)),
+            "without the general-text term": lambda: step(without_general=True),
+        }, repeats, peak_before)
+    finally:
+        weights.restore_original()
+        weights.deactivate()
+
+    relearn_step = relearning_step(lm, split)
+    rows += side_by_side("relearning step", {
+        "default": relearn_step,
+        "before: plain forward, 3-D head chunks": in_context(relearn_step, lambda: swapped(relearn_module, **BEFORE)),
+        "without the shared-prefix pass": in_context(
+            relearn_step, lambda: swapped(relearn_module, final_hidden_shared=final_hidden)),
+    }, repeats, peak_before)
+
+    with torch.no_grad():
+        rows += side_by_side("evaluation", {
+            "16 facts x train, qa, mcq": lambda: evaluate_facts(lm, split.forget, ("train", "qa", "mcq")),
+        }, repeats, peak_before)
+
+    peak_after = matmul_flops_per_second()
+    for r in rows:  # the machine's best rate seen in this run
+        r.peak = max(peak_before, peak_after)
+    for stage in ("forward", "training step", "relearning step"):
+        stage_rows = [r for r in rows if r.stage == stage]
+        if len({r.flops for r in stage_rows}) < 2:
+            raise RuntimeError(f"{stage}: every configuration did the same work; a swap did not take effect")
+    print(f"model {lm.spec}, {threads} threads, fp32 matmul peak {peak_before / 1e9:.1f} GFLOP/s before the stages, "
+          f"{peak_after / 1e9:.1f} after")
+    baseline = {"forward": "plain forward (32 prompts)", "training step": "default", "relearning step": "default",
+                "evaluation": "16 facts x train, qa, mcq"}
+    return {"model": lm.spec, "threads": threads, "repeats": repeats,
+            "matmul_peak_gflop_per_s": {"before": peak_before / 1e9, "after": peak_after / 1e9},
+            "rows": print_rows(rows, baseline)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--model", default="default", help="'default' (embedded Gemma 3 270M) or 'tiny'")
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    lm = load_model("default")
-    # the first 200 built-in athletes, unfiltered: timing does not need known facts
-    facts = load_builtin_athletes()
-    split = split_facts(facts.subset(facts.facts[:200]), forget=16, seed=0)
-    components = "blocks.2..7.mlp"
-    base = step_seconds(lm, split, components, args.steps)
-    rows = [("default step", base)]
-    shared = trainer_module.final_hidden_shared
-    trainer_module.final_hidden_shared = lambda model, batch: final_hidden(model, batch)
-    try:
-        rows.append(("without the shared-prefix pass", step_seconds(lm, split, components, args.steps)))
-    finally:
-        trainer_module.final_hidden_shared = shared
-    rows.append(("without the general-text term", step_seconds(lm, split, components, args.steps, c_general=0)))
-    print(f"{'configuration':34s} {'s/step':>8s} {'ratio':>6s}")
-    for label, seconds in rows:
-        print(f"{label:34s} {seconds:8.2f} {seconds / base:6.2f}")
+    result = run(args.model, args.repeats, args.threads)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

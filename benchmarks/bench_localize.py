@@ -8,7 +8,8 @@ each head / MLP from the corrupted run into the clean run), three ways:
 * reuse:   batched, and each variant starts at its patched layer from the cached base run, with
            the positions before the subject computed once (what the localizers use).
 
-Prints seconds, the speed ratio against the loop, and the max abs difference of the per-prompt
+Prints seconds, the speed ratio against the loop, the achieved FLOP rate as a fraction of the
+fp32 matmul throughput measured in the same run, and the max abs difference of the per-prompt
 metric and of the component scores (must be < 1e-4).
 
     python benchmarks/bench_localize.py                       # tiny 8-layer llama, 24 prompts
@@ -18,9 +19,11 @@ metric and of the component scores (must be < 1e-4).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
+from bench_common import Row, count_flops, matmul_flops_per_second
 
 from mechunlearn.facts import FactSet, load_builtin_athletes
 from mechunlearn.localize.causal_tracing import p_true
@@ -58,31 +61,36 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def compare(name: str, runners: dict[str, PatchRunner], variants, metric, score) -> None:
+def compare(name: str, runners: dict[str, PatchRunner], variants, metric, score, peak: float) -> list[dict]:
     results = {}
     for mode, runner in runners.items():
-        hidden, seconds = timed(lambda r=runner, m=mode: r.run_loop(variants) if m == "loop" else r.run(variants))
+        def call(r=runner, m=mode):
+            return r.run_loop(variants) if m == "loop" else r.run(variants)
+
+        hidden, seconds = timed(call)
         values = metric(hidden)  # [V, B]
-        results[mode] = (values, torch.tensor([score(v) for v in values]), seconds)
-    base_values, base_scores, base_seconds = results["loop"]
+        results[mode] = (values, torch.tensor([score(v) for v in values]), Row(name, mode, seconds, count_flops(call), peak))
+    base_values, base_scores, base_row = results["loop"]
     print(f"\n{name}: {len(variants)} patches x {base_values.shape[1]} prompts")
-    print(f"  {'mode':<8} {'seconds':>8} {'speed-up':>9} {'max |d metric|':>15} {'max |d score|':>14}")
-    for mode, (values, scores, seconds) in results.items():
+    print(f"  {'mode':<8} {'seconds':>8} {'speed-up':>9} {'GFLOP':>8} {'of peak':>8} {'max |d metric|':>15} "
+          f"{'max |d score|':>14}")
+    out = []
+    for mode, (values, scores, row) in results.items():
         d_metric = float((values - base_values).abs().max())
         d_score = float((scores - base_scores).abs().max())
-        print(f"  {mode:<8} {seconds:8.2f} {base_seconds / seconds:8.1f}x {d_metric:15.2e} {d_score:14.2e}")
+        print(f"  {mode:<8} {row.seconds:8.2f} {base_row.seconds / row.seconds:8.1f}x {row.flops / 1e9:8.2f} "
+              f"{row.fraction_of_peak:8.1%} {d_metric:15.2e} {d_score:14.2e}")
         assert d_score < 1e-4 and d_metric < 1e-4, f"{mode} disagrees with the loop"
+        out.append({**row.to_json(), "speed_up_vs_loop": base_row.seconds / row.seconds,
+                    "max_abs_diff_metric": d_metric, "max_abs_diff_score": d_score})
+    return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny", help="'tiny' (8-layer random llama) or a load_model spec")
-    parser.add_argument("--facts", type=int, default=None, help="prompts (default: 24 tiny, 8 otherwise)")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    lm = tiny_model("llama", n_layers=8) if args.model == "tiny" else load_model(args.model)
-    facts = athletes(args.facts or (24 if args.model == "tiny" else 8))
+def run(model: str = "tiny", n_facts: int | None = None, threads: int = 2) -> dict:
+    torch.set_num_threads(threads)
+    lm = tiny_model("llama", n_layers=8) if model == "tiny" else load_model(model)
+    facts = athletes(n_facts or (24 if model == "tiny" else 8))
+    peak = matmul_flops_per_second()
     arch = lm.arch
     print(f"model {lm.spec}: {arch.n_layers} layers x {arch.n_heads} heads, {len(facts)} prompts, "
           f"{torch.get_num_threads()} threads")
@@ -101,9 +109,9 @@ def main() -> None:
                "batched": PatchRunner(lm, batch, noise_hook, resume=False),
                "reuse": PatchRunner(lm, batch, noise_hook, prefix=prefix)}
     p_noised = p_true(scorer, lm, runners["loop"].base_hidden)
-    compare("causal tracing (metric: own P(true); score: recovery)", runners,
-            component_variants(arch, clean, layers), lambda h: p_true(scorer, lm, h),
-            lambda p: recovery(p, p_clean, p_noised))
+    rows = compare("causal tracing (metric: own P(true); score: recovery)", runners,
+                   component_variants(arch, clean, layers), lambda h: p_true(scorer, lm, h),
+                   lambda p: recovery(p, p_clean, p_noised), peak)
 
     corrupted = random_subject_tokens(lm.tokenizer, batch.to("cpu"), 0).to(lm.device)
     with torch.no_grad(), cache_activations(lm.model, component_hook_names(layers)) as corrupt:
@@ -115,8 +123,25 @@ def main() -> None:
     def logit_diffs(hidden):
         return torch.stack([scorer.read(lm.model, h, index, need_p=False).logit_diff for h in hidden])
 
-    compare("activation patching (metric: logit difference; score: normalised effect)", runners,
-            component_variants(arch, corrupt, layers), logit_diffs, lambda ld: normalized_effect(ld, ld_clean, ld_corrupt))
+    rows += compare("activation patching (metric: logit difference; score: normalised effect)", runners,
+                    component_variants(arch, corrupt, layers), logit_diffs,
+                    lambda ld: normalized_effect(ld, ld_clean, ld_corrupt), peak)
+    print(f"fp32 matmul peak measured in this run: {peak / 1e9:.1f} GFLOP/s")
+    return {"model": lm.spec, "threads": threads, "prompts": len(facts), "matmul_peak_gflop_per_s": peak / 1e9,
+            "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny", help="'tiny' (8-layer random llama) or a load_model spec")
+    parser.add_argument("--facts", type=int, default=None, help="prompts (default: 24 tiny, 8 otherwise)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+    result = run(args.model, args.facts, args.threads)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":
