@@ -296,6 +296,7 @@ def load_counterfact(path: str | Path, mc_path: str | Path | None = None) -> Fac
         for row in mcq.itertuples():
             mc[str(row.prompt_id)] = (row.question, (str(row.target_true).strip(), *parse_string_list(row.targets_false)))
     ids = df["case_id"].astype(str) if "case_id" in df else pd.Series(range(len(df))).astype(str)
+    _unique_ids(df, list(ids), path)
     prompt_ids = df["prompt_id"].astype(str) if "prompt_id" in df else ids
     facts, inserted, mismatched = [], 0, []
     for i, row in enumerate(df.to_dict("records")):
@@ -337,6 +338,15 @@ def _optional_list(row: dict, column: str):
     return value if isinstance(value, list | tuple) or hasattr(value, "tolist") else _optional(row, column)
 
 
+def _unique_ids(df: pd.DataFrame, ids: list[str], path) -> None:
+    first: dict[str, int] = {}
+    for i, fact_id in enumerate(ids):
+        if fact_id in first:
+            raise FactDataError(f"{path}: {_where(df, i)} repeats the id {fact_id!r} of {_where(df, first[fact_id])}; "
+                                "ids must be unique")
+        first[fact_id] = i
+
+
 def _check_rows(df: pd.DataFrame, required: list[str], path) -> None:
     """Every required field filled in; the subject appears in its prompt."""
     for i, row in enumerate(df.to_dict("records")):
@@ -354,13 +364,11 @@ def load_table(path: str | Path, name: str | None = None, answers: list[str] | N
     _require(df, ["subject", "prompt", "target_true"], path)
     _check_rows(df, ["subject", "prompt", "target_true"], path)
     df = _refuse_duplicates(df, ["subject", "prompt"], "target_true", path)
-    facts, where = [], {}
-    for i, row in enumerate(df.to_dict("records")):
-        fact_id = _optional(row, "id") or str(i)
-        if fact_id in where:
-            raise FactDataError(f"{path}: {_where(df, i)} repeats the id {fact_id!r} of {where[fact_id]}; "
-                                "ids must be unique")
-        where[fact_id] = _where(df, i)
+    records = df.to_dict("records")
+    ids = [_optional(row, "id") or str(i) for i, row in enumerate(records)]
+    _unique_ids(df, ids, path)
+    facts = []
+    for fact_id, row in zip(ids, records, strict=True):
         target_new = _optional(row, "target_new")
         facts.append(
             Fact(
