@@ -46,6 +46,20 @@ def answer_probs(
     return torch.cat(p_true), torch.cat(p_new)
 
 
+class NoFactsKnownError(FactDataError):
+    """None known: carries every fact's P(true) so that a caller can still show them."""
+
+    def __init__(self, facts: FactSet, threshold: float, p_true: dict[str, float]):
+        self.facts, self.threshold, self.p_true = facts, threshold, p_true
+        best = max(p_true.values(), default=float("nan"))
+        super().__init__(f"the model knows none of the {len(facts)} facts at P(true) > {threshold} (highest "
+                         f"{best:.3f}); {FEW_KNOWN_REMEDY}")
+
+
+FEW_KNOWN_REMEDY = ("a zero-shot prompt is the usual cause: start each prompt with one solved example of the relation "
+                    "(as the built-in 'Fact: Tiger Woods plays the sport of golf' line does), or lower --threshold")
+
+
 @dataclass
 class KnownReport:
     known: FactSet
@@ -88,7 +102,7 @@ def filter_known(
     if multi:
         notes.append(f"{multi} answers span several tokens: scored by their first token")
     if not kept:
-        raise FactDataError(f"the model knows none of the {len(facts)} facts at P > {threshold}")
+        raise NoFactsKnownError(facts, threshold, {f.id: p for f, p in zip(facts, p_true.tolist(), strict=True)})
     known = facts.subset(kept, f"{facts.name} (known)")
     return KnownReport(
         known=known,
