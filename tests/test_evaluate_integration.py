@@ -3,9 +3,9 @@
 Measured facts this file pins down (printed with ``pytest -s``):
 * training prompt and QA prompt: the model answers the athletes it knows (P(true) well above
   the 1/4 of chance over the four answers);
-* multiple choice: the 270M model is AT CHANCE (mean P(true letter) ~0.25 whatever the
-  athlete, with 0, 1 or 3 solved examples, with or without the system line). We assert that it
-  is a proper distribution near chance and say so, rather than pretend it is above chance.
+* multiple choice: scored on the option LETTER (the paper's format) the 270M model is AT CHANCE
+  (mean P(true letter) ~0.25 with 0, 1, 3 or 8 solved examples); scored on each option's text
+  (option-likelihood, the default; docs/mcq_formats.md) it answers like the QA prompt.
 """
 
 import random
@@ -21,6 +21,7 @@ from mechunlearn.evaluate import (
     relearn,
     softprompt_attack,
 )
+from mechunlearn.evaluate.formats import FormatStyle
 from mechunlearn.facts import split_facts
 
 pytestmark = pytest.mark.integration
@@ -36,6 +37,7 @@ def split(gemma_known_athletes):
 def test_unedited_model_answers_known_athletes_in_train_and_qa_formats(gemma, gemma_known_athletes):
     facts = gemma_known_athletes.subset(random.Random(0).sample(gemma_known_athletes.facts, 16))
     aggs = evaluate_facts(gemma, facts, ("train", "qa", "mcq"), seed=0).aggregates()
+    letter = evaluate_facts(gemma, facts, ("mcq",), seed=0, style=FormatStyle(mcq_format="paper")).aggregates()["mcq"]
     for fmt, a in aggs.items():
         print(f"unedited Gemma 3 270M, {fmt}: P(true) {a['p_true']:.3f}  P(edit target) {a['p_new']:.3f}  "
               f"accuracy {a['accuracy']:.3f}  (n={a['n']})")
@@ -44,7 +46,8 @@ def test_unedited_model_answers_known_athletes_in_train_and_qa_formats(gemma, ge
     assert aggs["qa"]["p_true"] > 0.5 and aggs["qa"]["accuracy"] > 0.7
     assert aggs["qa"]["p_new"] < 0.25
     # At chance on letter-scored multiple choice (see the module docstring): near 1/4, not above.
-    assert 0.15 < aggs["mcq"]["p_true"] < 0.4
+    assert 0.15 < letter["p_true"] < 0.4
+    assert aggs["mcq"]["p_true"] > 0.5 and aggs["mcq"]["accuracy"] > 0.7  # option-likelihood
     assert aggs["mcq"]["n"] == 16 and aggs["mcq"]["n_missing"] == 0
 
 
