@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import typer
 from rich.table import Table
@@ -34,6 +35,7 @@ from mechunlearn.errors import MechunlearnError
 from mechunlearn.facts import answer_probs, load_facts, split_facts
 from mechunlearn.io import atomic_dir
 from mechunlearn.models.loading import load_model
+from mechunlearn.models.memory import check_all, check_stage, edit_command_estimate, print_estimate
 
 DEFAULTS = EditConfig()
 # the command trains to a strength by default: --steps is then the cap, with the cosine schedule
@@ -161,6 +163,8 @@ def edit(
     dtype: str = DTYPE, device: str = DEVICE,
     device_map: str = typer.Option(None, "--device-map", help="'auto' spreads a model too big for one GPU over "
                                    "all visible GPUs (one process; see docs/scaling.md)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the memory estimate and the forward/backward "
+                                 "passes of each stage, and exit without loading the weights."),
 ):
     """Edit or unlearn facts by fine-tuning only the localized components."""
     config = EditConfig(
@@ -178,6 +182,14 @@ def edit(
     check_model_args({"--model": model}, dtype, None if device_map else device)
     all_facts = load_facts(dataset, data, seed=seed)
     _check_split_args(all_facts, forget, mode, category, new_target)
+    estimate = edit_command_estimate(model, dtype, None if device_map else device, config, all_facts, forget,
+                                     lambda arch: _components(SimpleNamespace(arch=arch), loc, match_item,
+                                                              components, budget)[0])
+    if dry_run:
+        print_estimate(estimate)
+        return
+    if not device_map:
+        check_all(estimate, pick_device(device))
     accelerator = _accelerator(device)
     if device_map and accelerator is not None:
         raise MechunlearnError("--device-map splits one model over GPUs in one process; do not combine it with a "
@@ -195,6 +207,8 @@ def edit(
                                "or lower --threshold")
     split = split_facts(known, forget=forget, mode=mode, category=category, new_target=new_target, seed=seed)
     before = _probs(lm, split)
+    if not device_map:
+        check_stage(estimate.stage("edit step"), lm.device, loaded=True)
     result = train(lm, names, split, config, progress=True, accelerator=accelerator)
     _check_target(result, require_target)
     if accelerator is not None and not accelerator.is_main_process:

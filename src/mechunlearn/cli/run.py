@@ -15,6 +15,8 @@ def run(
     set_: list[str] = typer.Option([], "--set", help="Override a config value: KEY.PATH=YAML, e.g. seeds=[0,1,2] "
                                    "or data_dir=../shared/data. Repeatable."),
     settings: str | None = typer.Option(None, "--settings", help="Run only these settings (comma-separated names)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the memory estimate and the forward/backward "
+                                 "passes of each stage, and exit without loading the weights or writing anything."),
 ):
     """The paper's comparison: localize with every method, edit at the same budget, evaluate, report."""
     from mechunlearn.experiment import Experiment, load_config, only_settings, parse_overrides
@@ -22,6 +24,11 @@ def run(
     resolved = load_config(config, parse_overrides(set_))
     if settings:
         resolved = only_settings(resolved, [s.strip() for s in settings.split(",") if s.strip()])
+    if dry_run:
+        from mechunlearn.models.memory import print_estimate, run_guard
+
+        print_estimate(run_guard(resolved).estimate)
+        return
     start = time.perf_counter()
     Experiment(resolved, out, console).run()
     console.print(f"finished in {time.perf_counter() - start:.0f} s")

@@ -35,6 +35,7 @@ from mechunlearn.facts.splits import Split
 from mechunlearn.io import read_json, write_json_atomic
 from mechunlearn.localize import Selection
 from mechunlearn.models.loading import LoadedModel, load_model
+from mechunlearn.models.memory import run_guard
 from mechunlearn.report import write_report
 from mechunlearn.report.flatten import curves, flatten
 from mechunlearn.report.html import read_cell
@@ -117,6 +118,8 @@ class Experiment:
                     lambda m, split, c: train(m, selection.components, split, c, progress=False))
                 lm = self.fresh_model()
             results, selections = [], [selection]
+            if getattr(self, "memory", None) is not None:
+                self.memory.before_cell(cfg, selection.n_params, lm.device)
             base_hash = weights_hash(lm.model)
             for i, block in enumerate(facts.splits):
                 if i > 0 and setting.localize == "per_block":
@@ -160,6 +163,8 @@ class Experiment:
     # --- the grid ------------------------------------------------------------------------
     def run(self) -> Path | None:
         self.check()
+        self.memory = run_guard(self.config)
+        self.memory.before_load()  # refuse a run that would not fit before anything is loaded or written
         _ = self.lm  # a model that does not load fails before the run folder is written
         self.out.mkdir(parents=True, exist_ok=True)
         _write_config(self.out / "config.json", self.config.to_json())
@@ -203,6 +208,23 @@ class Experiment:
             raise MechunlearnError("settings skipped (the other cells are done and reported): "
                                    + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
         return report
+
+
+def plan(config: RunConfig) -> dict:
+    """The work of a run from its config alone (no model, no data): every cell, every
+    localization, and per setting the training config of each method and the evaluation."""
+    methods = [BASE, *config.localization.methods]
+    seed0 = config.seeds[0]
+    settings = {s.name: {"forget": s.forget or 16, "blocks": s.blocks or 1,
+                         "training": {m: config.edit_config(m, s, seed0) for m in config.localization.methods},
+                         "formats": config.evaluation_for(s).formats, "attacks": config.evaluation_for(s).attacks,
+                         "eval_config": config.eval_config(s, seed0)} for s in config.settings}
+    localizations = {(m, seed, s.name if s.facts else "") for seed in config.seeds for s in config.settings
+                     for m in config.localization.methods}
+    relocalized = [(m, seed, s.name) for seed in config.seeds for s in config.settings if s.blocks and
+                   s.localize == "per_block" for m in config.localization.methods for _ in range(s.blocks - 1)]
+    return {"cells": [(s.name, m, seed) for seed in config.seeds for s in config.settings for m in methods],
+            "localizations": sorted(localizations) + relocalized, "settings": settings}
 
 
 def _write_config(path: Path, config: dict) -> None:
