@@ -70,24 +70,3 @@ def micro_batches(indices: list[int], rank: int, world: int, n_micro: int) -> li
     empty when the batch is small)."""
     local = indices[rank::world]
     return [local[i::n_micro] for i in range(n_micro)]
-
-
-def sequential_blocks(facts: FactSet, n_blocks: int, block_size: int, seed: int = 0,
-                      maintain_test_fraction: float = 0.2) -> list:
-    """``n_blocks`` disjoint seeded blocks of ``block_size`` facts to edit one after another;
-    all blocks share one maintain train/test split of the remaining facts."""
-    from dataclasses import replace
-
-    from mechunlearn.facts import split_facts
-
-    if n_blocks < 1 or block_size < 1:
-        raise FactDataError(f"need at least one block of at least one fact, got {n_blocks} x {block_size}")
-    whole = split_facts(facts, forget=n_blocks * block_size, mode="random",
-                        maintain_test_fraction=maintain_test_fraction, seed=seed)
-    chosen = list(whole.forget)
-    blocks = []
-    for b in range(n_blocks):
-        block = whole.forget.subset(chosen[b * block_size:(b + 1) * block_size], f"{facts.name} block {b + 1}")
-        blocks.append(replace(whole, forget=block, forget_eval=block,
-                              rule=f"sequential block {b + 1}/{n_blocks} of {block_size} (seed {seed})"))
-    return blocks

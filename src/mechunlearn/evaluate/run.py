@@ -42,8 +42,8 @@ class EvalConfig:
     batch_size: int = 16
     qa_template: str = DEFAULT_QA_TEMPLATE  # one of QA_TEMPLATES (evaluate/formats.py)
     mcq_format: str = DEFAULT_MCQ_FORMAT  # one of MCQ_FORMATS (docs/mcq_formats.md)
-    general_text: str | None = None  # None = the built-in general text
-    lm_windows: int = 16
+    general_text: str | None = None  # None = the built-in general text; the LM loss reads its held-out part
+    lm_windows: int | None = 16  # windows of the held-out part for the LM loss; None = all of them
     lm_window_length: int = 64
     mmlu_path: str | None = None  # a cais/mmlu-layout file; None = no MMLU
     mmlu_shots: int = 1
@@ -110,6 +110,9 @@ def _flat(result: dict) -> dict[str, float | None]:
     if "neighborhood" in result["forget"]["aggregates"]:
         out["neighborhood.p_true"] = result["forget"]["aggregates"]["neighborhood"]["p_true"]
     se = result["side_effects"]
+    for fmt, agg in ((se.get("unrelated") or {}).get("aggregates") or {}).items():
+        for key in ("p_true", "accuracy", "n"):
+            out[f"unrelated.{fmt}.{key}"] = agg[key]
     out["lm_loss"] = se["lm_loss"]["loss"]
     out["perplexity"] = se["lm_loss"]["perplexity"]
     if se.get("mmlu"):
