@@ -20,8 +20,11 @@ from mechunlearn.models.scoring import (
     answer_tokens,
     continuation_logprobs,
     distinct_first_tokens,
+    encode,
     first_token_clashes,
+    last_token_logits,
 )
+from mechunlearn.models.tiny import FAMILIES, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -132,3 +135,88 @@ def test_length_normalised_option_scores_are_mean_token_logprobs(tiny_llama):
     assert rows["option-likelihood-norm"].p_new == pytest.approx(float(mean[n]), abs=1e-5)
     assert int(count[t]) > int(count[n])  # so the two normalisations really differ
     assert rows["option-likelihood"].p_true != pytest.approx(rows["option-likelihood-norm"].p_true, abs=1e-4)
+
+
+# --- the shared-prefix scoring paths equal the plain forward ----------------------------------------------------
+
+ONE_SHOT = "Question: What sport does Tiger Woods play? Answer: golf\nQuestion: What sport does"
+SHARED = [f"{ONE_SHOT} {name} play? Answer:" for name in ("Tom Brady", "LeBron James", "Al")]
+UNRELATED = ["Tom Brady plays the sport of", "The mother tongue of Zed is", "Al"]
+OPTIONS = [" football", " New York", " basketball golf", " A"]  # one to three tokens each
+
+
+def wide_window_gemma():
+    """A tiny Gemma 3 whose sliding window holds every test prompt: the path that runs each prompt once for all of
+    its options (the window of the embedded model is 512 tokens, far longer than any fact prompt)."""
+    from transformers import AutoModelForCausalLM
+
+    from mechunlearn.models.tiny import tiny_config, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    config = tiny_config("gemma", len(tok), 6)
+    config.sliding_window = 128
+    torch.manual_seed(3)
+    return from_model(AutoModelForCausalLM.from_config(config, dtype=torch.float32), tok, "tiny-gemma-wide")
+
+
+SCORING_MODELS = [*FAMILIES, "gemma-wide"]
+
+
+@pytest.fixture(scope="module", params=SCORING_MODELS)
+def any_lm(request):
+    torch.set_num_threads(1)
+    return wide_window_gemma() if request.param == "gemma-wide" else tiny_model(request.param, seed=2)
+
+
+def forward_calls(model, fn):
+    calls = []
+    handle = model.base_model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with torch.no_grad():
+            return fn(), len(calls)
+    finally:
+        handle.remove()
+
+
+def option_pairs(prompts):
+    return [p for p in prompts for _ in OPTIONS], [o for _ in prompts for o in OPTIONS]
+
+
+@pytest.mark.parametrize("prompts", [SHARED, UNRELATED], ids=["shared-prefix", "unrelated"])
+def test_continuation_scores_of_the_shared_path_equal_one_plain_forward(any_lm, prompts):
+    model, tok = any_lm.model, any_lm.tokenizer
+    ps, cs = option_pairs(prompts)
+    (plain, count), calls_plain = forward_calls(model, lambda: continuation_logprobs(model, tok, ps, cs, shared=False))
+    (shared, count2), calls = forward_calls(model, lambda: continuation_logprobs(model, tok, ps, cs))
+    torch.testing.assert_close(shared, plain, atol=2e-5, rtol=1e-5)
+    assert torch.equal(count, count2) and count.min() == 1 and count.max() >= 3
+    assert calls_plain == 1
+    window = getattr(model.config, "sliding_window", None)
+    each_prompt_once = not window or window >= 64
+    # common prefix, each prompt once, the continuations' later tokens; no common prefix: one call fewer
+    expected = (3 if prompts is SHARED else 2) if each_prompt_once else (2 if prompts is SHARED else 1)
+    assert calls == expected
+    # one pair at a time (no batch to share with) gives the same numbers
+    alone = torch.cat([continuation_logprobs(model, tok, [p], [c])[0] for p, c in zip(ps[:5], cs[:5], strict=True)])
+    torch.testing.assert_close(alone, plain[:5], atol=2e-5, rtol=1e-5)
+    # single-token options (MCQ letters) are read from the prompt pass alone: no continuation call
+    ps, cs = [p for p in prompts for _ in "ABC"], [f" {x}" for _ in prompts for x in "ABC"]
+    (letters, _), calls = forward_calls(model, lambda: continuation_logprobs(model, tok, ps, cs))
+    torch.testing.assert_close(letters, continuation_logprobs(model, tok, ps, cs, shared=False)[0], atol=2e-5,
+                               rtol=1e-5)
+    assert calls == (2 if prompts is SHARED else 1)
+
+
+@pytest.mark.parametrize("prompts", [SHARED, UNRELATED], ids=["shared-prefix", "unrelated"])
+def test_last_token_logits_of_the_shared_path_equal_one_plain_forward(any_lm, prompts):
+    model, tok = any_lm.model, any_lm.tokenizer
+    batch = encode(tok, prompts)
+    plain, calls_plain = forward_calls(model, lambda: last_token_logits(model, batch, shared=False))
+    shared, calls = forward_calls(model, lambda: last_token_logits(model, batch))
+    torch.testing.assert_close(shared, plain, atol=2e-5, rtol=1e-5)
+    assert (calls_plain, calls) == (1, 2 if prompts is SHARED else 1)
+    ids = [answer_token_id(tok, a) for a in (" football", " golf", " basketball")]
+    closed = last_token_logits(model, batch, ids)
+    torch.testing.assert_close(closed, plain[:, ids], atol=2e-5, rtol=1e-5)
+    alone = torch.cat([last_token_logits(model, encode(tok, [p])) for p in prompts])
+    torch.testing.assert_close(alone, plain, atol=2e-5, rtol=1e-5)

@@ -45,9 +45,11 @@ class PrefixKV:
     def rows(self) -> int:
         return self.keys_values[0][0].shape[0]
 
-    def cache(self, rows: torch.Tensor) -> DynamicCache:
+    def cache(self, rows: torch.Tensor, record_past: bool = False) -> DynamicCache:
         """A new cache holding prefix rows ``rows`` (e.g. ``zeros(n)``: the first row n times)."""
         cache = DynamicCache(config=self.config)
+        if record_past:
+            cache.activate_past_recording()
         for layer, (keys, values) in enumerate(self.keys_values):
             index = rows.to(keys.device)
             cache.update(keys.index_select(0, index), values.index_select(0, index), layer)
@@ -64,6 +66,18 @@ def forward_suffix(model: nn.Module, prefix: PrefixKV, rows: torch.Tensor, suffi
     out = model.base_model(input_ids=suffix_ids, attention_mask=attention_mask, position_ids=position_ids,
                            cache=prefix.cache(rows), use_cache=True)
     return out.last_hidden_state
+
+
+def run_recorded(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 prefix: PrefixKV | None = None, rows: torch.Tensor | None = None,
+                 position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, PrefixKV]:
+    """Last hidden states of ``input_ids`` (after prefix rows ``rows`` when a prefix is given; the
+    attention mask covers every position) and a prefix holding all of their keys and values."""
+    cache = prefix.cache(rows, record_past=True) if prefix is not None else DynamicCache(config=model.config)
+    cache.activate_past_recording()
+    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                           use_cache=True)
+    return out.last_hidden_state, PrefixKV(tuple((k, v) for k, v, _ in cache), attention_mask.shape[1], model.config)
 
 
 def shared_prefix_length(batch: Encoded) -> int:

@@ -101,9 +101,14 @@ def unembed(model: nn.Module, hidden: torch.Tensor, token_ids: Sequence[int] | t
     return _softcap(model, logits)
 
 
-def last_token_logits(model: nn.Module, batch: Encoded, token_ids: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
-    """Logits at the last real token: [B, vocab], or [B, len(token_ids)] for a closed set."""
-    return unembed(model, final_hidden(model, batch), token_ids).float()
+def last_token_logits(model: nn.Module, batch: Encoded, token_ids: Sequence[int] | torch.Tensor | None = None,
+                      shared: bool = True) -> torch.Tensor:
+    """Logits at the last real token: [B, vocab], or [B, len(token_ids)] for a closed set. With
+    ``shared`` the prompts' common prefix runs once (``models.prefix``); else one plain forward."""
+    from mechunlearn.models.prefix import final_hidden_shared  # prefix.py imports this module
+
+    hidden = final_hidden_shared(model, batch) if shared else final_hidden(model, batch)
+    return unembed(model, hidden, token_ids).float()
 
 
 def batched(n: int, batch_size: int):
@@ -205,14 +210,73 @@ def encode_continuations(tokenizer, prompts: Sequence[str], continuations: Seque
     return out.to(device) if device is not None else out
 
 
+def scored_hidden_plain(model: nn.Module, enc: Continuations) -> torch.Tensor:
+    """Hidden states [M, d] at the positions that predict a continuation token: one plain forward."""
+    out = model.base_model(input_ids=enc.batch.input_ids, attention_mask=enc.batch.attention_mask, use_cache=False)
+    return out.last_hidden_state[enc.rows, enc.positions]
+
+
+def scored_hidden_shared(model: nn.Module, enc: Continuations, min_prefix: int | None = None) -> torch.Tensor:
+    """Same as :func:`scored_hidden_plain`, running the batch's common prefix once, each distinct
+    prompt once on top of it, and only then each continuation on top of its own prompt."""
+    from mechunlearn.models.prefix import (
+        MIN_PREFIX,
+        PrefixKV,
+        forward_suffix,
+        run_recorded,
+        shared_prefix_length,
+    )
+
+    min_prefix = MIN_PREFIX if min_prefix is None else min_prefix
+    batch, rows, positions = enc.batch, enc.rows.cpu(), enc.positions.cpu()
+    ids, mask = batch.input_ids, batch.attention_mask
+    B, device = len(batch), ids.device
+    head = torch.full((B,), ids.shape[1]).scatter_reduce(0, rows, positions + 1, "amin")  # prompt lengths
+    tail = mask.sum(1).cpu() - head
+    P = min(shared_prefix_length(batch), int(positions.min()))
+    P = P if P >= min_prefix else 0
+    distinct: dict[tuple[int, ...], int] = {}
+    owner = torch.tensor([distinct.setdefault(tuple(ids[i, :head[i]].tolist()), len(distinct)) for i in range(B)])
+    H, C = int(head.max()), int(tail.max()) - 1  # the last continuation token predicts nothing that is scored
+    window = getattr(model.config, "sliding_window", None)
+    # prompts of different lengths leave gaps in the cache; a sliding window counts cache slots, not positions
+    reuse = len(distinct) < B and (not window or H + C <= window)
+    prefix = PrefixKV.run(model, ids[:1, :P], mask[:1, :P]) if P else None
+    if not reuse:
+        if prefix is None:
+            return scored_hidden_plain(model, enc)
+        h = forward_suffix(model, prefix, torch.zeros(B, dtype=torch.long), ids[:, P:], mask)
+        return h[rows.to(device), (positions - P).to(device)]
+
+    first_row = torch.tensor([owner.tolist().index(u) for u in range(len(distinct))])
+    head_ids, head_mask = ids[first_row, :H].clone(), (torch.arange(H) < head[first_row, None]).long().to(device)
+    head_ids[head_mask == 0] = 0
+    h_prompt, prompt_kv = run_recorded(model, head_ids[:, P:], head_mask, prefix,
+                                       torch.zeros(len(distinct), dtype=torch.long))
+    out = torch.empty(len(rows), h_prompt.shape[-1], dtype=h_prompt.dtype, device=device)
+    first = positions == head[rows] - 1  # predicts the first continuation token: read from the prompt pass
+    out[first.to(device)] = h_prompt[owner[rows[first]].to(device), (positions[first] - P).to(device)]
+    if C > 0:
+        offsets = torch.arange(C)
+        take = (head[:, None] + offsets).clamp(max=ids.shape[1] - 1)
+        tail_ids = ids.gather(1, take.to(device))
+        tail_mask = (offsets < tail[:, None] - 1).long().to(device)
+        tail_ids[tail_mask == 0] = 0
+        h_tail = forward_suffix(model, prompt_kv, owner, tail_ids, torch.cat([head_mask[owner.to(device)], tail_mask], 1),
+                                (head[:, None] + offsets).to(device))
+        later = ~first
+        out[later.to(device)] = h_tail[rows[later].to(device), (positions[later] - head[rows[later]]).to(device)]
+    return out
+
+
 @torch.no_grad()
 def continuation_logprobs(model: nn.Module, tokenizer, prompts: Sequence[str], continuations: Sequence[str],
-                          device=None) -> tuple[torch.Tensor, torch.Tensor]:
+                          device=None, shared: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probability of each continuation after its prompt, and its token count: [P], [P].
-    Full-vocabulary logits are computed only at the positions that predict a continuation token."""
+    Full-vocabulary logits are computed only at the positions that predict a continuation token.
+    With ``shared`` each prompt runs once for all of its continuations (:func:`scored_hidden_shared`)."""
     enc = encode_continuations(tokenizer, prompts, continuations, device)
-    out = model.base_model(input_ids=enc.batch.input_ids, attention_mask=enc.batch.attention_mask, use_cache=False)
-    hidden = out.last_hidden_state[enc.rows, enc.positions]
+    hidden = scored_hidden_shared(model, enc) if shared else scored_hidden_plain(model, enc)
     logp = unembed(model, hidden).float().log_softmax(-1)
     token_logp = logp[torch.arange(len(enc.targets), device=logp.device), enc.targets].cpu()
     owner = enc.rows.cpu()
