@@ -24,6 +24,7 @@ from mechunlearn.evaluate.formats import (
     FormatStyle,
     format_templates,
 )
+from mechunlearn.evaluate.headline import headline
 from mechunlearn.evaluate.metrics import DEFAULT_FORMATS, evaluate_facts
 from mechunlearn.evaluate.side_effects import side_effects
 from mechunlearn.facts import Split
@@ -97,50 +98,6 @@ def check_names(names: Sequence[str], allowed: Sequence[str], what: str) -> None
         raise MechunlearnError(f"unknown {what}(s) {bad}: use {', '.join(allowed)}")
 
 
-def _flat(result: dict) -> dict[str, float | None]:
-    """The headline numbers of one run, under names the report knows."""
-    out: dict[str, float | None] = {}
-    for set_name, res in (("forget", result["forget"]), ("maintain", result["side_effects"]["maintain"])):
-        for fmt, agg in res["aggregates"].items():
-            for key in ("p_true", "p_new", "accuracy", "edit_accuracy", "n", "n_missing"):
-                out[f"{set_name}.{fmt}.{key}"] = agg[key]
-            if set_name == "forget":
-                out[f"edit.{fmt}.p_new"] = agg["p_new"]
-                out[f"forget.{fmt}.err"] = None if agg["p_true"] is None else 1 - agg["p_true"]
-    if "neighborhood" in result["forget"]["aggregates"]:
-        out["neighborhood.p_true"] = result["forget"]["aggregates"]["neighborhood"]["p_true"]
-    se = result["side_effects"]
-    for fmt, agg in ((se.get("unrelated") or {}).get("aggregates") or {}).items():
-        for key in ("p_true", "accuracy", "n"):
-            out[f"unrelated.{fmt}.{key}"] = agg[key]
-    out["lm_loss"] = se["lm_loss"]["loss"]
-    out["perplexity"] = se["lm_loss"]["perplexity"]
-    if se.get("mmlu"):
-        out["mmlu.acc"] = se["mmlu"]["accuracy"]
-        out["mmlu.p_correct"] = se["mmlu"]["p_correct"]
-    attacks = result["attacks"]
-    if "relearn" in attacks:
-        out["relearn.p_true_before"] = attacks["relearn"]["p_true_before"]
-        out["relearn.p_true_after"] = attacks["relearn"]["p_true_after"]
-        out["relearn.error"] = attacks["relearn"]["relearning_error"]
-    if "probe" in attacks:
-        p = attacks["probe"]
-        out["probe.truth"] = p["reads_true"]
-        out["probe.target"] = p["reads_target"]
-        out["probe.truth_best_layer"] = p["reads_true_best"]
-        out["probe.target_best_layer"] = p["reads_target_best"]
-        out["probe.best_layer_accuracy"] = max(r["accuracy"] for r in p["layers"])
-    if "softprompt" in attacks:
-        s = attacks["softprompt"]
-        for i, (fmt, value) in enumerate(s["p_true_after"].items()):
-            prefix = "softprompt" if i == 0 else f"softprompt.{fmt}"
-            out[f"{prefix}.p_true_before"] = s["p_true_before"][fmt]
-            out[f"{prefix}.p_true_after"] = value
-            out[f"{prefix}.p_true_random"] = s["p_true_random"][fmt]
-            out[f"{prefix}.error"] = None if value is None else 1 - value
-    return out
-
-
 def _rows(result: dict) -> list[dict]:
     rows = [{"set": "forget", **r} for r in result["forget"]["rows"]]
     rows += [{"set": "maintain", **r} for r in result["side_effects"]["maintain"]["rows"]]
@@ -192,7 +149,7 @@ def evaluate_run(
         "side_effects": effects,
         "attacks": attack_results,
     }
-    result["aggregates"] = _flat(result)
+    result["aggregates"] = headline(result)
     result["rows"] = _rows(result)
     result["seconds"] = time.perf_counter() - start
     return result

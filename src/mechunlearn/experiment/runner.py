@@ -25,6 +25,7 @@ from mechunlearn.edit.saving import weights_hash
 from mechunlearn.errors import FactDataError, MechunlearnError
 from mechunlearn.evaluate import evaluate_run
 from mechunlearn.evaluate.formats import format_templates
+from mechunlearn.evaluate.headline import curves, for_objective
 from mechunlearn.experiment import facts as run_facts
 from mechunlearn.experiment.config import RunConfig, SettingSpec
 from mechunlearn.experiment.localizations import Localizations
@@ -37,7 +38,6 @@ from mechunlearn.localize import Selection
 from mechunlearn.models.loading import LoadedModel, load_model
 from mechunlearn.models.memory import run_guard
 from mechunlearn.report import write_report
-from mechunlearn.report.flatten import curves, flatten
 from mechunlearn.report.html import read_cell
 from mechunlearn.report.methods import BASE
 
@@ -139,7 +139,7 @@ class Experiment:
             "setting": setting.name, "method": method, "seed": seed, "objective": setting.objective,
             "n_params": selection.n_params if selection else 0,
             "components": components,
-            "metrics": flatten(evaluated, setting.objective),
+            "metrics": for_objective(evaluated, setting.objective),
             "curves": curves(evaluated),
             "train": train_info, "evaluation": evaluated,
             "seconds": time.perf_counter() - start,
