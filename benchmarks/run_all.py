@@ -11,6 +11,7 @@ import platform
 import time
 
 import bench_edit
+import bench_evaluate
 import bench_localize
 import torch
 
@@ -28,9 +29,12 @@ def main() -> None:
     localize = bench_localize.run("tiny", None, args.threads)
     print("\n== forward, training step, relearning step, evaluation")
     steps = bench_edit.run(args.model, args.repeats, args.threads)
+    print("\n== fact scoring: shared-prefix paths vs the plain forward")
+    scoring = bench_evaluate.run(args.model, args.repeats, args.threads)
     result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "torch": torch.__version__, "threads": args.threads},
-              "seconds": time.perf_counter() - start, "localize": localize, "steps": steps}
+              "seconds": time.perf_counter() - start, "localize": localize, "steps": steps,
+              "scoring": scoring}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     print(f"\nwrote {args.out} ({result['seconds']:.0f} s)")

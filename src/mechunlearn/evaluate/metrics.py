@@ -4,7 +4,8 @@ Probabilities are read at each prompt's last token from the first token of each 
 normalised over the candidates for closed sets (sports answers, MCQ letters), over the full
 vocabulary otherwise. Option-likelihood MCQ items score each option's whole text (summed or
 per-token mean log-probability), normalised over the options. A fact with several prompts
-(paraphrases, neighbours) gets the mean."""
+(paraphrases, neighbours) gets the mean. A batch's common prefix runs once, and each prompt
+once for all of its options (``models.prefix``)."""
 
 from __future__ import annotations
 
@@ -20,13 +21,13 @@ from mechunlearn.errors import FactDataError
 from mechunlearn.evaluate.formats import FormatItem, FormatStyle, build_format
 from mechunlearn.facts import FactSet
 from mechunlearn.models.loading import LoadedModel
+from mechunlearn.models.prefix import final_hidden_shared
 from mechunlearn.models.scoring import (
     answer_token_id,
     batched,
     continuation_logprobs,
     distinct_first_tokens,
     encode,
-    final_hidden,
     unembed,
 )
 
@@ -157,7 +158,7 @@ def _score_first_tokens(lm: LoadedModel, items: list[FormatItem], batch_size: in
         for rows in tqdm(list(batched(len(flat), batch_size)), desc=desc, disable=not progress, leave=False):
             owners = [flat[k][0] for k in range(rows.start, rows.stop)]
             batch = encode(tok, [flat[k][1] for k in range(rows.start, rows.stop)], device=lm.device)
-            hidden = final_hidden(lm.model, batch)
+            hidden = final_hidden_shared(lm.model, batch)
             closed = [items[o].candidates is not None for o in owners]
             full = unembed(lm.model, hidden).float().log_softmax(-1) if not all(closed) else None
             for r, o in enumerate(owners):
