@@ -220,3 +220,29 @@ def test_last_token_logits_of_the_shared_path_equal_one_plain_forward(any_lm, pr
     torch.testing.assert_close(closed, plain[:, ids], atol=2e-5, rtol=1e-5)
     alone = torch.cat([last_token_logits(model, encode(tok, [p])) for p in prompts])
     torch.testing.assert_close(alone, plain, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mcq_format", ["option-likelihood", "paper"])
+def test_evaluation_and_answer_probs_equal_the_plain_forward(tiny_llama, athletes, monkeypatch, mcq_format):
+    import functools
+
+    import mechunlearn.evaluate.metrics as metrics
+    import mechunlearn.facts.known as known
+    from mechunlearn.facts import answer_probs
+    from mechunlearn.models.scoring import final_hidden
+
+    style = FormatStyle(mcq_format=mcq_format)
+    shared = evaluate_facts(tiny_llama, athletes, ("train", "qa", "mcq"), style=style, batch_size=8).rows
+    probs = answer_probs(tiny_llama.model, tiny_llama.tokenizer, athletes, batch_size=8)
+    monkeypatch.setattr(metrics, "final_hidden_shared", final_hidden)
+    monkeypatch.setattr(metrics, "continuation_logprobs", functools.partial(continuation_logprobs, shared=False))
+    monkeypatch.setattr(known, "last_token_logits", functools.partial(last_token_logits, shared=False))
+    plain = evaluate_facts(tiny_llama, athletes, ("train", "qa", "mcq"), style=style, batch_size=8).rows
+    plain_probs = answer_probs(tiny_llama.model, tiny_llama.tokenizer, athletes, batch_size=8)
+    assert [(r.id, r.format, r.correct, r.edited) for r in shared] == [(r.id, r.format, r.correct, r.edited)
+                                                                       for r in plain]
+    assert len(shared) == 3 * len(athletes)
+    for a, b in zip(shared, plain, strict=True):
+        assert a.p_true == pytest.approx(b.p_true, abs=1e-5) and a.p_new == pytest.approx(b.p_new, abs=1e-5)
+    for a, b in zip(probs, plain_probs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
