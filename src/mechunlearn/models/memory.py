@@ -128,9 +128,11 @@ def model_shape(spec: str, dtype: str = "float32", device: str | None = None) ->
         _dtype,
         _looks_like_hub_id,
         _offline,
+        check_model_source,
         default_model_dir,
     )
 
+    check_model_source(spec)  # the loader's own one-line errors for a missing or unreadable model
     dtype_bytes = torch.tensor([], dtype=_dtype(dtype, device)).element_size()
     kwargs: dict = {}
     folder: Path | None = None
