@@ -51,6 +51,7 @@ class Experiment:
         self._lm: LoadedModel | None = None
         self._pristine: dict[str, torch.Tensor] | None = None
         self._known: dict[tuple, tuple[FactSet, dict]] = {}
+        self.memory = None  # the memory guard, set when a run starts
 
     # --- model, reset to its original weights before every cell --------------------------
     @property
@@ -118,7 +119,7 @@ class Experiment:
                     lambda m, split, c: train(m, selection.components, split, c, progress=False))
                 lm = self.fresh_model()
             results, selections = [], [selection]
-            if getattr(self, "memory", None) is not None:
+            if self.memory is not None:
                 self.memory.before_cell(cfg, selection.n_params, lm.device)
             base_hash = weights_hash(lm.model)
             for i, block in enumerate(facts.splits):
