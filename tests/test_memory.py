@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import mechunlearn.models.memory as memory
+import mechunlearn.models.memory_guard as guard
 from mechunlearn.cli.app import invoke
 from mechunlearn.edit import EditConfig
 from mechunlearn.errors import MechunlearnError
@@ -91,18 +92,18 @@ def test_relearn_stage_counts_the_copy_and_the_lora_adapters(tiny_llama):
 def test_guard_refuses_with_the_stage_and_the_flag(tiny_llama, monkeypatch):
     s = memory.shape_of(tiny_llama.model)
     step = memory.edit_step_stage(s, EditConfig().resolved(False), 1000, 0, 10)
-    monkeypatch.setattr(memory, "available_memory", lambda device=None: (step.new_bytes(True) - 1, "available RAM"))
+    monkeypatch.setattr(guard, "available_memory", lambda device=None: (step.new_bytes(True) - 1, "available RAM"))
     with pytest.raises(MechunlearnError, match=r"edit step.*--grad-accum") as e:
-        memory.check_stage(step, loaded=True)
+        guard.check_stage(step, loaded=True)
     assert "\n" not in str(e.value)
-    monkeypatch.setattr(memory, "available_memory", lambda device=None: (step.new_bytes(True), "available RAM"))
-    memory.check_stage(step, loaded=True)  # exactly enough passes
+    monkeypatch.setattr(guard, "available_memory", lambda device=None: (step.new_bytes(True), "available RAM"))
+    guard.check_stage(step, loaded=True)  # exactly enough passes
     with pytest.raises(MechunlearnError, match="edit step"):  # before loading, the weights count too
-        memory.check_stage(step, loaded=False)
+        guard.check_stage(step, loaded=False)
     assert step.new_bytes(False) - step.new_bytes(True) == s.weights + s.tokenizer_bytes
     monkeypatch.setenv(memory.GUARD_ENV, "0")
-    monkeypatch.setattr(memory, "available_memory", lambda device=None: (0, "available RAM"))
-    memory.check_stage(step, loaded=True)
+    monkeypatch.setattr(guard, "available_memory", lambda device=None: (0, "available RAM"))
+    guard.check_stage(step, loaded=True)
 
 
 def _edit(folder: Path, out: Path, *extra) -> int:
@@ -111,7 +112,7 @@ def _edit(folder: Path, out: Path, *extra) -> int:
 
 
 def test_edit_refuses_before_loading_when_memory_is_low(folder, monkeypatch, capsys):
-    monkeypatch.setattr(memory, "available_memory", lambda device=None: (1000, "available RAM"))
+    monkeypatch.setattr(guard, "available_memory", lambda device=None: (1000, "available RAM"))
     loaded = []
     monkeypatch.setattr("mechunlearn.cli.edit.open_model", lambda *a, **k: loaded.append(a))
     before = _files(folder)
@@ -144,7 +145,7 @@ def test_run_dry_run_prints_the_estimate_and_writes_nothing(folder, monkeypatch,
 
 
 def test_run_refuses_before_writing_the_run_folder(folder, monkeypatch, capsys):
-    monkeypatch.setattr(memory, "available_memory", lambda device=None: (1000, "available RAM"))
+    monkeypatch.setattr(guard, "available_memory", lambda device=None: (1000, "available RAM"))
     before = _files(folder)
     assert invoke(["run", "quick", "--out", str(folder / "run2"), "--set", f"model={folder / 'model'}",
                    "--set", "device=cpu"]) == 2

@@ -285,3 +285,13 @@ def test_formats_fall_back_to_what_the_evaluations_recorded():
     assert text.count("<tr") == 3  # header + a's two templates; b recorded none
     flat = html.unescape("".join(formats({"templates": {"qa": "Q: {question} A:"}}, cells, ["a"])))
     assert "<td>all</td>" in flat and "Q: {question} A:" in flat and "{subject} plays" not in flat
+
+
+def test_a_single_seed_verdict_says_which_way_without_claiming_evidence():
+    from mechunlearn.report.stats import estimate, verdict
+
+    behind = verdict(estimate([-0.011]), "FLU", "causal tracing", "P(edit target), QA")
+    ahead = verdict(estimate([0.2]), "FLU", "causal tracing", "P(edit target), QA")
+    assert behind == ("P(edit target), QA: FLU trailed causal tracing by 0.011 (1 seed: no interval, so this is not "
+                      "evidence either way).")
+    assert "FLU was ahead of causal tracing by 0.200" in ahead

@@ -35,7 +35,12 @@ from mechunlearn.errors import MechunlearnError
 from mechunlearn.facts import answer_probs, load_facts, split_facts
 from mechunlearn.io import atomic_dir
 from mechunlearn.models.loading import load_model
-from mechunlearn.models.memory import check_all, check_stage, edit_command_estimate, print_estimate
+from mechunlearn.models.memory_guard import (
+    check_all,
+    check_stage,
+    edit_command_estimate,
+    print_estimate,
+)
 
 DEFAULTS = EditConfig()
 # the command trains to a strength by default: --steps is then the cap, with the cosine schedule

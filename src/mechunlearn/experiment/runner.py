@@ -36,7 +36,7 @@ from mechunlearn.facts.splits import Split
 from mechunlearn.io import read_json, write_json_atomic
 from mechunlearn.localize import Selection
 from mechunlearn.models.loading import LoadedModel, load_model
-from mechunlearn.models.memory import run_guard
+from mechunlearn.models.memory_guard import run_guard
 from mechunlearn.report import write_report
 from mechunlearn.report.html import read_cell
 from mechunlearn.report.methods import BASE

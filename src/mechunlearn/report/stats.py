@@ -50,7 +50,7 @@ def verdict(diff: Estimate, ours: str, theirs: str, metric: str, p_holm: float |
     if diff.low == diff.high == 0:
         return f"{metric}: {ours} and {theirs} tied exactly ({seeds})."
     if diff.n == 1:
-        word = "beat" if diff.mean > 0 else "did not beat"
+        word = "was ahead of" if diff.mean > 0 else "trailed"
         return (f"{metric}: {ours} {word} {theirs} by {abs(diff.mean):.3f} ({seeds}: no interval, "
                 "so this is not evidence either way).")
     interval = f"95% CI of the advantage {diff.low:+.3f} to {diff.high:+.3f}, {seeds}"
