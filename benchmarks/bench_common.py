@@ -4,6 +4,8 @@ and configurations timed side by side (interleaved, best of the repeats)."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,3 +80,17 @@ def print_rows(rows: list[Row], baseline: dict[str, str]) -> list[dict]:
               f"{r.fraction_of_peak:8.1%} {ratio:7.2f}")
         out.append({**r.to_json(), "time_vs_baseline": ratio, "baseline": baseline[r.stage]})
     return out
+
+
+def command_line(run: Callable[..., dict], doc: str, default_model: str, default_threads: int) -> None:
+    """``--model``, ``--repeats``, ``--threads`` and ``--json`` for a benchmark's ``run``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--model", default=default_model, help="'default' (embedded Gemma 3 270M) or 'tiny'")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=default_threads)
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+    result = run(args.model, args.repeats, args.threads)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)

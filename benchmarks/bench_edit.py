@@ -13,14 +13,12 @@ instead of the shared-prefix pass, and the LM head over 3-D chunks of 16 positio
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import json
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from bench_common import matmul_flops_per_second, print_rows, side_by_side
+from bench_common import command_line, matmul_flops_per_second, print_rows, side_by_side
 
 import mechunlearn.edit.step as step_module
 from mechunlearn.edit import EditConfig, expand_components
@@ -184,16 +182,7 @@ def run(model: str = "default", repeats: int = 2, threads: int = 2) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="default", help="'default' (embedded Gemma 3 270M) or 'tiny'")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", default=None, help="also write the results here")
-    args = parser.parse_args()
-    result = run(args.model, args.repeats, args.threads)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    command_line(run, __doc__, "default", 2)
 
 
 if __name__ == "__main__":

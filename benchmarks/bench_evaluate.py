@@ -9,13 +9,11 @@ probabilities of both paths are compared (max absolute difference).
 
 from __future__ import annotations
 
-import argparse
-import json
 from contextlib import contextmanager
 from functools import partial
 
 import torch
-from bench_common import matmul_flops_per_second, print_rows, side_by_side
+from bench_common import command_line, matmul_flops_per_second, print_rows, side_by_side
 
 import mechunlearn.evaluate.metrics as metrics_module
 import mechunlearn.facts.known as known_module
@@ -93,16 +91,7 @@ def run(model: str = "default", repeats: int = 2, threads: int = 1) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="default", help="'default' (embedded Gemma 3 270M) or 'tiny'")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", default=None, help="also write the results here")
-    args = parser.parse_args()
-    result = run(args.model, args.repeats, args.threads)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    command_line(run, __doc__, "default", 1)
 
 
 if __name__ == "__main__":

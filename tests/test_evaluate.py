@@ -27,7 +27,7 @@ from mechunlearn.evaluate import (
 from mechunlearn.evaluate.formats import LETTERS, PAPER_SYSTEM_SPORTS, FormatStyle
 from mechunlearn.evaluate.lm_loss import lm_loss, next_token_loss
 from mechunlearn.evaluate.mmlu import choose_shots, mmlu_prompt
-from mechunlearn.facts import Fact, FactSet, answer_probs, load_facts, split_facts, split_from_log
+from mechunlearn.facts import Fact, FactSet, answer_probs, load_facts, split_facts, split_from_facts
 from mechunlearn.facts.general_text import general_windows
 from mechunlearn.models.scoring import answer_token_id, encode, last_token_logits
 from mechunlearn.models.tiny import tiny_model
@@ -278,26 +278,23 @@ def test_evaluate_run_record_and_files(tiny_llama, athlete_split, tmp_path):
     assert list(rows.columns[:4]) == ["model", "set", "format", "id"]
 
 
-def test_split_from_log_restores_category_targets():
+def test_a_recorded_split_restores_category_targets():
     facts = load_facts("sports")
     split = split_facts(facts, mode="category", category="basketball", new_target="golf", seed=3)
     record = json.loads(json.dumps(split.to_json()))
-    log = {"model": "default", "facts": {"dataset": "sports", "data": None, "seed": 0}, "split": record}
-    for entry in (log, {**log, "split": {k: v for k, v in record.items() if k != "targets"}}):  # older logs
-        rebuilt = split_from_log(entry)
+    for entry in (record, {k: v for k, v in record.items() if k != "targets"}):  # older logs
+        rebuilt = split_from_facts(facts, entry)
         for key in ("forget", "forget_eval", "maintain_train", "maintain_test"):
             assert getattr(rebuilt, key).facts == getattr(split, key).facts
         assert {f.target_new for f in rebuilt.forget_eval} == {" golf"}
-    with pytest.raises(FactDataError):
-        split_from_log({"model": "default"})
 
 
-def test_split_from_log_joins_the_blocks_of_a_sequential_edit():
+def test_a_recorded_sequential_split_joins_its_blocks():
     facts = load_facts("sports")
     whole = split_facts(facts, forget=8, seed=2)
     blocks = [{**whole.to_json(), "forget": ids, "forget_eval": ids, "targets": {}}
               for ids in ([f.id for f in whole.forget][:4], [f.id for f in whole.forget][4:])]
-    joined = split_from_log({"facts": {"dataset": "sports", "data": None, "seed": 0}, "split": blocks})
+    joined = split_from_facts(facts, blocks)
     assert [f.id for f in joined.forget_eval] == [f.id for f in whole.forget]
     assert joined.maintain_test.facts == whole.maintain_test.facts
     assert joined.rule.startswith("2 sequential blocks")

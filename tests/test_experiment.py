@@ -67,13 +67,19 @@ def test_unknown_training_option_is_an_error(tiny_dir, tmp_path):
 
 def test_grid_runs_with_equal_budgets_and_a_report(tiny_dir, tmp_path):
     out = tmp_path / "run"
-    Experiment(load_config(_config(tiny_dir, tmp_path)), out).run()
+    one_mlp = 3 * 64 * 128
+    source = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in tiny_dir.iterdir()}
+    Experiment(load_config(_config(tiny_dir, tmp_path), {"localization": {
+        "methods": ["all_mlps", "random", "random_mlps"],
+        "budget": {"params": one_mlp, "rule": "closest"}}}), out).run()
     table = pd.read_csv(out / "results.csv")
-    assert sorted(table.method) == ["all_mlps", "random", "unedited"]
+    assert sorted(table.method) == ["all_mlps", "random", "random_mlps", "unedited"]
     budgets = table.set_index("method").n_params
     assert budgets["unedited"] == 0
-    assert budgets["all_mlps"] == 4 * 3 * 64 * 128  # exempt from the budget: every MLP matrix
-    assert 20000 - 8192 < budgets["random"] <= 20000  # whole matrices, closest without exceeding
+    assert budgets["all_mlps"] == 4 * one_mlp  # exempt from the budget: every MLP matrix
+    assert budgets["random_mlps"] == one_mlp  # whole MLP layers: exactly one
+    assert abs(budgets["random"] - one_mlp) <= 4096  # whole matrices: the closest prefix of its ranking
+    assert {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in tiny_dir.iterdir()} == source
     assert (out / "report.html").exists() and (out / "data.json").exists()
     edited = table.set_index("method").loc["all_mlps"]
     assert edited["edit.train.p_new"] != table.set_index("method").loc["unedited"]["edit.train.p_new"]

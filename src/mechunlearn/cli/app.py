@@ -33,11 +33,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 COMMAND_MODULES = ("facts", "localize", "edit", "evaluate", "run")
 for _name in COMMAND_MODULES:
-    try:
-        importlib.import_module(f"mechunlearn.cli.{_name}")
-    except ModuleNotFoundError as e:
-        if e.name != f"mechunlearn.cli.{_name}":
-            raise
+    importlib.import_module(f"mechunlearn.cli.{_name}")  # each adds its commands to `app`
 
 
 def _say(message: str) -> None:

@@ -13,11 +13,10 @@ from mechunlearn.facts.splits import (
     sequential_blocks,
     split_facts,
     split_from_facts,
-    split_from_log,
 )
 
 __all__ = [
     "Fact", "FactSet", "KnownReport", "Split", "answer_probs", "filter_known", "halves", "load_builtin_athletes",
     "load_counterfact", "load_facts", "load_sports", "load_table", "sequential_blocks", "split_facts",
-    "split_from_facts", "split_from_log",
+    "split_from_facts",
 ]

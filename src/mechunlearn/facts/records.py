@@ -3,9 +3,7 @@ ground truth, rephrase, locality)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 from mechunlearn.errors import FactDataError
 
@@ -86,20 +84,3 @@ class FactSet:
             "notes": list(self.notes),
             "facts": [asdict(f) for f in self.facts],
         }
-
-    @classmethod
-    def from_json(cls, data: dict) -> FactSet:
-        facts = tuple(
-            Fact(**{**f, **{k: tuple(f[k]) for k in ("paraphrases", "neighborhood", "mc_choices")}})
-            for f in data["facts"]
-        )
-        answers = tuple(data["answers"]) if data.get("answers") else None
-        return cls(data["name"], facts, answers, tuple(data.get("edit_only_answers", ())), data.get("system", ""),
-                   data.get("source", ""), tuple(data.get("notes", ())))
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=1))
-
-    @classmethod
-    def load(cls, path: str | Path) -> FactSet:
-        return cls.from_json(json.loads(Path(path).read_text()))

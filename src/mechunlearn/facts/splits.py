@@ -158,17 +158,3 @@ def split_from_facts(facts: FactSet, data: dict | list[dict]) -> Split:
         seed=int(data.get("seed", 0)),
         rule=str(data.get("rule", "")),
     )
-
-
-def split_from_log(log: dict) -> Split:
-    """The split recorded in an edit's ``train_log.json``: ``{"facts": {"dataset", "data",
-    "seed", ...}, "split": Split.to_json() or a list of them}``; the facts are reloaded with
-    ``load_facts``."""
-    from mechunlearn.facts.loaders import load_facts
-
-    try:
-        spec, data = log["facts"], log["split"]
-    except (KeyError, TypeError):
-        raise FactDataError("the training log has no 'facts' and 'split' records") from None
-    facts = load_facts(spec.get("dataset", "sports"), spec.get("data"), seed=int(spec.get("seed", 0)))
-    return split_from_facts(facts, data)
