@@ -348,3 +348,15 @@ def test_general_text_from_a_file_or_built_in(tiny_llama, tmp_path):
         general_windows(tiny_llama.tokenizer, str(text), 64)
     with pytest.raises(MechunlearnError, match="'datasets' package|cannot load general text"):  # offline tests
         general_windows(tiny_llama.tokenizer, "hf:no-such/dataset", 8)
+
+
+def write_workspace(lm, root):
+    """A saved model (root/base) and the tiny athletes as a fact table (root/facts.csv), for CLI tests."""
+    import pandas as pd
+
+    lm.model.save_pretrained(root / "base")
+    lm.tokenizer.save_pretrained(root / "base")
+    rows = [{"subject": f.subject, "prompt": f.prompt, "target_true": f.target_true.strip(),
+             "target_new": f.target_new.strip()} for f in tiny_athletes()]
+    pd.DataFrame(rows).to_csv(root / "facts.csv", index=False)
+    return root

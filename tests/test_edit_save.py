@@ -3,7 +3,6 @@ the base (and refuses another base), all-or-nothing output, and the two CLI comm
 
 import json
 
-import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -25,7 +24,7 @@ from mechunlearn.errors import MechunlearnError
 from mechunlearn.models.loading import load_model
 from mechunlearn.models.scoring import encode
 from mechunlearn.models.tiny import tiny_model
-from test_edit import golf_split, quick, sequential_blocks, tiny_athletes
+from test_edit import golf_split, quick, sequential_blocks, tiny_athletes, write_workspace
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -128,14 +127,7 @@ def test_refuses_to_write_over_the_base_model_or_a_foreign_folder(tmp_path):
 # --- CLI --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_on_disk(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    tiny = tiny_model("llama")
-    tiny.model.save_pretrained(root / "base")
-    tiny.tokenizer.save_pretrained(root / "base")
-    rows = [{"subject": f.subject, "prompt": f.prompt, "target_true": f.target_true.strip(),
-             "target_new": f.target_new.strip()} for f in tiny_athletes()]
-    pd.DataFrame(rows).to_csv(root / "facts.csv", index=False)
-    return root
+    return write_workspace(tiny_model("llama"), tmp_path_factory.mktemp("cli"))
 
 
 def _edit_args(root, out, *extra):

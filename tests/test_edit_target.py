@@ -7,7 +7,6 @@ import json
 import math
 import sys
 
-import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -18,7 +17,16 @@ from mechunlearn.edit import target as target_module
 from mechunlearn.edit.config import FLOATS
 from mechunlearn.errors import MechunlearnError, TrainingDivergedError
 from mechunlearn.facts import answer_probs, sequential_blocks
-from test_edit import ALONE, football_split, golf_split, quick, sharp_tiny, snapshot, tiny_athletes
+from test_edit import (
+    ALONE,
+    football_split,
+    golf_split,
+    quick,
+    sharp_tiny,
+    snapshot,
+    tiny_athletes,
+    write_workspace,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -132,14 +140,7 @@ def test_config_refuses_bad_targets_and_types():
 # --- CLI ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def sharp_on_disk(tmp_path_factory):
-    root = tmp_path_factory.mktemp("target_cli")
-    lm = sharp_tiny()
-    lm.model.save_pretrained(root / "base")
-    lm.tokenizer.save_pretrained(root / "base")
-    rows = [{"subject": f.subject, "prompt": f.prompt, "target_true": f.target_true.strip(),
-             "target_new": f.target_new.strip()} for f in tiny_athletes()]
-    pd.DataFrame(rows).to_csv(root / "facts.csv", index=False)
-    return root
+    return write_workspace(sharp_tiny(), tmp_path_factory.mktemp("target_cli"))
 
 
 def _edit_args(root, out, *extra):
