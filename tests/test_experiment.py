@@ -318,9 +318,11 @@ def test_localization_facts_are_never_evaluated_and_sequential_blocks_relocalize
         evaluated = set(split["forget"]) | set(split["forget_eval"]) | set(split["maintain_test"])
         assert evaluated and not evaluated & localization
         relearn = cell["evaluation"]["attacks"]["relearn"]
-        assert not set(relearn.get("train_ids", [])) & localization
+        assert relearn["train_facts"] and not set(relearn["train_facts"]) & localization
         targets = cell["train"]["target"]
         assert all(t["target"] == 0.99 and t["steps"] <= 2 for t in targets)
+    unedited = json.loads((out / "cells" / "edit4__unedited__s0.json").read_text())
+    assert "relearn" not in unedited["evaluation"]["attacks"]  # nothing to relearn in a model that knows it
     seq = json.loads((out / "cells" / "seq__random__s0.json").read_text())["train"]
     assert seq["localize"] == "per_block" and len(seq["blocks"]) == 2 and len(seq["target"]) == 2
     assert all(b["n_params"] <= 20000 for b in seq["blocks"])

@@ -135,7 +135,7 @@ class Experiment:
                 train_info["blocks"] = [{"components": s.components, "n_params": s.n_params, "note": s.note}
                                         for s in selections]
                 train_info["localize"] = setting.localize
-        evaluated = self.evaluate(lm, setting, facts.splits, seed)
+        evaluated = self.evaluate(lm, setting, facts.splits, seed, edited=selection is not None)
         return {
             "setting": setting.name, "method": method, "seed": seed, "objective": setting.objective,
             "n_params": selection.n_params if selection else 0,
@@ -146,9 +146,12 @@ class Experiment:
             "seconds": time.perf_counter() - start,
         }
 
-    def evaluate(self, lm: LoadedModel, setting: SettingSpec, splits: list[Split], seed: int) -> dict:
+    def evaluate(self, lm: LoadedModel, setting: SettingSpec, splits: list[Split], seed: int, edited: bool) -> dict:
         ev = self.config.evaluation_for(setting)
-        return evaluate_run(lm, run_facts.union(splits), formats=ev.formats, attacks=ev.attacks,
+        # relearning the truth into a model that never lost it measures nothing: the unedited
+        # model is not attacked by relearning (its P(true) is the "before" of every other cell)
+        attacks = ev.attacks if edited else [a for a in ev.attacks if a != "relearn"]
+        return evaluate_run(lm, run_facts.union(splits), formats=ev.formats, attacks=attacks,
                             config=self.config.eval_config(setting, seed), progress=True)
 
     def record_formats(self, data: dict, setting: SettingSpec, known: FactSet) -> None:
