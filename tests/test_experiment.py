@@ -89,47 +89,50 @@ def _digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.json"))}
 
 
+KILL_AT = Path(__file__).with_name("kill_at.py")
+
+
 @pytest.mark.skipif(not SPORTS.exists(), reason="../shared/data not present")
-def test_killed_run_resumes_without_losing_or_doubling(tiny_dir, tmp_path):
-    config = _config(tiny_dir, tmp_path, seeds=(0, 1, 2), data=SPORTS)
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "mechunlearn", "run", str(config), "--out", str(out)]
+def test_run_killed_at_three_points_resumes_to_the_uninterrupted_results(tiny_dir, tmp_path):
+    config = _config(tiny_dir, tmp_path, seeds=(0, 1), data=SPORTS)
+    out, cells = tmp_path / "run", tmp_path / "run" / "cells"
+    args = ["run", str(config), "--out", str(out)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 240
-    cells = out / "cells"
-    while time.time() < deadline and len(list(cells.glob("*.json"))) < 4:
-        time.sleep(0.2)
-        assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+
+    def killed_at(point: str, nth: int) -> None:
+        done = subprocess.run([sys.executable, str(KILL_AT), point, str(nth), *args], env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+
+    killed_at("cell", 3)  # inside the 3rd cell: 2 finished
+    assert len(_digest(cells)) == 2
     before = _digest(cells)
-    assert 4 <= len(before) < 9
+    killed_at("cell-file", 2)  # the resumed run dies writing its 2nd cell: 3 finished, half a cell in a temp file
+    finished = _digest(cells)
+    assert len(finished) == 3 and all(finished[name] == digest for name, digest in before.items())
+    halves = [p for p in cells.iterdir() if p.name.endswith(".tmp")]
+    assert len(halves) == 1 and halves[0].name.startswith("edit4__")
+    killed_at("report", 1)  # every cell done; dies while the report writes verdicts.json
+    assert len(_digest(cells)) == 6 and (out / "results.csv").exists() and not (out / "report.html").exists()
+    assert any(p.name.startswith("verdicts.json.") for p in out.iterdir())
 
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    after = _digest(cells)
-    assert len(after) == 9  # 3 seeds x (unedited, all_mlps, random)
-    assert all(after[name] == digest for name, digest in before.items())  # finished cells untouched
-    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
-    table = pd.read_csv(out / "results.csv")
-    assert len(table) == 9 and not table.duplicated(["setting", "method", "seed"]).any()
-    assert set(table.seed) == {0, 1, 2}
-
-    # what a kill while a cell file is written, and one during the report, leave behind
+    # a cell truncated by something other than the runner's writer (a copy, a full disk) is named and recomputed
     (cells / "edit4__random__s1.json").write_text('{"setting": "edit4", "met')
-    (cells / ".edit4__random__s1.json.tmp-killed").write_text('{"setting"')
-    (out / "results.csv").write_text("setting,method\n")
-    (out / "report.html").unlink()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "mechunlearn", *args], env=env, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "edit4__random__s1.jsoncannotberead" in "".join(done.stderr.split())
     assert (out / "report.html").exists()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]  # the killed writers' temp files are gone
+    table = pd.read_csv(out / "results.csv")
+    assert len(table) == 6 and not table.duplicated(["setting", "method", "seed"]).any()
 
     whole = tmp_path / "uninterrupted"
-    done = subprocess.run([*cmd[:-1], str(whole)], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "mechunlearn", *args[:-1], str(whole)], env=env,
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (out / "results.csv").read_text() == (whole / "results.csv").read_text()
+    assert (out / "verdicts.json").read_text() == (whole / "verdicts.json").read_text()
 
 
 def test_sweep_picks_by_its_rule_and_records_trials(tiny_dir, tmp_path):

@@ -27,10 +27,13 @@ def _umask() -> int:
     return mask
 
 
+TEMPORARY_SUFFIX = ".tmp"
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -46,6 +49,15 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 def write_json_atomic(path: str | Path, data) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=1, default=_default, allow_nan=True))
+
+
+def remove_partial_writes(folder: str | Path) -> list[Path]:
+    """Delete the temporary files a killed :func:`write_text_atomic` left in ``folder`` and its
+    subfolders (they never became results); returns what was deleted."""
+    left = [p for p in Path(folder).rglob("*" + TEMPORARY_SUFFIX) if p.is_file()]
+    for p in left:
+        p.unlink(missing_ok=True)
+    return left
 
 
 def read_json(path: str | Path):

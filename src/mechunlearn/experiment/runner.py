@@ -33,7 +33,7 @@ from mechunlearn.experiment.summary import summary_table
 from mechunlearn.experiment.sweep import sweep
 from mechunlearn.facts import FactSet, filter_known
 from mechunlearn.facts.splits import Split
-from mechunlearn.io import read_json, write_json_atomic
+from mechunlearn.io import read_json, remove_partial_writes, write_json_atomic
 from mechunlearn.localize import Selection
 from mechunlearn.models.loading import LoadedModel, load_model
 from mechunlearn.models.memory_guard import run_guard
@@ -171,6 +171,7 @@ class Experiment:
         self.memory.before_load()  # refuse a run that would not fit before anything is loaded or written
         _ = self.lm  # a model that does not load fails before the run folder is written
         self.out.mkdir(parents=True, exist_ok=True)
+        remove_partial_writes(self.out)  # what a run killed while writing left behind
         _write_config(self.out / "config.json", self.config.to_json())
         data = read_json(self.out / "data.json") if (self.out / "data.json").exists() else {}
         data["localization_rule"] = run_facts.LOCALIZATION_RULE
