@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ def _umask() -> int:
 
 
 TEMPORARY_SUFFIX = ".tmp"
+_PARTIAL = re.compile(r"\.[a-z0-9_]{8}\.tmp$")  # name + "." + mkstemp's 8 random characters + suffix
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -54,7 +56,7 @@ def write_json_atomic(path: str | Path, data) -> Path:
 def remove_partial_writes(folder: str | Path) -> list[Path]:
     """Delete the temporary files a killed :func:`write_text_atomic` left in ``folder`` and its
     subfolders (they never became results); returns what was deleted."""
-    left = [p for p in Path(folder).rglob("*" + TEMPORARY_SUFFIX) if p.is_file()]
+    left = [p for p in Path(folder).rglob("*" + TEMPORARY_SUFFIX) if p.is_file() and _PARTIAL.search(p.name)]
     for p in left:
         p.unlink(missing_ok=True)
     return left
