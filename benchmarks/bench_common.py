@@ -82,15 +82,17 @@ def print_rows(rows: list[Row], baseline: dict[str, str]) -> list[dict]:
     return out
 
 
-def command_line(run: Callable[..., dict], doc: str, default_model: str, default_threads: int) -> None:
-    """``--model``, ``--repeats``, ``--threads`` and ``--json`` for a benchmark's ``run``."""
+def command_line(run: Callable[..., dict], doc: str, default_model: str, default_threads: int,
+                 size: tuple[str, int | None, str] = ("repeats", 2, "timed repeats per configuration")) -> None:
+    """``--model``, ``--<size>``, ``--threads`` and ``--json`` for ``run(model, size, threads)``."""
+    name, default, help_text = size
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--model", default=default_model, help="'default' (embedded Gemma 3 270M) or 'tiny'")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--model", default=default_model, help="'default' (embedded Gemma 3 270M), 'tiny' or a load_model spec")
+    parser.add_argument(f"--{name}", type=int, default=default, help=help_text)
     parser.add_argument("--threads", type=int, default=default_threads)
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
-    result = run(args.model, args.repeats, args.threads)
+    result = run(args.model, getattr(args, name), args.threads)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -18,12 +18,10 @@ metric and of the component scores (must be < 1e-4).
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import torch
-from bench_common import Row, count_flops, matmul_flops_per_second
+from bench_common import Row, command_line, count_flops, matmul_flops_per_second
 
 from mechunlearn.facts import FactSet, load_builtin_athletes
 from mechunlearn.localize.causal_tracing import p_true
@@ -132,16 +130,7 @@ def run(model: str = "tiny", n_facts: int | None = None, threads: int = 2) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny", help="'tiny' (8-layer random llama) or a load_model spec")
-    parser.add_argument("--facts", type=int, default=None, help="prompts (default: 24 tiny, 8 otherwise)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", default=None, help="also write the results here")
-    args = parser.parse_args()
-    result = run(args.model, args.facts, args.threads)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    command_line(run, __doc__, "tiny", 2, size=("facts", None, "prompts (default: 24 tiny, 8 otherwise)"))
 
 
 if __name__ == "__main__":
