@@ -29,7 +29,7 @@ def _umask() -> int:
 
 
 TEMPORARY_SUFFIX = ".tmp"
-_PARTIAL = re.compile(r"\.[a-z0-9_]{8}\.tmp$")  # name + "." + mkstemp's 8 random characters + suffix
+_PARTIAL = re.compile(r"\.[a-z0-9_]{8}" + re.escape(TEMPORARY_SUFFIX) + "$")  # name.<mkstemp's 8 characters>.tmp
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
