@@ -6,7 +6,8 @@ Sizes are the demo's: 16 forget + 16 maintain prompts + 2 general windows of 64 
 trained (training step); LoRA rank 64 on every linear layer, 8 edited + 4 maintain prompts + 1
 window (relearning step); 16 facts in the train, qa and mcq formats (evaluation). A "before"
 configuration swaps the replaced code back in where the step uses it: the plain full forward
-instead of the shared-prefix pass, and the LM head over 3-D chunks of 16 positions.
+instead of the shared-prefix pass, and one projection to the vocabulary per loss term instead of
+one shared by the terms.
 
     python benchmarks/bench_edit.py [--repeats 2] [--threads 2] [--model default|tiny] [--json out.json]
 """
@@ -17,7 +18,6 @@ import importlib
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from bench_common import command_line, matmul_flops_per_second, print_rows, side_by_side
 
 import mechunlearn.edit.step as step_module
@@ -39,17 +39,9 @@ COMPONENTS = "blocks.2..7.mlp"
 relearn_module = importlib.import_module("mechunlearn.evaluate.attacks.relearn")
 
 
-def lm_head_in_3d_chunks(model, input_ids, position_chunk: int = 16):
-    """The general LM loss as it was before ea97f00 (3-D slices of 16 positions through the head)."""
-    hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
-    labels = input_ids[:, 1:]
-    total = hidden.new_zeros(labels.shape[0], dtype=torch.float32)
-    for start in range(0, hidden.shape[1], position_chunk):
-        logits = unembed(model, hidden[:, start:start + position_chunk]).float()
-        target = labels[:, start:start + position_chunk]
-        per_token = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
-        total = total + per_token.view(target.shape).sum(-1)
-    return total / labels.shape[1]
+def unembed_each(model, parts):
+    """A projection to the vocabulary per loss term, as before the terms shared one."""
+    return [unembed(model, hidden, ids) for hidden, ids in parts]
 
 
 @contextmanager
@@ -72,7 +64,7 @@ def in_context(fn, make_context):
     return run
 
 
-BEFORE = {"final_hidden_shared": final_hidden, "general_lm_loss": lm_head_in_3d_chunks}
+BEFORE = {"final_hidden_shared": final_hidden, "unembed_together": unembed_each}
 
 
 def training_step(lm, split):
@@ -141,11 +133,11 @@ def run(model: str = "default", repeats: int = 2, threads: int = 2) -> dict:
     try:
         rows += side_by_side("training step", {
             "default": step,
-            "before: plain forward, 3-D head chunks": in_context(step, lambda: swapped(step_module, **BEFORE)),
+            "before: plain forward, a vocabulary pass per term": in_context(
+                step, lambda: swapped(step_module, **BEFORE)),
             "without the shared-prefix pass": in_context(
                 step, lambda: swapped(step_module, final_hidden_shared=final_hidden)),
-            "LM head in 3-D chunks of 16 positions": in_context(
-                step, lambda: swapped(step_module, general_lm_loss=lm_head_in_3d_chunks)),
+            "a vocabulary pass per term": in_context(step, lambda: swapped(step_module, unembed_together=unembed_each)),
             "without the general-text term": lambda: step(without_general=True),
         }, repeats, peak_before)
     finally:
@@ -155,9 +147,11 @@ def run(model: str = "default", repeats: int = 2, threads: int = 2) -> dict:
     relearn_step = relearning_step(lm, split)
     rows += side_by_side("relearning step", {
         "default": relearn_step,
-        "before: plain forward, 3-D head chunks": in_context(relearn_step, lambda: swapped(relearn_module, **BEFORE)),
+        "before: plain forward, a vocabulary pass per term": in_context(
+            relearn_step, lambda: swapped(relearn_module, **BEFORE)),
         "without the shared-prefix pass": in_context(
             relearn_step, lambda: swapped(relearn_module, final_hidden_shared=final_hidden)),
+        "a vocabulary pass per term": in_context(relearn_step, lambda: swapped(relearn_module, unembed_together=unembed_each)),
     }, repeats, peak_before)
 
     with torch.no_grad():

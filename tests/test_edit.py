@@ -19,6 +19,7 @@ from mechunlearn.edit.objectives import OBJECTIVES, FactObjective
 from mechunlearn.errors import FactDataError, MechunlearnError, TrainingDivergedError
 from mechunlearn.facts import Fact, FactSet, answer_probs, sequential_blocks, split_facts
 from mechunlearn.facts.loaders import SPORTS_ANSWERS, SPORTS_PROMPT
+from mechunlearn.models.scoring import encode
 from mechunlearn.models.tiny import tiny_model
 
 NAMES = ["Alan Brook", "Ben Carter", "Cal Dorn", "Dan Ellis", "Eve Ford", "Fay Gold", "Gus Hale", "Hal Irwin",
@@ -218,6 +219,48 @@ def test_gradient_accumulation_gives_the_same_update():
             assert h3[key] == pytest.approx(h1[key], rel=1e-4)
     for name in weights[0]:
         torch.testing.assert_close(weights[1][name], weights[0][name], atol=1e-4, rtol=0)
+
+
+def test_one_vocabulary_pass_gives_each_terms_plain_forward_loss_and_gradient():
+    """The step projects forget, maintain and general-text rows to the vocabulary together; its
+    terms and gradients equal the model's own logits and LM loss, term by term."""
+    import torch.nn.functional as F
+
+    from mechunlearn.edit.objectives import get_objective
+    from mechunlearn.edit.step import LossTerms
+    from mechunlearn.facts.general_text import general_windows
+
+    lm = sharp_tiny()
+    split = golf_split()
+    config = quick(c_forget=0.7, c_maintain=1.3, c_general=0.5).resolved(True)
+    objective, maintain = get_objective("edit"), get_objective("maintain")
+    forget = fact_term(lm.tokenizer, split.forget, "new", "vocab")
+    keep = fact_term(lm.tokenizer, split.maintain_train, "true", "answers")  # a closed set beside the vocabulary
+    windows = general_windows(lm.tokenizer, None, 16, 3, 0, part="train")
+    terms = LossTerms(lm.model, lm.tokenizer, config, objective, maintain, forget, keep, windows)
+    drawn = {"forget": [0, 1, 2], "maintain": [1, 3], "general": [0, 2]}
+    weight = lm.model.get_parameter("model.layers.1.mlp.up_proj.weight")
+    sums = terms.backward(drawn, 0, 1)
+    ours = weight.grad.clone()
+    weight.grad = None
+
+    def last(prompts):
+        batch = encode(lm.tokenizer, prompts)
+        return lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[
+            torch.arange(len(prompts)), batch.last_index].float()
+
+    f_loss = F.cross_entropy(last([forget.prompts[i] for i in drawn["forget"]]), forget.targets[drawn["forget"]],
+                             reduction="none")
+    closed = last([keep.prompts[i] for i in drawn["maintain"]])[:, keep.columns]
+    m_loss = F.cross_entropy(closed, keep.targets[drawn["maintain"]], reduction="none")
+    g = windows[drawn["general"]]
+    g_logits = lm.model(input_ids=g).logits[:, :-1].float()
+    g_loss = F.cross_entropy(g_logits.flatten(0, 1), g[:, 1:].flatten(), reduction="none").view(2, -1).mean(-1)
+    torch.testing.assert_close(sums.float(), torch.stack([f_loss.sum(), m_loss.sum(), g_loss.sum()]).detach(),
+                               atol=1e-4, rtol=1e-4)
+    (0.7 * f_loss.mean() + 1.3 * m_loss.mean() + 0.5 * g_loss.mean()).backward()
+    assert weight.grad.abs().max() > 0
+    torch.testing.assert_close(ours, weight.grad, atol=1e-4 * weight.grad.abs().max().item(), rtol=0)
 
 
 def test_runs_are_seeded():

@@ -99,13 +99,13 @@ def test_the_training_term_reads_only_training_windows(tmp_path, monkeypatch):
     path.write_text("\n\n".join(random_prose(10, seed=1)))
     parts = {k: {tuple(r) for r in v.tolist()} for k, v in part_windows(lm.tokenizer, str(path), 16).items()}
     seen = []
-    original = step.general_lm_loss
+    original = step.lm_hidden
 
-    def spy(model, input_ids, *args, **kwargs):
+    def spy(model, input_ids):
         seen.extend(tuple(r) for r in input_ids.tolist())
-        return original(model, input_ids, *args, **kwargs)
+        return original(model, input_ids)
 
-    monkeypatch.setattr(step, "general_lm_loss", spy)
+    monkeypatch.setattr(step, "lm_hidden", spy)
     facts = load_facts("sports")
     split = split_facts(facts.subset(facts.facts[:12]), forget=4, seed=0)
     config = EditConfig(steps=4, lr=1e-3, general_text=str(path), general_length=16, general_batch_size=3,

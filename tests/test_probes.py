@@ -47,7 +47,8 @@ def fact_set(facts, name="invented") -> FactSet:
 @contextmanager
 def planted(lm, facts: list[Fact], label: dict[str, str], layers=UPPER, scale: float = 4.0):
     """Add ``scale`` x a unit direction of class ``label[fact.id]`` to ``blocks.L.hook_resid_post``
-    (L in ``layers``) at every position of the rows that are that fact's prompt or subject alone."""
+    (L in ``layers``) at every position of the rows that are that fact's prompt or subject alone (at
+    the positions after a shared prefix when the prefix runs once)."""
     d = lm.model.config.hidden_size
     classes = sorted(set(label.values()))
     basis = torch.linalg.qr(torch.randn(d, len(classes), generator=torch.Generator().manual_seed(0)))[0].T
@@ -59,10 +60,15 @@ def planted(lm, facts: list[Fact], label: dict[str, str], layers=UPPER, scale: f
         by_tokens[tuple(alone.input_ids[i, : int(alone.attention_mask[i].sum())].tolist())] = direction[label[f.id]]
     rows = {}
 
+    def lookup(tokens: tuple) -> torch.Tensor:
+        """The row's direction; a run on top of a shared prefix sees only the prompt's tail."""
+        match = [v for k, v in by_tokens.items() if k[len(k) - len(tokens):] == tokens]
+        return match[0] if len(match) == 1 else torch.zeros(d)
+
     def remember_rows(_module, args, kwargs):
         ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
-        rows["add"] = torch.stack([by_tokens.get(tuple(r[m.bool()].tolist()), torch.zeros(d))
-                                   for r, m in zip(ids.cpu(), mask.cpu(), strict=True)])
+        mask = mask[:, mask.shape[1] - ids.shape[1]:]  # the positions this call runs
+        rows["add"] = torch.stack([lookup(tuple(r[m.bool()].tolist())) for r, m in zip(ids.cpu(), mask.cpu(), strict=True)])
 
     def add(act, _point):
         return act + rows["add"][:, None, :].to(act)
@@ -166,3 +172,21 @@ def test_probe_on_an_open_relation_uses_the_common_answers(tiny_llama):
     assert result["layers"][0]["accuracy"] == 1.0
     assert result["reads_true"] == result["layers"][0]["reads_true"] == 1.0  # Zed read as French
     assert result["reads_target"] == 0.0  # not as English
+
+
+def test_residuals_of_the_shared_prefix_path_equal_each_prompt_run_alone(tiny, world):
+    """Fact prompts share their one-shot prefix, which runs once; every residual point, at the last
+    token and at an earlier one, equals the prompt's own plain forward pass (sliding-window and
+    global-attention families alike)."""
+    from mechunlearn.models.prefix import MIN_PREFIX, shared_prefix_length
+
+    facts, _ = world
+    batch = encode(tiny.tokenizer, [f.prompt for f in facts[:6]])
+    assert shared_prefix_length(batch) >= MIN_PREFIX  # the shared path is the one under test
+    names = residual_names(tiny.arch.n_layers)
+    for position in (batch.last_index, batch.last_index - 2):
+        shared = residuals_at(tiny, batch, position, names, batch_size=4)
+        for i in range(len(batch)):
+            alone = residuals_at(tiny, batch.rows(slice(i, i + 1)), position[i:i + 1], names)
+            for n in names:
+                np.testing.assert_allclose(shared[n][i], alone[n][0], atol=1e-5, rtol=1e-4)

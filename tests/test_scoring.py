@@ -246,3 +246,17 @@ def test_evaluation_and_answer_probs_equal_the_plain_forward(tiny_llama, athlete
         assert a.p_true == pytest.approx(b.p_true, abs=1e-5) and a.p_new == pytest.approx(b.p_new, abs=1e-5)
     for a, b in zip(probs, plain_probs, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_unembed_together_equals_each_part_projected_alone(tiny_llama):
+    from mechunlearn.models.scoring import unembed, unembed_together
+
+    d = tiny_llama.model.config.hidden_size
+    g = torch.Generator().manual_seed(0)
+    parts = [(torch.randn(3, d, generator=g), None), (torch.randn(2, d, generator=g), [5, 9, 11]),
+             (torch.randn(4, d, generator=g), None)]
+    together = unembed_together(tiny_llama.model, parts)
+    assert [t.shape for t in together] == [(3, tiny_llama.model.config.vocab_size), (2, 3),
+                                           (4, tiny_llama.model.config.vocab_size)]
+    for t, (h, ids) in zip(together, parts, strict=True):
+        torch.testing.assert_close(t, unembed(tiny_llama.model, h, ids))

@@ -1,5 +1,6 @@
 """One training step's forward and backward passes: the three loss terms over this process's
-share of the step's batch, micro-batch by micro-batch (gradients accumulate in the model)."""
+share of the step's batch, micro-batch by micro-batch (gradients accumulate in the model). Within
+a micro-batch the terms share one projection to the vocabulary and one backward pass."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from torch import nn
 
 from mechunlearn.edit.config import EditConfig
 from mechunlearn.edit.data import FactTerm, micro_batches
-from mechunlearn.edit.objectives import FactLogits, FactObjective, general_lm_loss
+from mechunlearn.edit.objectives import FactLogits, FactObjective
+from mechunlearn.edit.objectives.lm import lm_hidden, window_losses
 from mechunlearn.models.prefix import final_hidden_shared
-from mechunlearn.models.scoring import encode, unembed
+from mechunlearn.models.scoring import encode, unembed_together
 
 TERMS = ("forget", "maintain", "general")
 
@@ -25,11 +27,10 @@ def autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
-def fact_logits(model: nn.Module, hidden: torch.Tensor, term: FactTerm, rows: list[int]) -> FactLogits:
-    logits = unembed(model, hidden, term.columns).float()
+def fact_logits(logits: torch.Tensor, term: FactTerm, rows: list[int]) -> FactLogits:
     target = term.targets[rows].to(logits.device)
     reference = None if term.reference is None else term.reference[rows].to(logits.device)
-    return FactLogits(logits, target, reference)
+    return FactLogits(logits.float(), target, reference)
 
 
 @dataclass
@@ -57,34 +58,42 @@ class LossTerms:
         process's rows; returns the summed (unweighted) per-example losses of each term."""
         sums = torch.zeros(len(TERMS), dtype=torch.float64)
         parts = [micro_batches(drawn[k], rank, world, self.config.grad_accum) for k in TERMS]
-        for f_rows, m_rows, g_rows in zip(*parts, strict=True):
-            self._facts(f_rows, m_rows, len(drawn["forget"]), len(drawn["maintain"]), sums)
-            if self.windows is not None and g_rows:
-                self._general(g_rows, len(drawn["general"]), sums)
+        sizes = [len(drawn[k]) for k in TERMS]
+        for rows in zip(*parts, strict=True):
+            self._micro_batch(*rows, sizes, sums)
         return sums
 
-    def _facts(self, f_rows: list[int], m_rows: list[int], n_forget: int, n_keep: int, sums: torch.Tensor) -> None:
+    def _micro_batch(self, f_rows: list[int], m_rows: list[int], g_rows: list[int], sizes: list[int],
+                     sums: torch.Tensor) -> None:
+        """The three terms' forward passes, one projection to the vocabulary shared by every term
+        that needs the full vocabulary, and one backward."""
         coef = self.coef
         f_rows = f_rows if coef["forget"] > 0 else []
         m_rows = m_rows if coef["maintain"] > 0 else []
-        if not f_rows and not m_rows:
-            return
-        prompts = [self.forget.prompts[i] for i in f_rows] + [self.keep.prompts[i] for i in m_rows]
+        g_rows = g_rows if self.windows is not None else []
+        terms: list[tuple[int, torch.Tensor, list[int] | None]] = []  # (term index, hidden rows, columns)
+        labels = None
         with autocast(self.device, self.config.autocast):
-            hidden = final_hidden_shared(self.model, encode(self.tokenizer, prompts, device=self.device))
-        total = hidden.new_zeros((), dtype=torch.float32)
-        if f_rows:
-            losses = self.objective.loss(fact_logits(self.model, hidden[: len(f_rows)], self.forget, f_rows), self.config)
-            sums[0] += losses.detach().sum().cpu()
-            total = total + coef["forget"] * losses.sum() / n_forget
-        if m_rows:
-            losses = self.maintain.loss(fact_logits(self.model, hidden[len(f_rows):], self.keep, m_rows), self.config)
-            sums[1] += losses.detach().sum().cpu()
-            total = total + coef["maintain"] * losses.sum() / n_keep
+            if f_rows or m_rows:
+                prompts = [self.forget.prompts[i] for i in f_rows] + [self.keep.prompts[i] for i in m_rows]
+                hidden = final_hidden_shared(self.model, encode(self.tokenizer, prompts, device=self.device))
+                if f_rows:
+                    terms.append((0, hidden[: len(f_rows)], self.forget.columns))
+                if m_rows:
+                    terms.append((1, hidden[len(f_rows):], self.keep.columns))
+            if g_rows:
+                hidden, labels = lm_hidden(self.model, self.windows[g_rows].to(self.device))
+                terms.append((2, hidden.reshape(-1, hidden.shape[-1]), None))
+            if not terms:
+                return
+            logits = unembed_together(self.model, [(h, columns) for _, h, columns in terms])
+        total = logits[0].new_zeros((), dtype=torch.float32)
+        for (k, _, _), term_logits in zip(terms, logits, strict=True):
+            if k == 2:
+                losses = window_losses(term_logits, labels)
+            else:
+                term, objective, rows = (self.forget, self.objective, f_rows) if k == 0 else (self.keep, self.maintain, m_rows)
+                losses = objective.loss(fact_logits(term_logits, term, rows), self.config)
+            sums[k] += losses.detach().sum().cpu()
+            total = total + self.coef[TERMS[k]] * losses.sum() / sizes[k]
         total.backward()
-
-    def _general(self, rows: list[int], n_windows: int, sums: torch.Tensor) -> None:
-        with autocast(self.device, self.config.autocast):
-            losses = general_lm_loss(self.model, self.windows[rows].to(self.device))
-        sums[2] += losses.detach().sum().cpu()
-        (self.coef["general"] * losses.sum() / n_windows).backward()

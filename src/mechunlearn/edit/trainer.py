@@ -33,7 +33,7 @@ from mechunlearn.facts.general_text import general_windows
 from mechunlearn.models.components import ParamSlice
 from mechunlearn.models.loading import LoadedModel
 from mechunlearn.models.prefix import final_hidden_shared
-from mechunlearn.models.scoring import batched, encode
+from mechunlearn.models.scoring import batched, encode, unembed
 
 
 @dataclass
@@ -69,8 +69,8 @@ def _reference_logp(lm: LoadedModel, term: FactTerm, batch_size: int, enabled: b
         idx = list(range(rows.start, rows.stop))
         batch = encode(lm.tokenizer, term.prompts[rows], device=lm.device)
         with autocast(lm.device, enabled):
-            hidden = final_hidden_shared(lm.model, batch)
-        out.append(fact_logits(lm.model, hidden, term, idx).target_logp().float().cpu())
+            logits = unembed(lm.model, final_hidden_shared(lm.model, batch), term.columns)
+        out.append(fact_logits(logits, term, idx).target_logp().float().cpu())
     return torch.cat(out)
 
 

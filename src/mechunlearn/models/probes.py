@@ -36,16 +36,29 @@ def resid_post(layer: int) -> str:
 def residuals_at(lm: LoadedModel, batch: Encoded, position: torch.Tensor, names: list[str], batch_size: int = 32,
                  progress: bool = False) -> dict[str, np.ndarray]:
     """The residual ``names`` at token ``position`` ([B] index) of each row: {name: [B, d_model]} in float32.
-    Each chunk is cut to its longest row (right padding), so a long prompt does not pad the others."""
+    The prompts' common prefix (up to the earliest position read) runs once; each chunk is cut to
+    its longest row (right padding), so a long prompt does not pad the others."""
+    from mechunlearn.models.prefix import MIN_PREFIX, PrefixKV, forward_suffix, shared_prefix_length
+
+    P = min(shared_prefix_length(batch), int(position.min()))
+    prefix = None
+    if len(batch) > 1 and P >= MIN_PREFIX:
+        with torch.no_grad():
+            prefix = PrefixKV.run(lm.model, batch.input_ids[:1, :P].to(lm.device), batch.attention_mask[:1, :P].to(lm.device))
+    else:
+        P = 0
     out: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     chunks = list(batched(len(batch), batch_size))
     for rows in tqdm(chunks, desc="probe residuals", disable=not progress, leave=False):
         part = batch.rows(rows)
         width = int(part.attention_mask.sum(1).max())
         ids, mask = part.input_ids[:, :width].to(lm.device), part.attention_mask[:, :width].to(lm.device)
-        pos = position[rows].to(lm.device)
+        pos = position[rows].to(lm.device) - P
         with torch.no_grad(), cache_activations(lm.model, names) as cache:
-            lm.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
+            if prefix is None:
+                lm.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
+            else:
+                forward_suffix(lm.model, prefix, torch.zeros(len(part), dtype=torch.long), ids[:, P:], mask)
         index = torch.arange(len(part), device=lm.device)
         for n in names:
             out[n].append(cache[n][index, pos].float().cpu())

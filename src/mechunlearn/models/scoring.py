@@ -101,6 +101,23 @@ def unembed(model: nn.Module, hidden: torch.Tensor, token_ids: Sequence[int] | t
     return _softcap(model, logits)
 
 
+def unembed_together(model: nn.Module, parts: Sequence[tuple[torch.Tensor, Sequence[int] | torch.Tensor | None]]
+                     ) -> list[torch.Tensor]:
+    """:func:`unembed` of each ``(hidden [n, d], token_ids)`` part. The full-vocabulary parts share
+    one matmul: on a CPU, reading a large vocabulary matrix costs more than the rows it multiplies
+    (a 16-row pass over Gemma's 262k x 640 head takes ~70% as long as a 126-row one)."""
+    out: list[torch.Tensor | None] = [None] * len(parts)
+    full = [i for i, (_, ids) in enumerate(parts) if ids is None]
+    if full:
+        logits = unembed(model, torch.cat([parts[i][0] for i in full]))
+        for i, rows in zip(full, logits.split([parts[i][0].shape[0] for i in full]), strict=True):
+            out[i] = rows
+    for i, (hidden, ids) in enumerate(parts):
+        if ids is not None:
+            out[i] = unembed(model, hidden, ids)
+    return out
+
+
 def last_token_logits(model: nn.Module, batch: Encoded, token_ids: Sequence[int] | torch.Tensor | None = None,
                       shared: bool = True) -> torch.Tensor:
     """Logits at the last real token: [B, vocab], or [B, len(token_ids)] for a closed set. With

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mechunlearn.edit.objectives.lm import general_lm_loss
+from mechunlearn.edit.objectives.lm import lm_hidden, window_losses
 from mechunlearn.errors import MechunlearnError, TrainingDivergedError
 from mechunlearn.evaluate.attacks.common import attack_halves, model_copy, seeded, true_token_ids
 from mechunlearn.evaluate.metrics import FormatResults, evaluate_facts
@@ -27,7 +27,7 @@ from mechunlearn.facts import FactSet, Split
 from mechunlearn.facts.general_text import general_windows
 from mechunlearn.models.loading import LoadedModel
 from mechunlearn.models.prefix import final_hidden_shared
-from mechunlearn.models.scoring import Encoded, encode, unembed
+from mechunlearn.models.scoring import Encoded, encode, unembed_together
 
 METHODS = ("lora", "full")
 DEFAULT_LR = {"lora": 2e-4, "full": 1e-5}
@@ -85,7 +85,7 @@ def _trainable(model, config: RelearnConfig) -> list[torch.nn.Parameter]:
 class RelearnLoss:
     """The loss of one relearning step on its fixed batch: the first ``n_train`` prompts are the
     edited facts, the rest maintain facts. Their shared prefix runs once; the vocabulary is read
-    only at each prompt's last token."""
+    only at each prompt's last token and at the general text's positions, in one pass."""
 
     batch: Encoded
     targets: torch.Tensor  # [B] true answer's first token
@@ -93,13 +93,17 @@ class RelearnLoss:
     windows: torch.Tensor | None  # [n_general, T] general text, or None
 
     def __call__(self, model: torch.nn.Module) -> torch.Tensor:
-        logits = unembed(model, final_hidden_shared(model, self.batch)).float()
-        per_fact = F.cross_entropy(logits, self.targets, reduction="none")
+        parts = [(final_hidden_shared(model, self.batch), None)]
+        if self.windows is not None:
+            hidden, labels = lm_hidden(model, self.windows)
+            parts.append((hidden.reshape(-1, hidden.shape[-1]), None))
+        logits = unembed_together(model, parts)  # one pass over the vocabulary matrix
+        per_fact = F.cross_entropy(logits[0].float(), self.targets, reduction="none")
         loss = per_fact[: self.n_train].mean()
         if len(per_fact) > self.n_train:
             loss = loss + per_fact[self.n_train:].mean()
         if self.windows is not None:
-            loss = loss + general_lm_loss(model, self.windows).mean()
+            loss = loss + window_losses(logits[1], labels).mean()
         return loss
 
 
