@@ -150,6 +150,54 @@ def test_sweep_picks_by_its_rule_and_records_trials(tiny_dir, tmp_path):
     assert sweep["trials"][1]["forget_score"] > sweep["trials"][0]["forget_score"]
 
 
+@pytest.fixture(scope="module")
+def sharp_dir(tmp_path_factory):
+    """A tiny model whose unembedding is scaled up so that an edit can make it confident."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("sharp-llama")
+    lm = tiny_model("llama", n_layers=4)
+    with torch.no_grad():
+        lm.model.get_output_embeddings().weight.mul_(30)
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_an_arm_that_misses_the_target_climbs_the_lr_ladder_chosen_on_validation_facts(sharp_dir, tmp_path):
+    """At lr 1e-6 the edit stays far from the target: the arm is trained again at the ladder's lr
+    chosen on the validation carve (no evaluated fact among it), which reaches it; the first
+    attempt, the trials and the rule are recorded and reported. An arm that reaches the target at
+    its lr does not climb."""
+    def run(name, lr):
+        cfg = load_config(_config(sharp_dir, tmp_path), {
+            "localization": {"methods": ["all_mlps"]}, "evaluation": {"attacks": []},
+            "training": {"target": 0.4, "lr_ladder": [1e-5, 1e-3],
+                         "default": {"steps": 10, "lr": lr, "check_every": 1}}})
+        Experiment(cfg, tmp_path / name).run()
+        return json.loads((tmp_path / name / "cells" / "edit4__all_mlps__s0.json").read_text())
+
+    cell = run("low", 1e-6)
+    climbed = cell["train"]
+    first, sweep, final = climbed["first_attempt"], climbed["sweep"], climbed["target"][0]
+    assert first["lr"] == 1e-6 and not first["reached"] and first["steps"] == 10
+    trials = sweep["trials"]
+    assert [t["values"]["lr"] for t in trials] == [1e-5, 1e-3] and all(t["reached"] for t in trials)
+    best = min(trials, key=lambda t: (t["steps"], t["maintain_drop"]))  # the rule: fewest steps, then smallest drop
+    assert sweep["chosen"] == best["values"] == {"lr": 1e-3}
+    assert climbed["config"]["lr"] == 1e-3 and final["reached"] and final["strength"] >= 0.4
+    split = cell["evaluation"]["split"]
+    evaluated = {i for k in ("forget", "forget_eval", "maintain_test") for i in split[k]}
+    carve = {i for ids in sweep["carve"].values() for i in ids}
+    assert len(evaluated) >= 8 and len(carve) >= 8 and not evaluated & carve
+    html = (tmp_path / "low" / "report.html").read_text()
+    assert "chosen on the validation carve" in html and "after 10 steps at lr 1e-06" in html
+
+    direct = run("high", 1e-3)["train"]
+    assert "first_attempt" not in direct and "sweep" not in direct and direct["target"][0]["reached"]
+    assert "lr_rule" in direct and direct["config"]["lr"] == 1e-3
+
+
 SHARED = SPORTS.parent
 
 
@@ -377,6 +425,8 @@ RUN_CASES = {
     "unknown-method": ("localization: {methods: [all_mlps, magic]}\n", ["localization.methods[1]", "magic"]),
     "not-a-mapping": ("- 1\n- 2\n", ["YAML mapping"]),
     "bad-override": (None, ["KEY=VALUE"]),
+    "negative-ladder-lr": ("training: {lr_ladder: [0.001, -1]}\n", ["training.lr_ladder", "positive"]),
+    "ladder-and-sweep": ("training: {lr_ladder: [0.001], sweep: {lr: [0.001]}}\n", ["training.lr_ladder", "sweep"]),
 }
 
 

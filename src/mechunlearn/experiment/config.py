@@ -84,6 +84,9 @@ class TrainingSpec:
     target: float | None = 0.9
     # EditConfig fields -> lists of values, tried on a validation carve (see sweep.py)
     sweep: dict | None = None
+    # learning rates for an arm that misses the target within the cap at its configured lr: one is
+    # chosen on the validation carve (sweep.py's rule) and the arm is trained again at it
+    lr_ladder: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,13 @@ def check(config: RunConfig) -> None:
         for method in loc.methods:
             _checked(lambda m=method, st=s: config.edit_config(m, st, 0).validate(), f"{path} ({method})")
         _checked(lambda st=s: config.eval_config(st, 0), f"{path}.evaluation")
+    ladder = config.training.lr_ladder
+    if ladder is not None:
+        if not ladder or any(lr <= 0 for lr in ladder):
+            raise ConfigError("config key 'training.lr_ladder' must be a non-empty list of positive learning rates")
+        if config.training.sweep is not None or config.training.target is None:
+            raise ConfigError("config key 'training.lr_ladder' needs training.target and no training.sweep (a sweep "
+                              "already chooses every arm's hyperparameters on the validation carve)")
     sweep = config.training.sweep
     if sweep is not None:
         grid = {k: v for k, v in sweep.items() if k != "max_maintain_drop"}

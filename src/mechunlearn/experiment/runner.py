@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from mechunlearn.edit import train
+from mechunlearn.edit import EditConfig, TrainResult, train
 from mechunlearn.edit.saving import weights_hash
 from mechunlearn.errors import FactDataError, MechunlearnError
 from mechunlearn.evaluate import evaluate_run
@@ -30,7 +30,7 @@ from mechunlearn.experiment import facts as run_facts
 from mechunlearn.experiment.config import RunConfig, SettingSpec
 from mechunlearn.experiment.localizations import Localizations
 from mechunlearn.experiment.summary import summary_table
-from mechunlearn.experiment.sweep import sweep
+from mechunlearn.experiment.sweep import LADDER_RULE, sweep
 from mechunlearn.facts import FactSet, filter_known
 from mechunlearn.facts.splits import Split
 from mechunlearn.io import read_json, remove_partial_writes, write_json_atomic
@@ -114,9 +114,7 @@ class Experiment:
         if selection is not None:
             cfg = self.config.edit_config(method, setting, seed)
             if self.config.training.sweep and len(facts.splits) == 1:
-                cfg, train_info["sweep"] = sweep(
-                    cfg, self.config.training.sweep, facts.splits[0], self.fresh_model,
-                    lambda m, split, c: train(m, selection.components, split, c, progress=False))
+                cfg, train_info["sweep"] = self.sweep(cfg, self.config.training.sweep, selection, facts.splits[0])
                 lm = self.fresh_model()
             results, selections = [], [selection]
             if self.memory is not None:
@@ -126,6 +124,12 @@ class Experiment:
                 if i > 0 and setting.localize == "per_block":
                     selections.append(self.locs.reselect(lm, method, facts, seed, first))
                 results.append(train(lm, selections[-1].components, block, cfg, progress=True, base_hash=base_hash))
+            ladder = self.config.training.lr_ladder
+            if ladder and len(facts.splits) == 1:
+                train_info["lr_rule"] = LADDER_RULE.format(ladder=", ".join(f"{lr:g}" for lr in ladder))
+                if not results[0].target["reached"]:
+                    lm, results[0] = self.climb_ladder(ladder, results[0], selection, facts.splits[0], base_hash,
+                                                       train_info)
             components = sorted({c for s in selections for c in s.components})
             train_info.update({"config": results[0].config.to_json(), "history": [r.history for r in results],
                                "seconds": sum(r.seconds for r in results)})
@@ -145,6 +149,19 @@ class Experiment:
             "train": train_info, "evaluation": evaluated,
             "seconds": time.perf_counter() - start,
         }
+
+    def sweep(self, cfg: EditConfig, grid: dict, selection: Selection, split: Split) -> tuple[EditConfig, dict]:
+        return sweep(cfg, grid, split, self.fresh_model,
+                     lambda m, carve, c: train(m, selection.components, carve, c, progress=False))
+
+    def climb_ladder(self, ladder: tuple[float, ...], missed: TrainResult, selection: Selection, split: Split,
+                     base_hash: str, train_info: dict) -> tuple[LoadedModel, TrainResult]:
+        """The arm missed the target at its lr: choose one of ``ladder`` on the validation carve and
+        train the arm again, from the original weights, at it."""
+        cfg, train_info["sweep"] = self.sweep(missed.config, {"lr": list(ladder)}, selection, split)
+        train_info["first_attempt"] = {"lr": missed.config.lr, **missed.target}
+        lm = self.fresh_model()
+        return lm, train(lm, selection.components, split, cfg, progress=True, base_hash=base_hash)
 
     def evaluate(self, lm: LoadedModel, setting: SettingSpec, splits: list[Split], seed: int, edited: bool) -> dict:
         ev = self.config.evaluation_for(setting)

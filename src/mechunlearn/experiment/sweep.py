@@ -19,6 +19,9 @@ from mechunlearn.facts import Split, answer_probs
 RULE_TARGET = ("among the candidates that reach the training-strength target on the validation carve and keep "
                "the maintain-validation P(true) drop <= {drop}, the fewest steps, then the smallest drop; if none "
                "reaches it, the highest strength within the drop bound; else the smallest drop")
+LADDER_RULE = ("an arm that misses the training target within the step cap at the configured lr is trained again, "
+               "from the original weights, at one of the learning rates {ladder}, chosen on the validation carve by "
+               "the sweep rule of its setting")
 RULE_STRENGTH = ("the highest strength on the validation carve among the candidates whose maintain-validation "
                  "P(true) drop is <= {drop}; if none, the smallest drop")
 

@@ -54,6 +54,7 @@ def strength_rows(cells: list[dict], setting: str) -> list[dict]:
     (mean over seeds, min–max), and the seeds (blocks) that did not reach the target."""
     rows = []
     sub = [c for c in cells if c["setting"] == setting and c["method"] != BASE]
+    ladder = any((c.get("train") or {}).get("lr_rule") for c in sub)
     for method in ordered({c["method"] for c in sub}):
         mine = sorted((c for c in sub if c["method"] == method), key=lambda c: c["seed"])
         per_seed = [(c["seed"], seed_strength(c)) for c in mine]
@@ -69,6 +70,10 @@ def strength_rows(cells: list[dict], setting: str) -> list[dict]:
                      "reached target": f"{len(got) - len(missed)}/{len(got)}",
                      "not reached in seed": ", ".join(missed) or "–",
                      "lr": ", ".join(f"{lr:g}" for lr in lrs) or "–"})
+        if ladder:
+            rows[-1]["missed at the configured lr, trained again (seed)"] = "; ".join(
+                f"{c['seed']}: {fa['strength']:.3f} after {fa['steps']} steps at lr {fa['lr']:g}"
+                for c in mine if (fa := c["train"].get("first_attempt"))) or "–"
     return rows
 
 
