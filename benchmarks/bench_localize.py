@@ -78,7 +78,10 @@ def compare(name: str, runners: dict[str, PatchRunner], variants, metric, score,
         d_score = float((scores - base_scores).abs().max())
         print(f"  {mode:<8} {row.seconds:8.2f} {base_row.seconds / row.seconds:8.1f}x {row.flops / 1e9:8.2f} "
               f"{row.fraction_of_peak:8.1%} {d_metric:15.2e} {d_score:14.2e}")
-        assert d_score < 1e-4 and d_metric < 1e-4, f"{mode} disagrees with the loop"
+        # the modes compute the metric; a score divides it by (clean - corrupt), which on a few
+        # prompts of a random tiny model can be ~1e-3 and magnify float noise past any fixed bound
+        bound = 1e-5 * max(1.0, float(base_values.abs().max()))
+        assert d_metric < bound, f"{mode} disagrees with the loop: metric differs by {d_metric:.2e}"
         out.append({**row.to_json(), "speed_up_vs_loop": base_row.seconds / row.seconds,
                     "max_abs_diff_metric": d_metric, "max_abs_diff_score": d_score})
     return out
