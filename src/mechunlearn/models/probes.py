@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from mechunlearn.models.hooks import cache_activations
 from mechunlearn.models.loading import LoadedModel
+from mechunlearn.models.prefix import MIN_PREFIX, PrefixKV, forward_suffix, shared_prefix_length
 from mechunlearn.models.scoring import Encoded, batched
 
 
@@ -38,8 +39,6 @@ def residuals_at(lm: LoadedModel, batch: Encoded, position: torch.Tensor, names:
     """The residual ``names`` at token ``position`` ([B] index) of each row: {name: [B, d_model]} in float32.
     The prompts' common prefix (up to the earliest position read) runs once; each chunk is cut to
     its longest row (right padding), so a long prompt does not pad the others."""
-    from mechunlearn.models.prefix import MIN_PREFIX, PrefixKV, forward_suffix, shared_prefix_length
-
     P = min(shared_prefix_length(batch), int(position.min()))
     prefix = None
     if len(batch) > 1 and P >= MIN_PREFIX:
