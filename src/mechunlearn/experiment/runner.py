@@ -114,7 +114,7 @@ class Experiment:
         if selection is not None:
             cfg = self.config.edit_config(method, setting, seed)
             if self.config.training.sweep and len(facts.splits) == 1:
-                cfg, train_info["sweep"] = self.sweep(cfg, self.config.training.sweep, selection, facts.splits[0])
+                cfg, train_info["sweep"] = self.sweep_on_carve(cfg, self.config.training.sweep, selection, facts.splits[0])
                 lm = self.fresh_model()
             results, selections = [], [selection]
             if self.memory is not None:
@@ -150,7 +150,7 @@ class Experiment:
             "seconds": time.perf_counter() - start,
         }
 
-    def sweep(self, cfg: EditConfig, grid: dict, selection: Selection, split: Split) -> tuple[EditConfig, dict]:
+    def sweep_on_carve(self, cfg: EditConfig, grid: dict, selection: Selection, split: Split) -> tuple[EditConfig, dict]:
         return sweep(cfg, grid, split, self.fresh_model,
                      lambda m, carve, c: train(m, selection.components, carve, c, progress=False))
 
@@ -158,7 +158,7 @@ class Experiment:
                      base_hash: str, train_info: dict) -> tuple[LoadedModel, TrainResult]:
         """The arm missed the target at its lr: choose one of ``ladder`` on the validation carve and
         train the arm again, from the original weights, at it."""
-        cfg, train_info["sweep"] = self.sweep(missed.config, {"lr": list(ladder)}, selection, split)
+        cfg, train_info["sweep"] = self.sweep_on_carve(missed.config, {"lr": list(ladder)}, selection, split)
         train_info["first_attempt"] = {"lr": missed.config.lr, **missed.target}
         lm = self.fresh_model()
         return lm, train(lm, selection.components, split, cfg, progress=True, base_hash=base_hash)
