@@ -62,6 +62,36 @@ def test_checks_leave_training_unchanged_and_the_schedule_spans_the_cap():
     assert [c[0] for c in every5.target["checks"]] == [5, 10, 12]  # and one after the last step
 
 
+def test_an_overshoot_is_walked_back_into_the_band():
+    """At lr 1e-3 the sharp tiny model's P(golf) jumps from below 0.6 to well above 0.65 in one
+    step; with a band of 0.05 the run ends inside [0.6, 0.65], at weights on the line between
+    the last two checks' weights, and the strength recorded is what the scorer measures there."""
+    split = golf_split()
+    fast = {**EDIT, "lr": 1e-3}
+    free = train(sharp_tiny(), COMPONENTS, split, quick(target=0.6, **fast), progress=False).target
+    assert free["strength"] > 0.65 and "last_stretch" not in free
+    lm = sharp_tiny()
+    banded = train(lm, COMPONENTS, split, quick(target=0.6, target_band=0.05, **fast), progress=False)
+    record = banded.target
+    assert record["steps"] == free["steps"] and record["checks"] == free["checks"]  # same run up to the overshoot
+    stretch = record["last_stretch"]
+    assert stretch["overshoot"] == free["strength"] and stretch["in_band"]
+    assert 0 < stretch["fraction"] < 1 and stretch["search"][-1] == [stretch["fraction"], record["strength"]]
+    assert 0.6 <= record["strength"] <= 0.65 and record["reached"] and record["band"] == 0.05
+    _, p_new = answer_probs(lm.model, lm.tokenizer, split.forget)
+    assert record["strength"] == pytest.approx(float(p_new.mean()), abs=1e-6)
+
+
+def test_an_arm_inside_the_band_is_left_alone():
+    split = golf_split()
+    plain = train(sharp_tiny(), COMPONENTS, split, quick(target=0.6, **EDIT), progress=False)
+    lm = sharp_tiny()
+    banded = train(lm, COMPONENTS, split, quick(target=0.6, target_band=0.5, **EDIT), progress=False)
+    assert banded.target["last_stretch"] is None
+    assert {k: v for k, v in banded.target.items() if k not in ("band", "last_stretch")} == plain.target
+    assert banded.history == plain.history
+
+
 def test_an_unreachable_target_is_reported():
     lm = sharp_tiny()
     result = train(lm, COMPONENTS, golf_split(), quick(target=0.9, steps=5, lr=1e-9, check_every=2), progress=False)
@@ -128,7 +158,8 @@ def test_config_refuses_bad_targets_and_types():
     for bad, field in (({"target": 0.0}, "target"), ({"target": 1.5}, "target"), ({"target": -0.1}, "target"),
                        ({"check_every": 0}, "check_every"), ({"steps": "ten"}, "steps"),
                        ({"steps": 2.5}, "steps"), ({"lr": "1e-4"}, "lr"), ({"c_maintain": None}, "c_maintain"),
-                       ({"weight_mask": "yes"}, "weight_mask"), ({"grad_accum": True}, "grad_accum")):
+                       ({"weight_mask": "yes"}, "weight_mask"), ({"grad_accum": True}, "grad_accum"),
+                       ({"target_band": 0.0}, "target_band"), ({"target_band": -0.1}, "target_band")):
         with pytest.raises(MechunlearnError, match=rf"^{field} must"):
             EditConfig(**bad).validate()
     with pytest.raises(MechunlearnError, match="write 1.0e-4"):

@@ -349,6 +349,8 @@ def test_packaged_configs_validate():
     for name in packaged_configs():
         cfg = load_config(name)
         assert cfg.training.target == 0.9 and cfg.settings
+        setting = cfg.settings[0]
+        assert all(cfg.edit_config(m, setting, 0).target_band == 0.05 for m in cfg.localization.methods)
 
 
 def test_localization_facts_are_never_evaluated_and_sequential_blocks_relocalize(tiny_dir, tmp_path):
@@ -426,6 +428,7 @@ RUN_CASES = {
     "not-a-mapping": ("- 1\n- 2\n", ["YAML mapping"]),
     "bad-override": (None, ["KEY=VALUE"]),
     "negative-ladder-lr": ("training: {lr_ladder: [0.001, -1]}\n", ["training.lr_ladder", "positive"]),
+    "zero-band": ("training: {target_band: 0}\n", ["training.target_band", "> 0"]),
     "ladder-and-sweep": ("training: {lr_ladder: [0.001], sweep: {lr: [0.001]}}\n", ["training.lr_ladder", "sweep"]),
 }
 

@@ -12,7 +12,7 @@ from mechunlearn.report import verdicts, write_report
 from mechunlearn.report.sections import formats
 from mechunlearn.report.stability import jaccard, stability_rows
 from mechunlearn.report.stats import compare, estimate, holm, paired_p
-from mechunlearn.report.training import strength_rows, unreached_seeds
+from mechunlearn.report.training import strength_rows, target_blocks, targets_used, unreached_seeds
 
 
 def _cell(setting, method, seed, mcq, maintain, relearn):
@@ -197,6 +197,7 @@ def test_training_strength_per_method_and_unreached_arms_flagged():
     assert rows["FLU"]["reached target"] == "3/3" and rows["FLU"]["not reached in seed"] == "–"
     assert rows["causal tracing"]["reached target"] == "2/3" and rows["causal tracing"]["not reached in seed"] == "1"
     assert rows["FLU"]["lr"] == "0.001"
+    assert "walked back into the band (seed: from → to)" not in rows["FLU"]  # no band recorded
     seq = {r["method"]: r for r in strength_rows(cells, "seq")}
     assert seq["FLU"]["steps to target"] == "12 (12–12)" and seq["FLU"]["final training strength"] == "0.920 (0.920–0.920)"
     assert seq["causal tracing"]["not reached in seed"] == "0 (block 2), 1 (block 2), 2 (block 2)"
@@ -208,6 +209,20 @@ def test_training_strength_per_method_and_unreached_arms_flagged():
     assert flagged["text"].endswith("Caution: causal tracing did not reach the training target in seed 1.")
     clean = found[("s", "edit.qa.p_new", "attribution_patching")]
     assert clean["target_not_reached"] == {} and "Caution" not in clean["text"]
+
+
+def test_arms_walked_back_into_the_band_are_listed():
+    cells = _with_targets(_cells_with_advantages({}))
+    for c in cells:
+        for b in target_blocks(c):
+            b["band"] = 0.05
+            b["last_stretch"] = None
+    flu1 = next(c for c in cells if c["method"] == "fact_lookup" and c["seed"] == 1)
+    flu1["train"]["target"][0].update(strength=0.93, last_stretch={"overshoot": 0.991, "fraction": 0.5})
+    rows = {r["method"]: r for r in strength_rows(cells, "s")}
+    assert rows["FLU"]["walked back into the band (seed: from → to)"] == "1: 0.991 → 0.930"
+    assert rows["causal tracing"]["walked back into the band (seed: from → to)"] == "–"
+    assert targets_used(cells)[0].endswith("walked back along the last step into [0.9, 0.95]")
 
 
 def _localization(path, method, layers, rule="score >= 0.1 x the largest"):

@@ -145,6 +145,8 @@ def edit(
                                  "prompts reaches this (edit: mean P(edit target); unlearning: 1 - mean P(true)); "
                                  "0: train exactly --steps steps."),
     check_every: int = typer.Option(DEFAULTS.check_every, "--check-every", help="Steps between strength checks."),
+    target_band: float = typer.Option(None, "--target-band", help="A check above target + this walks the "
+                                      "weights back along the last stretch into [target, target + band]."),
     require_target: bool = typer.Option(False, "--require-target", help="Exit 2 and write nothing when the "
                                         "target is not reached within --steps."),
     lr: float = typer.Option(DEFAULTS.lr, "--lr"),
@@ -178,6 +180,7 @@ def edit(
         general_length=general_length, general_text=general_text, warmup=warmup, grad_clip=grad_clip,
         grad_accum=grad_accum, seed=seed, forget_over=forget_over, weight_mask=weight_mask, mask_l1=mask_l1,
         mask_threshold=mask_threshold, target=target if target != 0 else None, check_every=check_every,
+        target_band=target_band,
     ).validate()
     check_out_folder(out, "--out", (LOG_FILE, DIFF_FILE))
     check_threshold(threshold)

@@ -10,7 +10,7 @@ from mechunlearn.errors import MechunlearnError
 
 FORGET_OVER = ("auto", "vocab", "answers")
 FLOATS = ("lr", "c_forget", "c_maintain", "c_general", "grad_clip", "weight_decay", "log1m_cutoff", "npo_beta",
-          "mask_l1", "mask_threshold", "target")
+          "mask_l1", "mask_threshold", "target", "target_band")
 INTS = ("steps", "forget_batch_size", "maintain_batch_size", "general_batch_size", "general_length", "warmup",
         "grad_accum", "seed", "check_every")
 BOOLS = ("weight_mask", "autocast")
@@ -26,9 +26,11 @@ class EditConfig:
 
     With a ``target`` the run stops at the first check where the forget strength (editing: mean
     P(edit target); unlearning: 1 - mean P(true); the training prompts, scored as the evaluation
-    scores its training format) reaches it, and ``steps`` is the cap. The cosine schedule is laid
-    over the cap, so the learning rate at step t is the same for every arm whatever its stopping
-    step (an arm that stops early stops at a higher lr, not on a compressed schedule).
+    scores its training format) reaches it, and ``steps`` is the cap; with a ``target_band`` a
+    check that lands above ``target + target_band`` is walked back into the band. The cosine
+    schedule is laid over the cap, so the learning rate at step t is the same for every arm
+    whatever its stopping step (an arm that stops early stops at a higher lr, not on a
+    compressed schedule).
     """
 
     objective: str = "edit"  # edit | log1m | grad_ascent | npo
@@ -59,6 +61,9 @@ class EditConfig:
     autocast: bool = True  # bf16 autocast when the model is on CUDA (never on CPU)
     target: float | None = None  # stop when the forget strength reaches this, in (0, 1]; None: train all steps
     check_every: int = 2  # steps between strength checks (and one after the last step)
+    # with a target: a check above target + band walks the weights back along the last stretch
+    # (since the previous check) until the strength lies in [target, target + band]; None: no walk-back
+    target_band: float | None = None
 
     def validate(self) -> EditConfig:
         from mechunlearn.edit.objectives import forget_objectives
@@ -88,6 +93,9 @@ class EditConfig:
             raise MechunlearnError(f"mask_threshold must lie in [0, 1], got {self.mask_threshold}")
         if self.target is not None and not 0 < self.target <= 1:
             raise MechunlearnError(f"target must lie in (0, 1] (a forget strength), got {self.target}")
+        if self.target_band is not None and not self.target_band > 0:
+            raise MechunlearnError(f"target_band must be > 0 (the overshoot allowed above the target), "
+                                   f"got {self.target_band}")
         return self
 
     def _check_types(self) -> None:
@@ -95,7 +103,7 @@ class EditConfig:
         would pass every range check and silently switch a term off."""
         for name in FLOATS:
             value = getattr(self, name)
-            if value is None and name in ("c_forget", "mask_threshold", "target"):
+            if value is None and name in ("c_forget", "mask_threshold", "target", "target_band"):
                 continue
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 hint = " (YAML reads 1e-4 as text: write 1.0e-4)" if isinstance(value, str) else ""

@@ -183,6 +183,18 @@ class TrainableWeights:
         self.write()
 
     @torch.no_grad()
+    def snapshot(self) -> list[torch.Tensor]:
+        """A copy of what the optimizer updates (the values, or the masks)."""
+        return [e.tensor.detach().clone() for e in self.entries]
+
+    @torch.no_grad()
+    def set_between(self, start: list[torch.Tensor], end: list[torch.Tensor], fraction: float) -> None:
+        """Put the weights at ``start + fraction * (end - start)`` (two :meth:`snapshot` s)."""
+        for e, a, b in zip(self.entries, start, end, strict=True):
+            e.tensor.copy_(torch.lerp(a, b, fraction))
+        self.after_step()
+
+    @torch.no_grad()
     def restore_original(self) -> None:
         for e in self.entries:
             e.view().copy_(e.original.to(e.param.device))

@@ -1,6 +1,11 @@
 """Training to a stated strength: the forget facts' strength measured the way the evaluation
 scores its training format (``answer_probs``: closed answer sets normalised over the set, open
-ones over the vocabulary at the answer's first token), checked every few steps and after the last."""
+ones over the vocabulary at the answer's first token), checked every few steps and after the last.
+
+With a band, a run that overshoots (its check lands above ``target + band``) is walked back along
+the straight line from the weights of the previous check (below the target) to its own, by
+bisection, until the strength lies in ``[target, target + band]``: every arm then ends within the
+band, however large its last step was."""
 
 from __future__ import annotations
 
@@ -40,6 +45,17 @@ class TargetTracker:
         self.lm, self.facts, self.answer, self.config, self.parallel = lm, facts, answer, config, parallel
         self.batch_size = max(1, config.forget_batch_size // config.grad_accum)
         self.checks: list[list[float]] = []
+        self.strength: float | None = None
+        self.shortened: dict | None = None
+        self._anchor: list[torch.Tensor] | None = None  # the weights at the last check below the target
+
+    @property
+    def band(self) -> float | None:
+        return self.config.target_band
+
+    def start(self, weights) -> None:
+        if self.band is not None:
+            self._anchor = weights.snapshot()
 
     def due(self, steps_done: int) -> bool:
         return steps_done % self.config.check_every == 0 or steps_done == self.config.steps
@@ -52,18 +68,57 @@ class TargetTracker:
             value = float(total) / self.parallel.world
         return value
 
-    def check(self, steps_done: int) -> bool:
-        """Measure after ``steps_done`` steps; True when the target is reached."""
+    def _measured(self, steps_done: int) -> float:
         value = self.measure()
         if not math.isfinite(value):
             raise TrainingDivergedError(f"step {steps_done}/{self.config.steps}: the forget strength is {value}; "
                                         "the model's weights were restored and nothing was written")
+        return value
+
+    def check(self, steps_done: int, weights) -> bool:
+        """Measure after ``steps_done`` steps; True when the target is reached (with a band: the
+        weights are then inside it, or as close above it as the search came)."""
+        value = self._measured(steps_done)
         self.checks.append([steps_done, value])
-        return value >= self.config.target
+        self.strength = value
+        if value < self.config.target:
+            if self.band is not None:
+                self._anchor = weights.snapshot()
+            return False
+        if self.band is not None and value > self.config.target + self.band:
+            self._walk_back(steps_done, weights)
+        return True
+
+    def _walk_back(self, steps_done: int, weights, evaluations: int = 8) -> None:
+        low, high, end = 0.0, 1.0, weights.snapshot()
+        target, top = self.config.target, self.config.target + self.band
+        search, best = [], (1.0, self.strength)
+        for _ in range(evaluations):
+            fraction = (low + high) / 2
+            weights.set_between(self._anchor, end, fraction)
+            value = self._measured(steps_done)
+            search.append([fraction, value])
+            if value < target:
+                low = fraction
+            elif value > top:
+                high, best = fraction, (fraction, value)
+            else:
+                best = (fraction, value)
+                break
+        fraction, value = best
+        if search[-1][0] != fraction:
+            weights.set_between(self._anchor, end, fraction)
+        self.shortened = {"overshoot": self.strength, "fraction": fraction, "in_band": value <= top,
+                          "search": search}
+        self.strength = value
 
     def record(self, steps: int, remeasure: bool = False) -> dict:
         """``remeasure``: the weights changed after the last check (a binarized mask)."""
-        strength = self.measure() if remeasure or not self.checks else self.checks[-1][1]
-        return {"target": self.config.target, "measure": strength_measure(self.answer, self.facts),
-                "reached": strength >= self.config.target, "steps": steps, "strength": strength,
-                "checks": self.checks}
+        strength = self.measure() if remeasure or self.strength is None else self.strength
+        out = {"target": self.config.target, "measure": strength_measure(self.answer, self.facts),
+               "reached": strength >= self.config.target, "steps": steps, "strength": strength,
+               "checks": self.checks}
+        if self.band is not None:
+            out["band"] = self.band
+            out["last_stretch"] = self.shortened  # None: no overshoot past the band
+        return out

@@ -6,7 +6,8 @@ AdamW, cosine schedule (optional linear warm-up), grad-norm clipping, gradient a
 seeded batches; bf16 autocast on CUDA, fp32 on CPU. The fact terms read the vocabulary only at
 each prompt's last token. Dropout stays off (the model is kept in eval mode) so a run is a
 deterministic function of its seed. With ``config.target`` the run stops at the first check where
-the forget strength reaches it (edit/target.py); the cosine schedule spans the cap either way.
+the forget strength reaches it, and with ``config.target_band`` an overshoot is walked back into
+the band (edit/target.py); the cosine schedule spans the cap either way.
 """
 
 from __future__ import annotations
@@ -129,6 +130,8 @@ def train(
     was_training = model.training
     model.eval()
     weights.activate()
+    if tracker is not None:
+        tracker.start(weights)
     bar = tqdm(range(config.steps), desc=config.objective, disable=not (progress and parallel.is_main))
     try:
         for step in bar:
@@ -161,7 +164,7 @@ def train(
             entry.update(weights.mask_stats())
             history.append(entry)
             bar.set_postfix({k: f"{v:.3g}" for k, v in entry.items() if k in (*TERMS, "mask_l1")})
-            if tracker is not None and tracker.due(step + 1) and tracker.check(step + 1):
+            if tracker is not None and tracker.due(step + 1) and tracker.check(step + 1, weights):
                 break
         binarize = config.weight_mask and config.mask_threshold is not None
         if binarize:

@@ -82,6 +82,9 @@ class TrainingSpec:
     # every arm trains until its forget strength on the training prompts reaches this (editing:
     # mean P(edit target); unlearning: 1 - mean P(true)), with `steps` as the cap; null: fixed steps
     target: float | None = 0.9
+    # an arm whose check lands above target + band is walked back along its last step into
+    # [target, target + band], so every arm ends within the band; null: no walk-back
+    target_band: float | None = 0.05
     # EditConfig fields -> lists of values, tried on a validation carve (see sweep.py)
     sweep: dict | None = None
     # learning rates for an arm that misses the target within the cap at its configured lr: one is
@@ -121,7 +124,8 @@ class RunConfig:
         return EvalConfig.from_dict({**self.evaluation_for(setting).config, "seed": seed})
 
     def edit_config(self, method: str, setting: SettingSpec, seed: int) -> EditConfig:
-        values = {"target": self.training.target, **self.training.default,
+        values = {"target": self.training.target, "target_band": self.training.target_band,
+                  **self.training.default,
                   **self.training.per_method.get(method, {}), **setting.training,
                   "objective": setting.objective, "seed": seed}
         return EditConfig(**values)
@@ -198,6 +202,10 @@ def check(config: RunConfig) -> None:
         read_fields(EditConfig, values, f"training.per_method.{method}", partial=True)
     read_fields(EditConfig, config.training.default, "training.default", partial=True)
     read_fields(EvalConfig, config.evaluation.config, "evaluation.config", partial=True)
+    band = config.training.target_band
+    if band is not None and not band > 0:
+        raise ConfigError(f"config key 'training.target_band' must be > 0 (the overshoot allowed above the "
+                          f"target), got {band}")
     for i, s in enumerate(config.settings):
         path = f"settings[{i}]"
         if s.objective not in forget_objectives():

@@ -70,6 +70,10 @@ def strength_rows(cells: list[dict], setting: str) -> list[dict]:
                      "reached target": f"{len(got) - len(missed)}/{len(got)}",
                      "not reached in seed": ", ".join(missed) or "–",
                      "lr": ", ".join(f"{lr:g}" for lr in lrs) or "–"})
+        if any("band" in b for c in mine for b in target_blocks(c)):
+            rows[-1]["walked back into the band (seed: from → to)"] = "; ".join(
+                f"{c['seed']}: {b['last_stretch']['overshoot']:.3f} → {b['strength']:.3f}"
+                for c in mine for b in target_blocks(c) if b.get("last_stretch")) or "–"
         if ladder:
             rows[-1]["missed at the configured lr, trained again (seed)"] = "; ".join(
                 f"{c['seed']}: {fa['strength']:.3f} after {fa['steps']} steps at lr {fa['lr']:g}"
@@ -79,8 +83,11 @@ def strength_rows(cells: list[dict], setting: str) -> list[dict]:
 
 def targets_used(cells: list[dict]) -> list[str]:
     """Each distinct (target, measure) statement, e.g. '0.9 on mean P(edit target), training prompts'."""
-    seen = {(b.get("target"), b.get("measure")) for c in cells for b in target_blocks(c)}
-    return [f"{t} on {m}" if m else f"{t}" for t, m in sorted(seen, key=str)]
+    seen = {(b.get("target"), b.get("measure"), b.get("band")) for c in cells for b in target_blocks(c)}
+    return [(f"{t} on {m}" if m else f"{t}")
+            + (f", an overshoot above {t + band:g} walked back along the last step into [{t}, {t + band:g}]"
+               if band else "")
+            for t, m, band in sorted(seen, key=str)]
 
 
 def lr_rules(cells: list[dict]) -> list[str]:
