@@ -6,6 +6,7 @@ deterministic."""
 import json
 import math
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -62,6 +63,51 @@ def test_checks_leave_training_unchanged_and_the_schedule_spans_the_cap():
     assert [c[0] for c in every5.target["checks"]] == [5, 10, 12]  # and one after the last step
 
 
+def _open(split):
+    """The split with its forget facts scored over the whole vocabulary (an open answer set)."""
+    return replace(split, forget=replace(split.forget, answers=None, edit_only_answers=()))
+
+
+@pytest.mark.parametrize("case", ["edit", "unlearn", "open vocabulary"])
+def test_checks_read_off_the_next_steps_forward_equal_separate_passes(case, monkeypatch):
+    """Each check rides on the next step's forward (no pass of its own until the cap) and reads
+    the same strength a separate pass reads, so the run is the same: same losses, same stopping
+    step, same weights."""
+    split, config = golf_split(), quick(target=0.6, **EDIT)
+    if case == "unlearn":
+        split = football_split()
+        config = quick(objective="log1m", forget_over="answers", target=0.5, steps=12, lr=3e-5, check_every=1, **ALONE)
+    elif case == "open vocabulary":
+        split, config = _open(split), quick(target=0.5, **{**EDIT, "lr": 1e-3})
+    passes = []
+    real = target_module.forget_strength
+    monkeypatch.setattr(target_module, "forget_strength", lambda *a, **k: passes.append(1) or real(*a, **k))
+    runs = {}
+    for fold in (True, False):
+        monkeypatch.setattr(target_module.TargetTracker, "fold", fold)
+        passes.clear()
+        lm = sharp_tiny()
+        result = train(lm, COMPONENTS, split, config, progress=False)
+        runs[fold] = (result, snapshot(lm.model), len(passes))
+    (folded, w_folded, n_folded), (separate, w_separate, n_separate) = runs[True], runs[False]
+    steps = separate.target["steps"]
+    assert separate.target["reached"] and 1 < steps < config.steps
+    assert n_folded == 0 and n_separate == steps
+    assert folded.history == separate.history and folded.target["steps"] == steps
+    for (s1, v1), (s2, v2) in zip(folded.target["checks"], separate.target["checks"], strict=True):
+        assert s1 == s2 and v1 == pytest.approx(v2, abs=1e-6)
+    assert all(torch.equal(w_folded[n], w_separate[n]) for n in w_folded)
+
+
+def test_a_run_that_hits_the_cap_measures_its_last_check_in_a_pass_of_its_own(monkeypatch):
+    passes = []
+    real = target_module.forget_strength
+    monkeypatch.setattr(target_module, "forget_strength", lambda *a, **k: passes.append(1) or real(*a, **k))
+    result = train(sharp_tiny(), COMPONENTS, golf_split(), quick(target=0.99, **{**EDIT, "steps": 4}), progress=False)
+    assert not result.target["reached"] and [c[0] for c in result.target["checks"]] == [1, 2, 3, 4]
+    assert passes == [1]
+
+
 def test_an_overshoot_is_walked_back_into_the_band():
     """At lr 1e-3 the sharp tiny model's P(golf) jumps from below 0.6 to well above 0.65 in one
     step; with a band of 0.05 the run ends inside [0.6, 0.65], at weights on the line between
@@ -114,10 +160,13 @@ def test_unlearning_strength_is_one_minus_p_true():
     assert record["measure"].startswith("1 - mean P(true)")
 
 
-def test_a_nan_strength_stops_training_and_restores_the_weights(monkeypatch):
+@pytest.mark.parametrize("fold", [True, False])
+def test_a_nan_strength_stops_training_and_restores_the_weights(fold, monkeypatch):
     lm = sharp_tiny()
     before = snapshot(lm.model)
+    monkeypatch.setattr(target_module.TargetTracker, "fold", fold)
     monkeypatch.setattr(target_module, "answer_probs", lambda *a, **k: (torch.tensor([math.nan]),) * 2)
+    monkeypatch.setattr(target_module.TargetTracker, "strength_of", lambda *a: math.nan)
     with pytest.raises(TrainingDivergedError, match=r"step 2/12: the forget strength is nan"):
         train(lm, COMPONENTS, golf_split(), quick(target=0.6, **{**EDIT, "check_every": 2}), progress=False)
     assert all(torch.equal(p.detach(), before[n]) for n, p in lm.model.named_parameters())

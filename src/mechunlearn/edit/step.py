@@ -5,6 +5,7 @@ a micro-batch the terms share one projection to the vocabulary and one backward 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -53,20 +54,24 @@ class LossTerms:
         c = self.config
         return {"forget": c.c_forget, "maintain": c.c_maintain, "general": c.c_general}
 
-    def backward(self, drawn: dict[str, list[int]], rank: int, world: int) -> torch.Tensor:
+    def backward(self, drawn: dict[str, list[int]], rank: int, world: int,
+                 stop_if: Callable[[torch.Tensor, list[int]], bool] | None = None) -> torch.Tensor | None:
         """Backward of ``sum_k c_k * mean-over-the-global-batch loss_k`` restricted to this
-        process's rows; returns the summed (unweighted) per-example losses of each term."""
+        process's rows; returns the summed (unweighted) per-example losses of each term.
+        ``stop_if(forget hidden states, their rows)`` is asked after the fact prompts' pass; when
+        it says stop, nothing more is computed and None is returned."""
         sums = torch.zeros(len(TERMS), dtype=torch.float64)
         parts = [micro_batches(drawn[k], rank, world, self.config.grad_accum) for k in TERMS]
         sizes = [len(drawn[k]) for k in TERMS]
         for rows in zip(*parts, strict=True):
-            self._micro_batch(*rows, sizes, sums)
+            if self._micro_batch(*rows, sizes, sums, stop_if):
+                return None
         return sums
 
     def _micro_batch(self, f_rows: list[int], m_rows: list[int], g_rows: list[int], sizes: list[int],
-                     sums: torch.Tensor) -> None:
+                     sums: torch.Tensor, stop_if=None) -> bool:
         """The three terms' forward passes, one projection to the vocabulary shared by every term
-        that needs the full vocabulary, and one backward."""
+        that needs the full vocabulary, and one backward; True when ``stop_if`` stopped it."""
         coef = self.coef
         f_rows = f_rows if coef["forget"] > 0 else []
         m_rows = m_rows if coef["maintain"] > 0 else []
@@ -77,6 +82,8 @@ class LossTerms:
             if f_rows or m_rows:
                 prompts = [self.forget.prompts[i] for i in f_rows] + [self.keep.prompts[i] for i in m_rows]
                 hidden = final_hidden_shared(self.model, encode(self.tokenizer, prompts, device=self.device))
+                if stop_if is not None and stop_if(hidden[: len(f_rows)], f_rows):
+                    return True
                 if f_rows:
                     terms.append((0, hidden[: len(f_rows)], self.forget.columns))
                 if m_rows:
@@ -85,7 +92,7 @@ class LossTerms:
                 hidden, labels = lm_hidden(self.model, self.windows[g_rows].to(self.device))
                 terms.append((2, hidden.reshape(-1, hidden.shape[-1]), None))
             if not terms:
-                return
+                return False
             logits = unembed_together(self.model, [(h, columns) for _, h, columns in terms])
         total = logits[0].new_zeros((), dtype=torch.float32)
         for (k, _, _), term_logits in zip(terms, logits, strict=True):
@@ -97,3 +104,4 @@ class LossTerms:
             sums[k] += losses.detach().sum().cpu()
             total = total + self.coef[TERMS[k]] * losses.sum() / sizes[k]
         total.backward()
+        return False

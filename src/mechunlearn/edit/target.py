@@ -16,6 +16,7 @@ import torch
 from mechunlearn.edit.config import EditConfig
 from mechunlearn.errors import TrainingDivergedError
 from mechunlearn.facts import FactSet, answer_probs
+from mechunlearn.models.scoring import answer_tokens, unembed
 
 
 def strength_measure(answer: str, facts: FactSet) -> str:
@@ -39,11 +40,21 @@ def forget_strength(model, tokenizer, facts: FactSet, answer: str, batch_size: i
 
 class TargetTracker:
     """The checks of one run: due every ``check_every`` steps and at the cap; every process of a
-    data-parallel run takes the mean of all processes' measurements, so all stop together."""
+    data-parallel run takes the mean of all processes' measurements, so all stop together.
+
+    A check due after step k can ride on step k+1's forward pass, which runs every forget prompt
+    at the same weights anyway (:meth:`strength_of`; see :meth:`folds` for when it can): the run
+    then stops before that step's backward, and the check costs no pass of its own."""
+
+    fold = True  # read checks off the next step's forward pass where :meth:`folds` allows
 
     def __init__(self, lm, facts: FactSet, answer: str, config: EditConfig, parallel):
         self.lm, self.facts, self.answer, self.config, self.parallel = lm, facts, answer, config, parallel
         self.batch_size = max(1, config.forget_batch_size // config.grad_accum)
+        tokens = answer_tokens(lm.tokenizer, facts)
+        which = "new" if answer == "new" else "true"
+        self._columns = tokens.answers  # the logit columns the evaluation normalises over; None: vocabulary
+        self._answer = tokens.columns(which) if tokens.answers is not None else tokens.ids(which)
         self.checks: list[list[float]] = []
         self.strength: float | None = None
         self.shortened: dict | None = None
@@ -60,6 +71,22 @@ class TargetTracker:
     def due(self, steps_done: int) -> bool:
         return steps_done % self.config.check_every == 0 or steps_done == self.config.steps
 
+    def folds(self) -> bool:
+        """Whether a check can be read off the next step's forward: that pass holds every forget
+        prompt (one micro-batch, a forget batch as large as the facts, one process) in fp32."""
+        c = self.config
+        return (self.fold and self.parallel.world == 1 and c.grad_accum == 1 and c.c_forget > 0
+                and c.forget_batch_size >= len(self.facts) and not (self.lm.device.type == "cuda" and c.autocast))
+
+    @torch.no_grad()
+    def strength_of(self, hidden: torch.Tensor, rows: list[int]) -> float:
+        """The strength from the forget prompts' final hidden states (``rows``: their fact indices),
+        scored as :func:`forget_strength` scores them."""
+        probs = unembed(self.lm.model, hidden.detach(), self._columns).float().softmax(-1)
+        answer = self._answer[rows].to(probs.device)
+        value = float(probs.gather(1, answer[:, None]).mean())
+        return value if self.answer == "new" else 1.0 - value
+
     def measure(self) -> float:
         value = forget_strength(self.lm.model, self.lm.tokenizer, self.facts, self.answer, self.batch_size)
         if self.parallel.world > 1:
@@ -68,17 +95,18 @@ class TargetTracker:
             value = float(total) / self.parallel.world
         return value
 
-    def _measured(self, steps_done: int) -> float:
-        value = self.measure()
+    def _measured(self, steps_done: int, value: float | None = None) -> float:
+        value = self.measure() if value is None else value
         if not math.isfinite(value):
             raise TrainingDivergedError(f"step {steps_done}/{self.config.steps}: the forget strength is {value}; "
                                         "the model's weights were restored and nothing was written")
         return value
 
-    def check(self, steps_done: int, weights) -> bool:
-        """Measure after ``steps_done`` steps; True when the target is reached (with a band: the
-        weights are then inside it, or as close above it as the search came)."""
-        value = self._measured(steps_done)
+    def check(self, steps_done: int, weights, value: float | None = None) -> bool:
+        """Measure after ``steps_done`` steps (or take ``value``, read off the next step's forward);
+        True when the target is reached (with a band: the weights are then inside it, or as close
+        above it as the search came)."""
+        value = self._measured(steps_done, value)
         self.checks.append([steps_done, value])
         self.strength = value
         if value < self.config.target:

@@ -133,10 +133,17 @@ def train(
     if tracker is not None:
         tracker.start(weights)
     bar = tqdm(range(config.steps), desc=config.objective, disable=not (progress and parallel.is_main))
+    folds = tracker is not None and tracker.folds()
     try:
         for step in bar:
+            stop_if = None
+            if folds and step > 0 and tracker.due(step):  # the check after `step` steps, on this step's forward
+                def stop_if(hidden, rows, done=step):
+                    return tracker.check(done, weights, tracker.strength_of(hidden, rows))
             drawn = {k: (s.next() if s is not None else []) for k, s in samplers.items()}
-            sums = terms.backward(drawn, parallel.rank, parallel.world)
+            sums = terms.backward(drawn, parallel.rank, parallel.world, stop_if)
+            if sums is None:
+                break
             weights.collect_grads()
             parallel.sum_([sums, *[t.grad for t in weights.tensors]])
             means = {k: float(sums[i]) / max(1, len(drawn[k])) for i, k in enumerate(TERMS)
@@ -164,7 +171,8 @@ def train(
             entry.update(weights.mask_stats())
             history.append(entry)
             bar.set_postfix({k: f"{v:.3g}" for k, v in entry.items() if k in (*TERMS, "mask_l1")})
-            if tracker is not None and tracker.due(step + 1) and tracker.check(step + 1, weights):
+            last = step + 1 == config.steps
+            if tracker is not None and tracker.due(step + 1) and (last or not folds) and tracker.check(step + 1, weights):
                 break
         binarize = config.weight_mask and config.mask_threshold is not None
         if binarize:
