@@ -8,6 +8,7 @@ import torch
 
 from mechunlearn.edit import (
     EditConfig,
+    TrainableWeights,
     expand_components,
     merge_slices,
     train,
@@ -327,6 +328,33 @@ def test_weight_mask_variant_scales_weights_in_place(tiny_llama):
     s = result.slices[0]
     now, w0 = s.view(lm.model.get_parameter(s.param).detach()), s.view(before[s.param])
     assert torch.all((now == 0) | (now == w0))
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_weights_set_between_two_snapshots_move_only_the_selection(mask):
+    """What the target band's walk-back uses: the selected slices (whole matrices, a head's rows,
+    or a mask) put on the line between two snapshots, everything else untouched."""
+    lm = sharp_tiny()
+    names = ["blocks.1.mlp.in", "blocks.2.attn.q.h1"]
+    weights = TrainableWeights(lm.model, [lm.arch.component(n) for n in names], mask=mask)
+    weights.activate()
+    try:
+        start = weights.snapshot()
+        with torch.no_grad():
+            for t in weights.tensors:
+                t.mul_(0.5)
+        weights.after_step()  # the model now holds the end point
+        end = weights.snapshot()
+        before = snapshot(lm.model)
+        weights.set_between(start, end, 0.25)
+        chosen = selected_mask(lm.model, weights.slices)
+        for s in weights.slices:
+            now, was = s.view(lm.model.get_parameter(s.param).detach()), s.view(before[s.param])
+            assert torch.allclose(now, was * 1.75, atol=1e-6)  # end = start / 2, so 0.875 x start = 1.75 x end
+        for name, p in lm.model.named_parameters():
+            assert torch.equal(p.detach()[~chosen[name]], before[name][~chosen[name]])
+    finally:
+        weights.deactivate()
 
 
 def test_mask_l1_penalty_keeps_weights():
