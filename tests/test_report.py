@@ -12,7 +12,7 @@ from mechunlearn.report import verdicts, write_report
 from mechunlearn.report.sections import formats
 from mechunlearn.report.stability import jaccard, stability_rows
 from mechunlearn.report.stats import compare, estimate, holm, paired_p
-from mechunlearn.report.training import strength_rows, target_blocks, targets_used, unreached_seeds
+from mechunlearn.report.training import bands_used, strength_rows, target_blocks, unreached_seeds
 
 
 def _cell(setting, method, seed, mcq, maintain, relearn):
@@ -222,7 +222,7 @@ def test_arms_walked_back_into_the_band_are_listed():
     rows = {r["method"]: r for r in strength_rows(cells, "s")}
     assert rows["FLU"]["walked back into the band (seed: from → to)"] == "1: 0.991 → 0.930"
     assert rows["causal tracing"]["walked back into the band (seed: from → to)"] == "–"
-    assert targets_used(cells)[0].endswith("walked back along the last step into [0.9, 0.95]")
+    assert bands_used(cells) == ["[0.9, 0.95]"] and bands_used(_with_targets(_cells_with_advantages({}))) == []
 
 
 def _localization(path, method, layers, rule="score >= 0.1 x the largest"):

@@ -73,6 +73,11 @@ def fairness(cells: list[dict], settings: list[str]) -> list[str]:
                         "training strength are means over seeds (min–max); sequential settings sum steps over their "
                         "blocks and average strength. A comparison that involves an arm that missed the target in "
                         "some seed says so.", "note"))
+        bands = training.bands_used(cells)
+        if bands:
+            parts.append(_p(f"An arm whose check landed above the band {' and '.join(bands)} was walked back, by bisection on "
+                            "the straight line from the weights of its previous check, into the band, so the arms "
+                            "that reached the target end within it.", "note"))
     else:
         parts.append(_p("No training target was recorded: every arm trained for the configured steps, so the arms "
                         "may differ in strength; compare their training-prompt metric below.", "lose"))

@@ -83,11 +83,14 @@ def strength_rows(cells: list[dict], setting: str) -> list[dict]:
 
 def targets_used(cells: list[dict]) -> list[str]:
     """Each distinct (target, measure) statement, e.g. '0.9 on mean P(edit target), training prompts'."""
-    seen = {(b.get("target"), b.get("measure"), b.get("band")) for c in cells for b in target_blocks(c)}
-    return [(f"{t} on {m}" if m else f"{t}")
-            + (f", an overshoot above {t + band:g} walked back along the last step into [{t}, {t + band:g}]"
-               if band else "")
-            for t, m, band in sorted(seen, key=str)]
+    seen = {(b.get("target"), b.get("measure")) for c in cells for b in target_blocks(c)}
+    return [f"{t} on {m}" if m else f"{t}" for t, m in sorted(seen, key=str)]
+
+
+def bands_used(cells: list[dict]) -> list[str]:
+    """Each distinct target band, e.g. '[0.9, 0.95]'."""
+    seen = {(b["target"], b["band"]) for c in cells for b in target_blocks(c) if b.get("band")}
+    return [f"[{t:g}, {t + band:g}]" for t, band in sorted(seen)]
 
 
 def lr_rules(cells: list[dict]) -> list[str]:
