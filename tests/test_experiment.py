@@ -198,6 +198,37 @@ def test_an_arm_that_misses_the_target_climbs_the_lr_ladder_chosen_on_validation
     assert "lr_rule" in direct and direct["config"]["lr"] == 1e-3
 
 
+def test_a_sequential_arm_climbs_the_ladder_and_takes_the_sweep(sharp_dir, tmp_path):
+    """Sequential blocks share one maintain split: the ladder (and a sweep) choose on its carve, and
+    an arm with a block that missed trains every block again, from the original weights, at the
+    chosen lr. Before, a sequential setting ignored both silently."""
+    seq = {"name": "seq", "objective": "edit", "forget": 3, "blocks": 2, "localize": "once"}
+
+    def run(name, training):
+        cfg = load_config(_config(sharp_dir, tmp_path), {
+            "localization": {"methods": ["all_mlps"]}, "evaluation": {"attacks": []}, "settings": [seq],
+            "training": {"default": {"steps": 10, "lr": 1e-6, "check_every": 1}, **training}})
+        Experiment(cfg, tmp_path / name).run()
+        return json.loads((tmp_path / name / "cells" / "seq__all_mlps__s0.json").read_text())
+
+    climbed = run("ladder", {"target": 0.4, "lr_ladder": [1e-5, 1e-3]})["train"]
+    first, final = climbed["first_attempt"], climbed["target"]
+    assert first["lr"] == 1e-6 and first["missed_blocks"] == [1, 2] and first["steps"] == 20
+    assert [t["values"]["lr"] for t in climbed["sweep"]["trials"]] == [1e-5, 1e-3]
+    assert climbed["sweep"]["chosen"] == {"lr": 1e-3} and climbed["config"]["lr"] == 1e-3
+    assert len(final) == 2 and all(t["reached"] and t["strength"] >= 0.4 for t in final)
+    assert len(climbed["history"]) == 2 and all(len(h) <= 10 for h in climbed["history"])
+    html = (tmp_path / "ladder" / "report.html").read_text()
+    assert "after 20 steps at lr 1e-06 (missed in block 1, 2)" in html
+
+    swept = run("sweep", {"target": None, "sweep": {"lr": [1e-6, 1e-2], "max_maintain_drop": 1.0}})
+    sweep, split = swept["train"]["sweep"], swept["evaluation"]["split"]
+    assert sweep["chosen"] == {"lr": 1e-2} and swept["train"]["config"]["lr"] == 1e-2
+    assert len(sweep["carve"]["forget"]) == 3  # one block-sized trial edit
+    evaluated = {i for k in ("forget", "forget_eval", "maintain_test") for i in split[k]}
+    assert len(evaluated) >= 6 and not evaluated & {i for ids in sweep["carve"].values() for i in ids}
+
+
 SHARED = SPORTS.parent
 
 

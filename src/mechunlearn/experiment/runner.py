@@ -113,23 +113,22 @@ class Experiment:
         components = selection.components if selection else []
         if selection is not None:
             cfg = self.config.edit_config(method, setting, seed)
-            if self.config.training.sweep and len(facts.splits) == 1:
+            base_hash = weights_hash(lm.model)
+            # sequential settings choose on one block-sized carve of the maintain-train facts
+            # that every block shares; the chosen values train every block
+            if self.config.training.sweep:
                 cfg, train_info["sweep"] = self.sweep_on_carve(cfg, self.config.training.sweep, selection, facts.splits[0])
-                lm = self.fresh_model()
-            results, selections = [], [selection]
             if self.memory is not None:
                 self.memory.before_cell(cfg, selection.n_params, lm.device)
-            base_hash = weights_hash(lm.model)
-            for i, block in enumerate(facts.splits):
-                if i > 0 and setting.localize == "per_block":
-                    selections.append(self.locs.reselect(lm, method, facts, seed, first))
-                results.append(train(lm, selections[-1].components, block, cfg, progress=True, base_hash=base_hash))
+            lm, results, selections = self.train_blocks(cfg, setting, method, seed, facts, selection, first, base_hash)
             ladder = self.config.training.lr_ladder
-            if ladder and len(facts.splits) == 1:
+            if ladder:
                 train_info["lr_rule"] = LADDER_RULE.format(ladder=", ".join(f"{lr:g}" for lr in ladder))
-                if not results[0].target["reached"]:
-                    lm, results[0] = self.climb_ladder(ladder, results[0], selection, facts.splits[0], base_hash,
-                                                       train_info)
+                if not all(r.target["reached"] for r in results):
+                    train_info["first_attempt"] = first_attempt(results)
+                    cfg, train_info["sweep"] = self.sweep_on_carve(cfg, {"lr": list(ladder)}, selection, facts.splits[0])
+                    lm, results, selections = self.train_blocks(cfg, setting, method, seed, facts, selection, first,
+                                                                base_hash)
             components = sorted({c for s in selections for c in s.components})
             train_info.update({"config": results[0].config.to_json(), "history": [r.history for r in results],
                                "seconds": sum(r.seconds for r in results)})
@@ -154,14 +153,17 @@ class Experiment:
         return sweep(cfg, grid, split, self.fresh_model,
                      lambda m, carve, c: train(m, selection.components, carve, c, progress=False))
 
-    def climb_ladder(self, ladder: tuple[float, ...], missed: TrainResult, selection: Selection, split: Split,
-                     base_hash: str, train_info: dict) -> tuple[LoadedModel, TrainResult]:
-        """The arm missed the target at its lr: choose one of ``ladder`` on the validation carve and
-        train the arm again, from the original weights, at it."""
-        cfg, train_info["sweep"] = self.sweep_on_carve(missed.config, {"lr": list(ladder)}, selection, split)
-        train_info["first_attempt"] = {"lr": missed.config.lr, **missed.target}
+    def train_blocks(self, cfg: EditConfig, setting: SettingSpec, method: str, seed: int, facts: run_facts.SeedFacts,
+                     selection: Selection, first: dict[str, Selection], base_hash: str
+                     ) -> tuple[LoadedModel, list[TrainResult], list[Selection]]:
+        """The arm trained from the original weights, block after block (one block unless sequential)."""
         lm = self.fresh_model()
-        return lm, train(lm, selection.components, split, cfg, progress=True, base_hash=base_hash)
+        results, selections = [], [selection]
+        for i, block in enumerate(facts.splits):
+            if i > 0 and setting.localize == "per_block":
+                selections.append(self.locs.reselect(lm, method, facts, seed, first))
+            results.append(train(lm, selections[-1].components, block, cfg, progress=True, base_hash=base_hash))
+        return lm, results, selections
 
     def evaluate(self, lm: LoadedModel, setting: SettingSpec, splits: list[Split], seed: int, edited: bool) -> dict:
         ev = self.config.evaluation_for(setting)
@@ -261,3 +263,13 @@ def _write_config(path: Path, config: dict) -> None:
         if not same and work:
             raise MechunlearnError(f"{path.parent} holds a run with a different config; use another --out folder")
     write_json_atomic(path, json.loads(json.dumps(config)))
+
+
+def first_attempt(results: list[TrainResult]) -> dict:
+    """What the configured lr reached before the arm climbed the ladder (sequential: over its blocks)."""
+    if len(results) == 1:
+        return {"lr": results[0].config.lr, **results[0].target}
+    targets = [r.target for r in results]
+    return {"lr": results[0].config.lr, "reached": False, "steps": sum(t["steps"] for t in targets),
+            "strength": sum(t["strength"] for t in targets) / len(targets),
+            "missed_blocks": [i + 1 for i, t in enumerate(targets) if not t["reached"]]}

@@ -4,7 +4,9 @@ The validation carve comes out of the maintain-train facts of the split (which n
 attack or localization reads): a third of them become stand-in facts to edit (their own edit
 targets, or the setting's category target), a fifth of the rest the maintain-validation facts, and
 the remainder the maintain-train facts of the trial edits. Every combination of the swept values
-trains one trial edit on that carve; the choice follows the stated rule."""
+trains one trial edit on that carve; the choice follows the stated rule. The blocks of a sequential
+setting share their maintain-train facts: their carve is one block-sized trial edit, and the chosen
+values train every block."""
 
 from __future__ import annotations
 
@@ -19,9 +21,9 @@ from mechunlearn.facts import Split, answer_probs
 RULE_TARGET = ("among the candidates that reach the training-strength target on the validation carve and keep "
                "the maintain-validation P(true) drop <= {drop}, the fewest steps, then the smallest drop; if none "
                "reaches it, the highest strength within the drop bound; else the smallest drop")
-LADDER_RULE = ("an arm that misses the training target within the step cap at the configured lr is trained again, "
-               "from the original weights, at one of the learning rates {ladder}, chosen on the validation carve by "
-               "the sweep rule of its setting")
+LADDER_RULE = ("an arm that misses the training target within the step cap at the configured lr (a sequential arm: "
+               "in any block) is trained again, every block from the original weights, at one of the learning rates "
+               "{ladder}, chosen on the validation carve by the sweep rule of its setting")
 RULE_STRENGTH = ("the highest strength on the validation carve among the candidates whose maintain-validation "
                  "P(true) drop is <= {drop}; if none, the smallest drop")
 

@@ -77,6 +77,7 @@ def strength_rows(cells: list[dict], setting: str) -> list[dict]:
         if ladder:
             rows[-1]["missed at the configured lr, trained again (seed)"] = "; ".join(
                 f"{c['seed']}: {fa['strength']:.3f} after {fa['steps']} steps at lr {fa['lr']:g}"
+                + (f" (missed in block {', '.join(map(str, fa['missed_blocks']))})" if fa.get("missed_blocks") else "")
                 for c in mine if (fa := c["train"].get("first_attempt"))) or "–"
     return rows
 
