@@ -83,8 +83,8 @@ def test_bad_component_names_fail_clearly(tiny_llama, bad):
         tiny_llama.arch.component(bad)
 
 
-def test_llama_has_gate_gpt2_does_not(tiny):
-    assert tiny.arch.has_gate == (tiny.arch.family == "llama")
+def test_gated_mlps_have_a_gate_gpt2_and_neox_do_not(tiny):
+    assert tiny.arch.has_gate == (tiny.arch.family in ("llama", "phi3"))
 
 
 def test_unknown_architecture_lists_supported():
@@ -93,3 +93,59 @@ def test_unknown_architecture_lists_supported():
     model = BertForMaskedLM(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
     with pytest.raises(UnsupportedArchitectureError, match="llama"):
         Architecture(model)
+
+
+def _heads_and_neurons(lm, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head attention outputs before o [B, T, H, dh] and MLP activations before out [B, T, d_mlp]."""
+    from mechunlearn.models.hooks import cache_activations, unit_view
+    from mechunlearn.models.scoring import encode
+
+    names = [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.mlp.hook_post"]
+    batch = encode(lm.tokenizer, ["Fact: Tiger Woods plays the sport of", "The mother tongue of Tiger is"])
+    with torch.no_grad(), cache_activations(lm.model, names) as cache:
+        lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    return unit_view(cache[names[0]], lm.arch.hook_point(names[0])), cache[names[1]]
+
+
+def _scaled(lm, component: str, factor: float):
+    """Multiply every entry of ``component`` (its weight rows or columns and bias) in place."""
+    params = dict(lm.model.named_parameters())
+    with torch.no_grad():
+        for s in lm.arch.component(component).slices:
+            s.view(params[s.param]).mul_(factor)
+
+
+def test_each_family_s_slices_are_what_the_model_computes_with(tiny):
+    """Fused (GPT-2, NeoX, Phi-3) or not, a component's slices are the entries the model reads
+    for that head or neuron: attention is linear in V, so doubling a KV head's v doubles exactly
+    the outputs of the query heads that read it; a gated MLP is linear in its up projection
+    ('in'), so doubling a neuron's rows doubles that neuron; a neuron without a gate whose 'in' is
+    zeroed is silent (gelu(0) = 0). Nothing else moves."""
+    original = {n: p.detach().clone() for n, p in tiny.model.named_parameters()}
+    try:
+        _check_slices(tiny)
+    finally:
+        tiny.model.load_state_dict(original, strict=False)
+
+
+def _check_slices(tiny):
+    arch, layer = tiny.arch, 1
+    z0, post0 = _heads_and_neurons(tiny, layer)
+    group = arch.n_heads // arch.n_kv_heads
+    kv = arch.n_kv_heads - 1
+    _scaled(tiny, f"blocks.{layer}.attn.v.h{kv}", 2.0)
+    z1, _ = _heads_and_neurons(tiny, layer)
+    _scaled(tiny, f"blocks.{layer}.attn.v.h{kv}", 0.5)
+    readers = [h for h in range(arch.n_heads) if h // group == kv]
+    others = [h for h in range(arch.n_heads) if h not in readers]
+    torch.testing.assert_close(z1[:, :, readers], 2 * z0[:, :, readers])
+    torch.testing.assert_close(z1[:, :, others], z0[:, :, others])
+    assert z0[:, :, readers].abs().max() > 1e-3
+
+    neuron = 5
+    _scaled(tiny, f"blocks.{layer}.mlp.in.n{neuron}", 2.0 if arch.has_gate else 0.0)
+    _, post2 = _heads_and_neurons(tiny, layer)
+    rest = [n for n in range(arch.d_mlp) if n != neuron]
+    torch.testing.assert_close(post2[..., neuron], (2 if arch.has_gate else 0) * post0[..., neuron])
+    torch.testing.assert_close(post2[..., rest], post0[..., rest])
+    assert post0[..., neuron].abs().max() > 1e-4

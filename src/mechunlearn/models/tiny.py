@@ -16,7 +16,8 @@ from transformers import (
 
 from mechunlearn.models.loading import LoadedModel, from_model
 
-FAMILIES = ("llama", "gemma", "gpt2", "gpt_neox")
+# "gemma" is Gemma 3 (the embedded model's family)
+FAMILIES = ("llama", "gemma", "gpt2", "gpt_neox", "gemma1", "gemma2", "mistral", "qwen2", "qwen3", "olmo2", "phi3")
 
 _CORPUS = [
     "Fact: Tiger Woods plays the sport of golf",
@@ -56,6 +57,25 @@ def tiny_config(family: str, vocab_size: int, n_layers: int = 4):
         return Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers, num_attention_heads=4,
                                 num_key_value_heads=1, head_dim=16, max_position_embeddings=256, sliding_window=8,
                                 **common)
+    if family in ("mistral", "qwen2", "qwen3", "olmo2", "phi3"):
+        from transformers import AutoConfig
+
+        # qwen2: biased q/k/v projections; qwen3: RMS norms on each head's queries and keys;
+        # mistral: a sliding window shorter than the prompts; olmo2: the sublayers' outputs normed
+        # before the residual; phi3: fused qkv and gate/up matrices
+        extra = {"mistral": dict(sliding_window=8), "qwen3": dict(head_dim=16)}.get(family, {})
+        return AutoConfig.for_model(family, hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                    tie_word_embeddings=False, **extra, **common)
+    if family == "gemma1":
+        return GemmaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers, num_attention_heads=4,
+                           num_key_value_heads=1, head_dim=16, max_position_embeddings=256, **common)
+    if family == "gemma2":
+        from transformers import Gemma2Config
+
+        return Gemma2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers, num_attention_heads=4,
+                            num_key_value_heads=1, head_dim=16, max_position_embeddings=256, sliding_window=8,
+                            **common)
     if family == "gpt2":
         return GPT2Config(n_embd=64, n_layer=n_layers, n_head=4, n_positions=256, **common)
     if family == "gpt_neox":
