@@ -16,12 +16,10 @@ import torch
 from mechunlearn.edit import EditConfig, apply_diff, expand_components, read_diff, save_edit, train
 from mechunlearn.facts import answer_probs, split_facts
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
+pytestmark = pytest.mark.integration  # the embedded model: every core helps (no one_thread)
 
 COMPONENTS = "blocks.2..7.mlp"
 MAINTAIN_DROP = 0.05
-
-
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ def test_the_snippet_is_found_and_draws_seeded_samples():
 
 
 @pytest.mark.integration
-def test_readme_python_snippet_runs_as_printed(tmp_path, monkeypatch, one_thread):
+def test_readme_python_snippet_runs_as_printed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     printed = io.StringIO()
