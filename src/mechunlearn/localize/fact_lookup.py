@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.isotonic import IsotonicRegression
 
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.facts import FactSet
@@ -96,6 +95,9 @@ def extraction_head_scores(lm: LoadedModel, clean: dict, corrupt: dict, batch, s
 
 def monotone_envelope(curve: list[float]) -> list[float]:
     """The least-squares non-decreasing fit of ``curve`` (isotonic regression)."""
+    # imported here: scikit-learn costs 2 s of every command's start-up
+    from sklearn.isotonic import IsotonicRegression
+
     points = np.arange(len(curve))
     return IsotonicRegression(increasing=True).fit_transform(points, np.asarray(curve, dtype=float)).tolist()
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.localize.base import Localization
 from mechunlearn.localize.scores import layer_table
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# matplotlib is imported where a figure is drawn: every command would pay for it at start-up
 
 _MATRIX = re.compile(r"^blocks\.(\d+)\.(?:attn|mlp)\.(\w+)")
 
@@ -27,6 +30,8 @@ def _n_layers(loc: Localization) -> int:
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
@@ -37,6 +42,9 @@ def _save(fig: Figure, path: str | Path) -> Path:
 def plot_heatmap(loc: Localization, path: str | Path, selected: list[str] | None = None) -> Path:
     """|score| per layer (columns) and matrix type (rows); outlined cells are ``selected``
     components (default: the method's own choice). Unscored cells are blank."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
     n_layers = _n_layers(loc)
     table = layer_table(loc.scores, n_layers)
     if not table:
@@ -68,6 +76,8 @@ def plot_probe_curves(loc: Localization, path: str | Path) -> Path:
     probes = ev.get("probes")
     if "mlp_path_patching" not in ev:
         raise MechunlearnError(f"{loc.method} has no fact-lookup evidence to plot")
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(9, 6.5))
     top, bottom = fig.subplots(2, 1, sharex=True)
     chosen = ev.get("flu_layers", [])

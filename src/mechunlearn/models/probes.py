@@ -9,20 +9,19 @@ block ``l`` (``blocks.l.hook_resid_post``).
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score
-from sklearn.model_selection import StratifiedKFold
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
 from mechunlearn.models.hooks import cache_activations
 from mechunlearn.models.loading import LoadedModel
 from mechunlearn.models.prefix import MIN_PREFIX, PrefixKV, forward_suffix, shared_prefix_length
 from mechunlearn.models.scoring import Encoded, batched
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 
 def residual_names(n_layers: int) -> list[str]:
@@ -66,6 +65,11 @@ def residuals_at(lm: LoadedModel, batch: Encoded, position: torch.Tensor, names:
 
 def fit_probe(x: np.ndarray, y: np.ndarray, C: float, max_iter: int, solver: str = "lbfgs", seed: int = 0) -> Pipeline:
     """A standardised multinomial logistic regression fit on ``x`` [n, d] with labels ``y``."""
+    # scikit-learn is imported here, not at the top: it costs 2 s of every command's start-up
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, solver=solver, max_iter=max_iter,
                                                                random_state=seed))
     with warnings.catch_warnings():
@@ -77,6 +81,9 @@ def fit_probe(x: np.ndarray, y: np.ndarray, C: float, max_iter: int, solver: str
 def cv_balanced_accuracy(x: np.ndarray, y: np.ndarray, folds: int, seed: int, C: float = 0.1, max_iter: int = 500,
                          solver: str = "newton-cg") -> float:
     """Seeded stratified k-fold cross-validated balanced accuracy (mean recall per class) of ``fit_probe``."""
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedKFold
+
     predicted = np.empty_like(y)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for train, test in splitter.split(x, y):
