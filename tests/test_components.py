@@ -83,8 +83,8 @@ def test_bad_component_names_fail_clearly(tiny_llama, bad):
         tiny_llama.arch.component(bad)
 
 
-def test_gated_mlps_have_a_gate_gpt2_and_neox_do_not(tiny):
-    assert tiny.arch.has_gate == (tiny.arch.family in ("llama", "phi3"))
+def test_llama_like_mlps_have_a_gate_gpt2_and_neox_do_not(tiny):
+    assert tiny.arch.has_gate == (tiny.arch.family == "llama")
 
 
 def test_unknown_architecture_lists_supported():

@@ -31,8 +31,8 @@ from mechunlearn.errors import MechunlearnError, UnsupportedArchitectureError
 ATTN_MATRICES = ("q", "k", "v", "o")
 MLP_MATRICES = ("in", "gate", "out")
 
-LLAMA_LIKE = ("llama", "gemma", "gemma2", "gemma3", "gemma3_text", "qwen2", "qwen3", "mistral", "olmo2")
-SUPPORTED_MODEL_TYPES = (*LLAMA_LIKE, "phi3", "gpt2", "gpt_neox")
+LLAMA_LIKE = ("llama", "gemma", "gemma2", "gemma3", "gemma3_text", "qwen2", "qwen3", "mistral", "olmo2", "phi3")
+SUPPORTED_MODEL_TYPES = (*LLAMA_LIKE, "gpt2", "gpt_neox")
 # where the sublayer's output is normed before it joins the residual stream, the block's output is that norm's
 POST_NORMED = ("gemma2", "gemma3", "gemma3_text", "olmo2")
 
@@ -128,7 +128,6 @@ class Architecture:
         """The decoder layers, the token embedding and the norm before the unembedding."""
         candidates = {
             "llama": ("model.layers", "model.embed_tokens", "model.norm"),
-            "phi3": ("model.layers", "model.embed_tokens", "model.norm"),
             "gpt2": ("transformer.h", "transformer.wte", "transformer.ln_f"),
             "gpt_neox": ("gpt_neox.layers", "gpt_neox.embed_in", "gpt_neox.final_layer_norm"),
         }[self.family]
@@ -143,6 +142,16 @@ class Architecture:
         heads = UnitLayout(H, dh, dh)
         kv_heads = UnitLayout(KV, dh, dh)
         neurons = UnitLayout(ff, 1, 1)
+        if self.model_type == "phi3":  # llama-like with fused qkv_proj [q | k | v] and gate_up_proj [gate | up]
+            return {
+                "q": MatrixSpec("self_attn.qkv_proj", "output", UnitLayout(H, dh, dh, 0)),
+                "k": MatrixSpec("self_attn.qkv_proj", "output", UnitLayout(KV, dh, dh, H * dh)),
+                "v": MatrixSpec("self_attn.qkv_proj", "output", UnitLayout(KV, dh, dh, (H + KV) * dh)),
+                "o": MatrixSpec("self_attn.o_proj", "input", heads),
+                "in": MatrixSpec("mlp.gate_up_proj", "output", UnitLayout(ff, 1, 1, ff)),
+                "gate": MatrixSpec("mlp.gate_up_proj", "output", neurons),
+                "out": MatrixSpec("mlp.down_proj", "input", neurons),
+            }
         if self.family == "llama":
             return {
                 "q": MatrixSpec("self_attn.q_proj", "output", heads),
@@ -151,16 +160,6 @@ class Architecture:
                 "o": MatrixSpec("self_attn.o_proj", "input", heads),
                 "in": MatrixSpec("mlp.up_proj", "output", neurons),
                 "gate": MatrixSpec("mlp.gate_proj", "output", neurons),
-                "out": MatrixSpec("mlp.down_proj", "input", neurons),
-            }
-        if self.family == "phi3":  # fused: qkv_proj rows [q heads | k heads | v heads], gate_up_proj [gate | up]
-            return {
-                "q": MatrixSpec("self_attn.qkv_proj", "output", UnitLayout(H, dh, dh, 0)),
-                "k": MatrixSpec("self_attn.qkv_proj", "output", UnitLayout(KV, dh, dh, H * dh)),
-                "v": MatrixSpec("self_attn.qkv_proj", "output", UnitLayout(KV, dh, dh, (H + KV) * dh)),
-                "o": MatrixSpec("self_attn.o_proj", "input", heads),
-                "in": MatrixSpec("mlp.gate_up_proj", "output", UnitLayout(ff, 1, 1, ff)),
-                "gate": MatrixSpec("mlp.gate_up_proj", "output", neurons),
                 "out": MatrixSpec("mlp.down_proj", "input", neurons),
             }
         if self.family == "gpt2":
@@ -185,8 +184,7 @@ class Architecture:
     def _block_out_modules(self) -> tuple[str, str]:
         if self.model_type in POST_NORMED:
             return "post_attention_layernorm", "post_feedforward_layernorm"
-        return {"llama": ("self_attn", "mlp"), "phi3": ("self_attn", "mlp"), "gpt2": ("attn", "mlp"),
-                "gpt_neox": ("attention", "mlp")}[self.family]
+        return {"llama": ("self_attn", "mlp"), "gpt2": ("attn", "mlp"), "gpt_neox": ("attention", "mlp")}[self.family]
 
     # --- components ----------------------------------------------------------------------
     @property
