@@ -50,6 +50,7 @@ class Experiment:
         self.locs = Localizations(config, self.out / "localizations", self.console)
         self._lm: LoadedModel | None = None
         self._pristine: dict[str, torch.Tensor] | None = None
+        self.base_hash = ""  # of the original weights, which every cell starts from
         self._known: dict[tuple, tuple[FactSet, dict]] = {}
         self.memory = None  # the memory guard, set when a run starts
 
@@ -61,6 +62,7 @@ class Experiment:
             device = c.device or ("cuda" if torch.cuda.is_available() else "cpu")
             self._lm = load_model(c.model, dtype=c.dtype, device=device)
             self._pristine = {k: v.detach().clone() for k, v in self._lm.model.state_dict().items()}
+            self.base_hash = weights_hash(self._lm.model)
         return self._lm
 
     def fresh_model(self) -> LoadedModel:
@@ -107,28 +109,27 @@ class Experiment:
 
     def run_cell(self, setting: SettingSpec, method: str, seed: int, facts: run_facts.SeedFacts,
                  selection: Selection | None, first: dict[str, Selection]) -> dict:
-        lm = self.fresh_model()
         start = time.perf_counter()
         train_info: dict = {}
         components = selection.components if selection else []
-        if selection is not None:
+        if selection is None:
+            lm = self.fresh_model()
+        else:
             cfg = self.config.edit_config(method, setting, seed)
-            base_hash = weights_hash(lm.model)
             # sequential settings choose on one block-sized carve of the maintain-train facts
             # that every block shares; the chosen values train every block
             if self.config.training.sweep:
                 cfg, train_info["sweep"] = self.sweep_on_carve(cfg, self.config.training.sweep, selection, facts.splits[0])
             if self.memory is not None:
-                self.memory.before_cell(cfg, selection.n_params, lm.device)
-            lm, results, selections = self.train_blocks(cfg, setting, method, seed, facts, selection, first, base_hash)
+                self.memory.before_cell(cfg, selection.n_params, self.lm.device)
+            lm, results, selections = self.train_blocks(cfg, setting, method, seed, facts, selection, first)
             ladder = self.config.training.lr_ladder
             if ladder:
                 train_info["lr_rule"] = LADDER_RULE.format(ladder=", ".join(f"{lr:g}" for lr in ladder))
                 if not all(r.target["reached"] for r in results):
                     train_info["first_attempt"] = first_attempt(results)
                     cfg, train_info["sweep"] = self.sweep_on_carve(cfg, {"lr": list(ladder)}, selection, facts.splits[0])
-                    lm, results, selections = self.train_blocks(cfg, setting, method, seed, facts, selection, first,
-                                                                base_hash)
+                    lm, results, selections = self.train_blocks(cfg, setting, method, seed, facts, selection, first)
             components = sorted({c for s in selections for c in s.components})
             train_info.update({"config": results[0].config.to_json(), "history": [r.history for r in results],
                                "seconds": sum(r.seconds for r in results)})
@@ -151,10 +152,11 @@ class Experiment:
 
     def sweep_on_carve(self, cfg: EditConfig, grid: dict, selection: Selection, split: Split) -> tuple[EditConfig, dict]:
         return sweep(cfg, grid, split, self.fresh_model,
-                     lambda m, carve, c: train(m, selection.components, carve, c, progress=False))
+                     lambda m, carve, c: train(m, selection.components, carve, c, progress=False,
+                                               base_hash=self.base_hash))
 
     def train_blocks(self, cfg: EditConfig, setting: SettingSpec, method: str, seed: int, facts: run_facts.SeedFacts,
-                     selection: Selection, first: dict[str, Selection], base_hash: str
+                     selection: Selection, first: dict[str, Selection]
                      ) -> tuple[LoadedModel, list[TrainResult], list[Selection]]:
         """The arm trained from the original weights, block after block (one block unless sequential)."""
         lm = self.fresh_model()
@@ -162,7 +164,7 @@ class Experiment:
         for i, block in enumerate(facts.splits):
             if i > 0 and setting.localize == "per_block":
                 selections.append(self.locs.reselect(lm, method, facts, seed, first))
-            results.append(train(lm, selections[-1].components, block, cfg, progress=True, base_hash=base_hash))
+            results.append(train(lm, selections[-1].components, block, cfg, progress=True, base_hash=self.base_hash))
         return lm, results, selections
 
     def evaluate(self, lm: LoadedModel, setting: SettingSpec, splits: list[Split], seed: int, edited: bool) -> dict:
