@@ -93,6 +93,19 @@ class TrainingSpec:
 
 
 @dataclass(frozen=True)
+class AnalysisSpec:
+    # the comparisons that carry the verdict: FLU against each method of `against` on each metric
+    # of `primary`; null: the paper's three claims (generalisation to the setting's other formats,
+    # relearning error, the probe reading the truth) against every output-tracing method and random
+    primary: tuple[str, ...] | None = None
+    against: tuple[str, ...] | None = None
+    delta: float = 0.05  # the smallest difference that matters, in the metric's units
+    delta_per_metric: dict[str, float] = field(default_factory=dict)  # e.g. {lm_loss: 0.05}
+    alpha: float = 0.05  # family-wise, over the primary comparisons of a setting
+    power: float = 0.8  # for the minimum detectable effect and the seeds a verdict needs
+
+
+@dataclass(frozen=True)
 class RunConfig:
     model: str = "default"
     dtype: str = "float32"
@@ -105,6 +118,7 @@ class RunConfig:
     settings: tuple[SettingSpec, ...] = (SettingSpec("edit16"),)
     training: TrainingSpec = field(default_factory=TrainingSpec)
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
+    analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
 
     def to_json(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -229,6 +243,7 @@ def check(config: RunConfig) -> None:
         for method in loc.methods:
             _checked(lambda m=method, st=s: config.edit_config(m, st, 0).validate(), f"{path} ({method})")
         _checked(lambda st=s: config.eval_config(st, 0), f"{path}.evaluation")
+    _check_analysis(config)
     ladder = config.training.lr_ladder
     if ladder is not None:
         if not ladder or any(lr <= 0 for lr in ladder):
@@ -243,6 +258,33 @@ def check(config: RunConfig) -> None:
                     "training.sweep", partial=True)
         if not grid or not all(isinstance(v, list) and v for v in grid.values()):
             raise ConfigError("config key 'training.sweep' maps training options to non-empty lists of values")
+
+
+def _check_analysis(config: RunConfig) -> None:
+    from mechunlearn.evaluate.headline import METRICS
+    from mechunlearn.report.methods import OURS
+
+    a = config.analysis
+    for i, metric in enumerate(a.primary or ()):
+        if metric not in METRICS:
+            raise ConfigError(f"config key 'analysis.primary[{i}]' is {metric!r}: use one of {', '.join(METRICS)}")
+    if a.primary is not None and not a.primary:
+        raise ConfigError("config key 'analysis.primary' is empty: name at least one metric, or leave it out")
+    for i, method in enumerate(a.against or ()):
+        if method == OURS or method not in config.localization.methods:
+            raise ConfigError(f"config key 'analysis.against[{i}]' is {method!r}: use methods of the run other than "
+                              f"{OURS} ({', '.join(m for m in config.localization.methods if m != OURS)})")
+    if a.against is not None and not a.against:
+        raise ConfigError("config key 'analysis.against' is empty: name at least one method, or leave it out")
+    for metric, value in {"": a.delta, **a.delta_per_metric}.items():
+        key = f"analysis.delta_per_metric.{metric}" if metric else "analysis.delta"
+        if metric and metric not in METRICS:
+            raise ConfigError(f"config key {key!r} names an unknown metric; use one of {', '.join(METRICS)}")
+        if not value > 0:
+            raise ConfigError(f"config key {key!r} must be > 0 (the smallest difference that matters), got {value}")
+    for key, value in (("alpha", a.alpha), ("power", a.power)):
+        if not 0 < value < 1:
+            raise ConfigError(f"config key 'analysis.{key}' must lie between 0 and 1, got {value}")
 
 
 def _checked(make, where: str):

@@ -253,13 +253,21 @@ def plan(config: RunConfig) -> dict:
             "localizations": sorted(localizations) + relocalized, "settings": settings}
 
 
+# what may change in a run folder's config once work is in it: added seeds compute only their
+# own cells, and the analysis reads the cells without changing them
+OPEN_KEYS = ("seeds", "analysis")
+
+
 def _write_config(path: Path, config: dict) -> None:
-    """A run folder keeps its config once work is in it; before that a corrected config may
-    replace a failed start's."""
+    """A run folder keeps its config, but for ``OPEN_KEYS``, once work is in it; before that a
+    corrected config may replace a failed start's."""
+    def fixed(c: dict) -> dict:
+        return {k: v for k, v in c.items() if k not in OPEN_KEYS}
+
     if path.exists():
         try:
-            same = read_json(path) == config
-        except (ValueError, MechunlearnError):
+            same = fixed(read_json(path)) == fixed(json.loads(json.dumps(config)))
+        except (ValueError, MechunlearnError, AttributeError):
             same = False
         work = [p for d in ("cells", "localizations") for p in (path.parent / d).glob("*.json")]
         if not same and work:
