@@ -183,5 +183,22 @@ def as_selection(item, arch, budget: int | None = None, match=None, granularity:
         raise MechunlearnError(f"{path}: {e}" if path else str(e)) from None
 
 
+def localization_misfit(item, option: str, arch, source: str, dtype: str | None = None,
+                        weights: str | None = None, force: bool = False) -> str | None:
+    """Refuse a localization or selection made on another model (architecture, shapes, or other
+    weights at the same dtype), naming both; with ``force`` return the mismatch to warn about."""
+    from mechunlearn.localize import Selection
+    from mechunlearn.localize.base import model_mismatch
+
+    recorded = item.model if isinstance(item, Selection) else (item.evidence or {}).get("model")
+    problem = model_mismatch(recorded, arch, source, dtype, weights)
+    if problem is None:
+        return None
+    message = f"{option} {getattr(item, 'path', '')}: {problem}"
+    if not force:
+        raise MechunlearnError(message + "; localize again on this model, or pass --force to train it anyway")
+    return message
+
+
 def total_params(arch) -> int:
     return sum(c.n_params for c in arch.matrices())

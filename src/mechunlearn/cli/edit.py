@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from mechunlearn.cli.app import app, console
@@ -25,13 +27,14 @@ from mechunlearn.cli.common import (
     check_out_folder,
     check_threshold,
     known_facts,
+    localization_misfit,
     open_model,
     pick_device,
     read_localization,
 )
 from mechunlearn.edit import EditConfig, apply_diff, expand_components, read_diff, save_edit, train
-from mechunlearn.edit.saving import DIFF_FILE, LOG_FILE, check_output_dir, save_model
-from mechunlearn.errors import MechunlearnError
+from mechunlearn.edit.saving import DIFF_FILE, LOG_FILE, check_output_dir, save_model, weights_hash
+from mechunlearn.errors import MechunlearnError, TrainingDivergedError
 from mechunlearn.facts import answer_probs, load_facts, split_facts
 from mechunlearn.io import atomic_dir
 from mechunlearn.models.loading import load_model
@@ -64,9 +67,13 @@ def _read_selection_args(localization: Path | None, components: str | None, budg
     return loc, read_localization(match, "--match") if match is not None else None
 
 
-def _components(lm, loc, match_item, components: str | None, budget: int | None) -> tuple[list[str], str]:
+def _components(lm, loc, match_item, components: str | None, budget: int | None,
+                force: bool = False) -> tuple[list[str], str]:
     if components is not None:
         return expand_components(lm.arch, components), "--components"
+    for item, option in ((loc, "--localization"), (match_item, "--match")):
+        if item is not None:
+            localization_misfit(item, option, lm.arch, lm.source, force=force)
     selection = as_selection(loc, lm.arch, budget=budget, match=match_item)
     return expand_components(lm.arch, selection.components), f"{loc.path} ({selection.n_params} parameters)"
 
@@ -172,6 +179,8 @@ def edit(
                                    "all visible GPUs (one process; see docs/scaling.md)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the memory estimate and the forward/backward "
                                  "passes of each stage, and exit without loading the weights."),
+    force: bool = typer.Option(False, "--force", help="Train a localization made on another model (other "
+                               "architecture or weights) anyway."),
 ):
     """Edit or unlearn facts by fine-tuning only the localized components."""
     config = EditConfig(
@@ -191,8 +200,8 @@ def edit(
     all_facts = load_facts(dataset, data, seed=seed)
     _check_split_args(all_facts, forget, mode, category, new_target)
     estimate = edit_command_estimate(model, dtype, None if device_map else device, config, all_facts, forget,
-                                     lambda arch: _components(SimpleNamespace(arch=arch), loc, match_item,
-                                                              components, budget)[0])
+                                     lambda arch: _components(SimpleNamespace(arch=arch, source=model), loc,
+                                                              match_item, components, budget, force)[0])
     if dry_run:
         print_estimate(estimate)
         return
@@ -206,7 +215,13 @@ def edit(
         lm = load_model(model, dtype=dtype, device_map=device_map)
     else:
         lm = open_model(model, dtype, str(accelerator.device) if accelerator is not None else device)
-    names, source = _components(lm, loc, match_item, components, budget)
+    names, source = _components(lm, loc, match_item, components, budget, force)
+    base_hash = weights_hash(lm.model)
+    misfits = [localization_misfit(item, option, lm.arch, lm.source, str(lm.model.dtype).removeprefix("torch."),
+                                   base_hash, force)
+               for item, option in ((loc, "--localization"), (match_item, "--match")) if item is not None]
+    for misfit in filter(None, misfits):
+        console.print(f"[yellow]warning (--force):[/yellow] {escape(misfit)}", soft_wrap=True)
     check_output_dir(lm, out, (LOG_FILE, DIFF_FILE))
     known, report = known_facts(lm, dataset, data, seed, threshold, facts=all_facts)
     if mode != "category" and forget >= len(known):
@@ -217,11 +232,14 @@ def edit(
     before = _probs(lm, split)
     if not device_map:
         check_stage(estimate.stage("edit step"), lm.device, loaded=True)
-    result = train(lm, names, split, config, progress=True, accelerator=accelerator)
+    result = train(lm, names, split, config, progress=True, accelerator=accelerator, base_hash=base_hash)
     _check_target(result, require_target)
     if accelerator is not None and not accelerator.is_main_process:
         return
     after = _probs(lm, split)
+    if set(after) != set(before) or not all(math.isfinite(v) for v in after.values()):
+        raise TrainingDivergedError(f"the edited model's quick evaluation is not a number ({after}): the edit "
+                                    "diverged; nothing was written")
     facts_info = {"dataset": dataset, "data": data, "seed": seed, "threshold": report.threshold,
                   "known": len(known), "total": report.total}
     save_edit(lm, result, out, base_spec=model, facts=facts_info,

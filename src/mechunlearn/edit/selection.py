@@ -12,6 +12,7 @@ The weight-mask variant trains an elementwise mask ``M`` in [0, 1] per slice ins
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -200,6 +201,18 @@ class TrainableWeights:
             e.view().copy_(e.original.to(e.param.device))
             if not self.mask and not e.whole:
                 e.tensor.copy_(e.view())
+
+    @torch.no_grad()
+    def blown_up(self, factor: float) -> str | None:
+        """The first trained parameter that holds a non-finite value or one ``factor`` times larger
+        than the largest magnitude it started with (at least 1), in words; None when all are sane."""
+        for e in self.entries:
+            now = float(e.view().detach().abs().max())
+            if not math.isfinite(now):
+                return f"{e.slice.param} holds {now}"
+            if not self.mask and now > factor * max(1.0, float(e.original.abs().max())):
+                return f"{e.slice.param} reached |w| = {now:.3g} (from {float(e.original.abs().max()):.3g})"
+        return None
 
     def mask_stats(self) -> dict[str, float]:
         if not self.mask:

@@ -75,6 +75,20 @@ def _reference_logp(lm: LoadedModel, term: FactTerm, batch_size: int, enabled: b
     return torch.cat(out)
 
 
+# divergence: a trained weight this many times its starting magnitude (at least 1), or a term the
+# training minimises (maintain, general text) this many times the loss of a uniform guess
+WEIGHT_BLOWUP, LOSS_BLOWUP = 1e3, 3.0
+
+
+def _check_outputs(lm: LoadedModel, facts, step: int, config: EditConfig) -> None:
+    """The trained model's answer probabilities on ``facts`` are numbers."""
+    from mechunlearn.facts import answer_probs
+
+    p_true, _ = answer_probs(lm.model, lm.tokenizer, facts)
+    if not torch.isfinite(p_true).all():
+        raise _diverged(step, config, "the model's output on the forget prompts is NaN after the last step")
+
+
 def _diverged(step: int, config: EditConfig, what: str) -> TrainingDivergedError:
     return TrainingDivergedError(f"step {step + 1}/{config.steps}: {what}; the model's weights were restored "
                                  "and nothing was written")
@@ -126,6 +140,7 @@ def train(
     coef = terms.coef
     tracker = TargetTracker(lm, split.forget, objective.answer, config, parallel) if config.target else None
 
+    explodes = LOSS_BLOWUP * math.log(model.get_output_embeddings().weight.shape[0])
     history: list[dict[str, float]] = []
     was_training = model.training
     model.eval()
@@ -149,8 +164,8 @@ def train(
             means = {k: float(sums[i]) / max(1, len(drawn[k])) for i, k in enumerate(TERMS)
                      if drawn[k] and coef[k] > 0}
             for term, value in means.items():
-                if not math.isfinite(value):
-                    raise _diverged(step, config, f"the {term} loss is {value} (lr {schedule.get_last_lr()[0]:.3g})")
+                if not math.isfinite(value) or (term != "forget" and value > explodes):
+                    raise _diverged(step, config, f"the {term} loss is {value:.4g} (lr {schedule.get_last_lr()[0]:.3g})")
             entry = {"step": step + 1, **means}
             entry["loss"] = sum(coef[k] * v for k, v in means.items())
             if config.weight_mask:
@@ -168,6 +183,9 @@ def train(
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             weights.after_step()
+            blown = weights.blown_up(WEIGHT_BLOWUP)
+            if blown is not None:
+                raise _diverged(step, config, f"the weights diverged: {blown} (lr {entry['lr']:.3g})")
             entry.update(weights.mask_stats())
             history.append(entry)
             bar.set_postfix({k: f"{v:.3g}" for k, v in entry.items() if k in (*TERMS, "mask_l1")})
@@ -177,6 +195,8 @@ def train(
         binarize = config.weight_mask and config.mask_threshold is not None
         if binarize:
             weights.binarize_masks(config.mask_threshold)
+        if tracker is None:  # a tracker's last check measured the final weights
+            _check_outputs(lm, split.forget, len(history) - 1, config)
         target = tracker.record(len(history), remeasure=binarize) if tracker is not None else None
     except BaseException:
         weights.restore_original()

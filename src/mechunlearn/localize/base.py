@@ -98,7 +98,33 @@ def _jsonable(value):
     raise TypeError(f"parameter of type {type(value).__name__} cannot be recorded in JSON")
 
 
+SHAPE_KEYS = ("model_type", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_mlp")
+
+
 def _model_info(lm: LoadedModel) -> dict:
+    from mechunlearn.edit.saving import weights_hash
+
     a = lm.arch
-    return {"model_type": a.model_type, "n_layers": a.n_layers, "n_heads": a.n_heads, "n_kv_heads": a.n_kv_heads,
-            "d_model": a.d_model, "d_mlp": a.d_mlp, "source": lm.source}
+    return {**{k: getattr(a, k) for k in SHAPE_KEYS}, "source": lm.source,
+            "dtype": str(lm.model.dtype).removeprefix("torch."), "weights_sha256": weights_hash(lm.model)}
+
+
+def _describe(info: dict) -> str:
+    return (f"{info.get('model_type')} ({info.get('n_layers')} layers, d_model {info.get('d_model')}, d_mlp "
+            f"{info.get('d_mlp')}, {info.get('n_heads')}/{info.get('n_kv_heads')} heads; {info.get('source')})")
+
+
+def model_mismatch(recorded: dict | None, arch, source: str = "", dtype: str | None = None,
+                   weights: str | None = None) -> str | None:
+    """How the model a localization records (``evidence["model"]``) differs from this one, in
+    words; None when it fits or records none. Weights are compared only at the same dtype."""
+    if not recorded:
+        return None
+    here = {**{k: getattr(arch, k) for k in SHAPE_KEYS}, "source": source}
+    if any(k in recorded and recorded[k] != here[k] for k in SHAPE_KEYS):
+        return f"it was made on {_describe(recorded)}, not on this model, {_describe(here)}"
+    theirs = recorded.get("weights_sha256")
+    if weights and theirs and recorded.get("dtype") == dtype and theirs != weights:
+        return (f"it was made on other weights ({recorded.get('source')}, sha256 {theirs[:12]}) than this model's "
+                f"({source}, sha256 {weights[:12]})")
+    return None

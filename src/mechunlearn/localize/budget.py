@@ -17,7 +17,8 @@ FLU's parameter count). The selection records its exact parameter count.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mechunlearn.errors import MechunlearnError
@@ -38,6 +39,7 @@ class Selection:
     granularity: str
     method: str
     note: str = ""
+    model: dict = field(default_factory=dict)  # the model it was localized on (Localization.evidence["model"])
 
     def to_json(self) -> dict:
         return {"format": "mechunlearn.selection", **asdict(self)}
@@ -46,7 +48,8 @@ class Selection:
     def from_json(cls, data: dict) -> Selection:
         if data.get("format") != "mechunlearn.selection":
             raise MechunlearnError("not a selection JSON (missing format 'mechunlearn.selection')")
-        return cls(**{k: data[k] for k in ("components", "n_params", "budget", "rule", "granularity", "method", "note")
+        return cls(**{k: data[k] for k in ("components", "n_params", "budget", "rule", "granularity", "method", "note",
+                                                       "model")
                       if k in data})
 
     def save(self, path: str | Path) -> Path:
@@ -81,6 +84,7 @@ def select(loc: Localization, arch: Architecture, budget: int | None = None,
            match: Localization | Selection | None = None, granularity: str | None = None,
            rule: str = "under") -> Selection:
     granularity = granularity or loc.evidence.get("granularity", "layer")
+    model = loc.evidence.get("model") or {}
     if granularity not in GRANULARITIES:
         raise MechunlearnError(f"unknown granularity {granularity!r}: {GRANULARITIES}")
     if rule not in RULES:
@@ -97,9 +101,13 @@ def select(loc: Localization, arch: Architecture, budget: int | None = None,
                                    "(--budget N) or a localization to match (--match LOC.json)")
         n = sum(arch.component(c).n_params for c in loc.chosen)
         return Selection(list(loc.chosen), n, n, "own choice", loc.evidence.get("granularity", "layer"), loc.method,
-                         f"the method's own choice ({len(loc.chosen)} components)")
+                         f"the method's own choice ({len(loc.chosen)} components)", model)
     if budget <= 0:
         raise MechunlearnError(f"the parameter budget must be positive, got {budget}")
+    broken = [k for k, v in loc.scores.items() if not math.isfinite(v)]
+    if broken:
+        raise MechunlearnError(f"{loc.method}: {len(broken)} of {len(loc.scores)} scores are not finite numbers "
+                               f"({broken[0]}: {loc.scores[broken[0]]}); a ranking of them is arbitrary: localize again")
     ranked = sorted(candidates(loc.scores, arch, granularity), key=lambda c: (-c.score, c.order))
     if not ranked:
         raise MechunlearnError(f"{loc.method} scored no components")
@@ -125,7 +133,7 @@ def select(loc: Localization, arch: Architecture, budget: int | None = None,
     components = [name for c in taken for name in c.components]
     if len(taken) == len(ranked) and total < budget:
         note = "; ".join(filter(None, [note, f"every scored {granularity} candidate taken: {total} < budget {budget}"]))
-    return Selection(components, total, budget, rule, granularity, loc.method, note)
+    return Selection(components, total, budget, rule, granularity, loc.method, note, model)
 
 
 def load_selection(path_or_loc: str | Path | Localization | Selection, arch: Architecture, budget: int | None = None,

@@ -1,0 +1,149 @@
+"""Inputs a careless or hostile user gives (issue 22): nothing broken is ever saved, a
+localization must fit the model it trains, cheap inputs fail at once with one line, files are
+not written before a refusal. The commands run in this process on tiny models."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from mechunlearn.cli.app import invoke
+from mechunlearn.edit import EditConfig, train
+from mechunlearn.edit.saving import weights_hash
+from mechunlearn.errors import TrainingDivergedError
+from mechunlearn.facts import load_table, split_facts
+from mechunlearn.localize import Localization
+from mechunlearn.localize.base import _model_info
+from mechunlearn.models.tiny import tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ANSWERS = ("football", "baseball", "basketball")
+SUBJECTS = ["Ann Lee", "Bo Chan", "Cy Dunn", "Di Ezra", "Ed Fox", "Flo Gray", "Gus Hill", "Ida Ives", "Jo King",
+            "Kim Lowe", "Lu Moss", "Max Nash"]
+ROWS = [f"f{i},{s},Fact: {s} plays the sport of,{ANSWERS[i % 3]},golf" for i, s in enumerate(SUBJECTS)]
+TABLE = "\n".join(["id,subject,prompt,target_true,target_new", *ROWS]) + "\n"
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    ws = tmp_path_factory.mktemp("careless")
+    for family in ("llama", "gemma"):
+        lm = tiny_model(family)
+        lm.model.save_pretrained(ws / family)
+        lm.tokenizer.save_pretrained(ws / family)
+    (ws / "good.csv").write_text(TABLE)
+    return ws
+
+
+def run(argv, capsys) -> tuple[int, list[str]]:
+    capsys.readouterr()
+    status = invoke([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    lines = [line for line in (out + err).splitlines() if line.strip() and "%|" not in line]
+    assert "Traceback" not in out + err
+    return status, lines
+
+
+def edit_args(ws, out, *extra, model="llama"):
+    return ["edit", "--model", ws / model, "--device", "cpu", "--dataset", "table", "--data", ws / "good.csv",
+            "--threshold", "0", "--forget", "3", "--steps", "3", "--target", "0", "--out", out, *extra]
+
+
+def one_error(status, lines, *expected):
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+
+
+# ---- 1. a diverged edit is never saved
+
+
+def test_edit_whose_weights_explode_writes_nothing(ws, tmp_path, capsys):
+    """On a post-normed model (Gemma 3) a huge lr leaves every loss finite while the trained
+    weights run to 1e6: refused with the step and the quantity, nothing written (was: saved)."""
+    out = tmp_path / "edit"
+    status, lines = run(edit_args(ws, out, "--components", "blocks.1.mlp", "--lr", "1e6", model="gemma"), capsys)
+    one_error(status, lines, "step 1/3", "diverged", "|w| = ", "nothing was written")
+    assert not out.exists()
+
+
+def test_train_restores_the_weights_when_they_explode():
+    lm = tiny_model("gemma")
+    split = split_facts(load_table_from_text(TABLE), forget=3, seed=0)
+    before = weights_hash(lm.model)
+    with pytest.raises(TrainingDivergedError, match="diverged"):
+        train(lm, "blocks.1.mlp", split, EditConfig(steps=3, lr=1e6), progress=False)
+    assert weights_hash(lm.model) == before
+
+
+def test_train_refuses_nan_outputs_after_the_last_step(monkeypatch):
+    """Without a target no check measures the final weights: a last step that leaves the outputs
+    NaN is caught by one pass over the forget prompts (was: returned as a success)."""
+    import mechunlearn.edit.trainer as trainer
+
+    lm = tiny_model("llama")
+    split = split_facts(load_table_from_text(TABLE), forget=3, seed=0)
+    real_after_step = trainer.TrainableWeights.after_step
+
+    def poison(self):
+        real_after_step(self)
+        with torch.no_grad():
+            self.model.get_output_embeddings().weight[0, 0] = float("nan")  # not a trained weight
+
+    monkeypatch.setattr(trainer.TrainableWeights, "after_step", poison)
+    with pytest.raises(TrainingDivergedError, match="NaN"):
+        train(lm, "blocks.1.mlp", split, EditConfig(steps=1, c_general=0, c_maintain=0), progress=False)
+
+
+def load_table_from_text(text: str):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "facts.csv"
+        path.write_text(text)
+        return load_table(path)
+
+
+# ---- 2. a localization must fit the model it trains
+
+
+def _loc(path: Path, scores: dict, model: dict | None) -> Path:
+    evidence = {"granularity": "matrix", **({"model": model} if model else {})}
+    Localization("causal_tracing", {}, ["f0"], scores, evidence, "tiny", []).save(path)
+    return path
+
+
+def test_localization_of_another_architecture_is_refused_naming_both(ws, tmp_path, capsys):
+    info = {**_model_info(tiny_model("gemma2")), "n_layers": 26}
+    loc = _loc(tmp_path / "gemma2.json", {"blocks.1.mlp.out": 2.0, "blocks.2.mlp.out": 1.0}, info)
+    status, lines = run(edit_args(ws, tmp_path / "e", "--localization", loc, "--budget", "8192"), capsys)
+    one_error(status, lines, "gemma2.json", "gemma2 (26 layers", "llama (4 layers", "--force")
+    assert not (tmp_path / "e").exists()
+    status, lines = run(edit_args(ws, tmp_path / "e", "--localization", loc, "--budget", "8192", "--force"), capsys)
+    assert status == 0 and any("warning (--force)" in line for line in lines), lines
+    assert json.loads((tmp_path / "e" / "train_log.json").read_text())["components"] == ["blocks.1.mlp.out"]
+
+
+def test_localization_of_other_weights_is_refused(ws, tmp_path, capsys):
+    loc = _loc(tmp_path / "seed1.json", {"blocks.1.mlp.out": 2.0}, _model_info(tiny_model("llama", seed=1)))
+    status, lines = run(edit_args(ws, tmp_path / "e", "--localization", loc, "--budget", "8192"), capsys)
+    one_error(status, lines, "seed1.json", "other weights", "--force")
+
+
+def test_localization_records_its_model_and_a_selection_carries_it():
+    from mechunlearn.localize import localize, select
+
+    lm = tiny_model("llama")
+    loc = localize(lm, load_table_from_text(TABLE).subset(list(load_table_from_text(TABLE))[:2]), "random")
+    model = loc.evidence["model"]
+    assert model["n_layers"] == 4 and model["weights_sha256"] == weights_hash(lm.model)
+    assert select(loc, lm.arch, budget=8192).model == model
+
+
+def test_localization_with_nan_scores_is_refused(ws, tmp_path, capsys):
+    loc = _loc(tmp_path / "nan.json", {"blocks.1.mlp.out": math.nan, "blocks.2.mlp.out": math.nan}, None)
+    status, lines = run(edit_args(ws, tmp_path / "e", "--localization", loc, "--budget", "8192"), capsys)
+    one_error(status, lines, "nan.json", "2 of 2 scores are not finite")
