@@ -147,3 +147,59 @@ def test_localization_with_nan_scores_is_refused(ws, tmp_path, capsys):
     loc = _loc(tmp_path / "nan.json", {"blocks.1.mlp.out": math.nan, "blocks.2.mlp.out": math.nan}, None)
     status, lines = run(edit_args(ws, tmp_path / "e", "--localization", loc, "--budget", "8192"), capsys)
     one_error(status, lines, "nan.json", "2 of 2 scores are not finite")
+
+
+# ---- 6. files written before a refusal, and paths that break later
+
+
+def test_demo_refuses_a_folder_of_the_users_files(tmp_path, capsys, monkeypatch):
+    from mechunlearn.experiment import Experiment
+
+    started = []
+    monkeypatch.setattr(Experiment, "run", lambda self: started.append(self.out))
+    (tmp_path / "notes.txt").write_text("mine")
+    status, lines = run(["demo", "--quick", "--out", tmp_path], capsys)
+    one_error(status, lines, str(tmp_path), "not empty")
+    assert not started and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")  # an earlier run: resumed
+    assert run(["demo", "--quick", "--out", tmp_path / "run"], capsys)[0] == 0 and started == [tmp_path / "run"]
+
+
+def test_edit_out_where_no_folder_can_be_made_is_refused_before_training(ws, tmp_path, capsys, monkeypatch):
+    import mechunlearn.cli.edit as cli_edit
+
+    monkeypatch.setattr(cli_edit, "train", lambda *a, **k: pytest.fail("trained before refusing --out"))
+    status, lines = run(edit_args(ws, "/proc/x", "--components", "blocks.1.mlp"), capsys)
+    one_error(status, lines, "/proc/x", "cannot create a folder in /proc")
+
+
+def test_train_log_paths_work_from_any_folder(ws, tmp_path, capsys, monkeypatch):
+    """``--data`` and ``--model`` typed relative to the working folder are recorded resolved
+    (absolute), so ``evaluate --forget-from`` reads the log from anywhere."""
+    monkeypatch.chdir(ws)
+    status, _ = run(["edit", "--model", "llama", "--device", "cpu", "--dataset", "table", "--data", "good.csv",
+                     "--threshold", "0", "--forget", "3", "--steps", "1", "--target", "0", "--components",
+                     "blocks.1.mlp", "--out", tmp_path / "e"], capsys)
+    assert status == 0
+    log = json.loads((tmp_path / "e" / "train_log.json").read_text())
+    assert log["facts"]["data"] == str(ws / "good.csv") and log["model"] == str(ws / "llama")
+    monkeypatch.chdir(tmp_path)
+    status, lines = run(["evaluate", "--model", "e/model", "--forget-from", "e/train_log.json", "--device", "cpu",
+                         "--formats", "train", "--attacks", "", "--out", "eval.json"], capsys)
+    assert status == 0, lines
+
+
+# ---- 7. Ctrl-C
+
+
+def test_interrupted_run_says_what_was_kept_and_how_to_resume(tmp_path, capsys, monkeypatch):
+    from mechunlearn.experiment import Experiment
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Experiment, "run", interrupted)
+    status, lines = run(["demo", "--quick", "--out", tmp_path / "d"], capsys)
+    assert status == 130 and len(lines) == 1, lines
+    assert lines[0].startswith("interrupted: ") and f"kept in {tmp_path / 'd'}" in lines[0] and "resumes" in lines[0]

@@ -31,6 +31,15 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+NOTHING_KEPT = "nothing was written (every output is written whole when its command finishes)"
+_kept = [NOTHING_KEPT]
+
+
+def on_interrupt(kept: str) -> None:
+    """What the running command keeps when it is interrupted, and how to resume (one line)."""
+    _kept[0] = kept
+
+
 COMMAND_MODULES = ("facts", "localize", "edit", "evaluate", "run")
 for _name in COMMAND_MODULES:
     importlib.import_module(f"mechunlearn.cli.{_name}")  # each adds its commands to `app`
@@ -41,11 +50,19 @@ def _say(message: str) -> None:
     print("error: " + " ".join(str(message).split()), file=sys.stderr)
 
 
+def _interrupted() -> int:
+    print(f"\ninterrupted: {_kept[0]}", file=sys.stderr)
+    return 130
+
+
 def invoke(argv: list[str] | None = None) -> int:
     """Run the command line in this process; return its exit status. Bad input (ours or click's)
     is one ``error:`` line and status 2, never a traceback."""
+    on_interrupt(NOTHING_KEPT)
     try:
         status = app(args=argv, prog_name="mechunlearn", standalone_mode=False)
+        if status == 130:  # typer's answer to Ctrl-C
+            return _interrupted()
         return status if isinstance(status, int) else 0
     except click_errors.NoArgsIsHelpError as e:
         print(e.ctx.get_help() if e.ctx else e.format_message(), file=sys.stderr)
@@ -57,8 +74,8 @@ def invoke(argv: list[str] | None = None) -> int:
     except click_errors.ClickException as e:
         _say(e.format_message())
         return e.exit_code
-    except typer.Abort:
-        return 130
+    except (typer.Abort, KeyboardInterrupt):
+        return _interrupted()
     except MechunlearnError as e:
         _say(str(e))
         return 2

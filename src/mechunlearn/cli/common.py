@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import typer
@@ -84,6 +85,11 @@ def _writable_parent(path: Path, option: str) -> None:
         raise MechunlearnError(f"{option} {path}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise MechunlearnError(f"{option} {path}: cannot write in {parent} (read-only); choose another place")
+    try:  # what access() cannot tell: /proc, a full or read-only mount
+        tempfile.TemporaryDirectory(dir=parent).cleanup()
+    except OSError as e:
+        raise MechunlearnError(f"{option} {path}: cannot create a folder in {parent} ({e.strerror or e}); "
+                               "choose another place") from None
 
 
 def check_out_file(path: Path | None, option: str = "--out") -> None:
@@ -109,6 +115,14 @@ def check_out_folder(path: Path, option: str = "--out", expected: tuple[str, ...
             raise MechunlearnError(f"{option} {path} exists, is not empty and holds no {' / '.join(expected)}: "
                                    "it would be replaced; choose a new folder")
     _writable_parent(path, option)
+
+
+def resolved_path(spec: str | None) -> str | None:
+    """A path the user typed, made absolute when it names a file or folder here (so a log that
+    records it works from any folder); anything else (a Hub id, 'default') as typed."""
+    if not spec or spec == "default" or not Path(spec).expanduser().exists():
+        return spec
+    return str(Path(spec).expanduser().resolve())
 
 
 def check_input_file(path: Path | str | None, option: str) -> None:

@@ -31,6 +31,7 @@ from mechunlearn.cli.common import (
     open_model,
     pick_device,
     read_localization,
+    resolved_path,
 )
 from mechunlearn.edit import EditConfig, apply_diff, expand_components, read_diff, save_edit, train
 from mechunlearn.edit.saving import DIFF_FILE, LOG_FILE, check_output_dir, save_model, weights_hash
@@ -240,9 +241,9 @@ def edit(
     if set(after) != set(before) or not all(math.isfinite(v) for v in after.values()):
         raise TrainingDivergedError(f"the edited model's quick evaluation is not a number ({after}): the edit "
                                     "diverged; nothing was written")
-    facts_info = {"dataset": dataset, "data": data, "seed": seed, "threshold": report.threshold,
+    facts_info = {"dataset": dataset, "data": resolved_path(data), "seed": seed, "threshold": report.threshold,
                   "known": len(known), "total": report.total}
-    save_edit(lm, result, out, base_spec=model, facts=facts_info,
+    save_edit(lm, result, out, base_spec=resolved_path(model), facts=facts_info,
               extra={"selection": source, "quick_eval": {"before": before, "after": after}})
 
     table = Table(title=f"{config.objective}: {len(split.forget)} facts, {len(names)} components, "

@@ -5,7 +5,18 @@ from pathlib import Path
 
 import typer
 
-from mechunlearn.cli.app import app, console
+from mechunlearn.cli.app import app, console, on_interrupt
+
+# what a run folder holds: a non-empty folder without any of these is the user's, not a run's
+RUN_FILES = ("config.json", "cells", "data.json", "localizations")
+
+
+def _resumable(out: Path) -> None:
+    from mechunlearn.cli.common import check_out_folder
+
+    check_out_folder(out, "--out", RUN_FILES)
+    on_interrupt(f"the finished cells and the known-facts scores are kept in {out}; the same command with "
+                 f"--out {out} resumes")
 
 
 @app.command("run")
@@ -29,6 +40,7 @@ def run(
 
         print_estimate(run_guard(resolved).estimate)
         return
+    _resumable(out)
     start = time.perf_counter()
     Experiment(resolved, out, console).run()
     console.print(f"finished in {time.perf_counter() - start:.0f} s")
@@ -42,10 +54,9 @@ def demo(
     """The default comparison on the embedded Gemma 3 270M and the built-in athletes: FLU, causal
     tracing, attribution patching, random and all-MLPs at FLU's budget; edit 16 athletes;
     evaluate formats, maintain, LM loss, relearning and probes; write the report."""
-    from mechunlearn.cli.common import check_out_folder
     from mechunlearn.experiment import Experiment, load_config
 
-    check_out_folder(out, "--out")
+    _resumable(out)
     start = time.perf_counter()
     Experiment(load_config("quick" if quick else "demo"), out, console).run()
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s")
