@@ -11,7 +11,7 @@ from mechunlearn.io import write_json_atomic
 from mechunlearn.report import verdicts, write_report
 from mechunlearn.report.sections import formats
 from mechunlearn.report.stability import jaccard, stability_rows
-from mechunlearn.report.stats import compare, estimate, holm, paired_p
+from mechunlearn.report.stats import estimate, holm, t_test
 from mechunlearn.report.training import bands_used, strength_rows, target_blocks, unreached_seeds
 
 
@@ -47,8 +47,6 @@ def test_estimate_and_paired_comparison():
     assert abs(e.half_width - 4.303 * 1 / 3 ** 0.5) < 1e-3  # t(0.975, 2) * sd / sqrt(n)
     one = estimate([0.4])
     assert one.low == one.high == 0.4
-    d = compare({0: 0.9, 1: 0.8}, {0: 0.1, 1: 0.2}, higher_is_better=False)
-    assert d.mean == pytest.approx(-0.7)
 
 
 def test_verdicts_state_who_won_with_interval(run_dir):
@@ -57,33 +55,37 @@ def test_verdicts_state_who_won_with_interval(run_dir):
     found = {(v["metric"], v["vs"]): v for v in verdicts(load_cells(run_dir))}
     mcq = found[("edit.mcq.p_new", "causal_tracing")]
     assert mcq["advantage"] == pytest.approx(0.6 + 2 * (0.01 - 0.02 + 0.015) / 3, abs=1e-9)
-    assert mcq["low"] > 0 and "beat causal tracing" in mcq["text"]
+    assert mcq["primary"] and mcq["outcome"] == "better" and mcq["low"] > 0
+    assert "FLU better than causal tracing by 0.603" in mcq["text"]
     maintain = found[("maintain.train.p_true", "causal_tracing")]
-    assert "no clear difference" in maintain["text"] or "worse" in maintain["text"]
+    assert not maintain["primary"] and maintain["outcome"] == "descriptive" and "p_holm" not in maintain
     assert all(v["vs"] != "all_mlps" for v in found.values())
+    assert {k for k, v in found.items() if v["primary"]} == {
+        ("edit.mcq.p_new", "causal_tracing"), ("relearn.error", "causal_tracing"), ("probe.truth", "causal_tracing")}
 
 
 def test_report_files(run_dir):
     page = write_report(run_dir)
     text = page.read_text()
-    assert "FLU beat causal tracing" in text and "data:image/png;base64," in text
+    assert "FLU better than causal tracing" in text and "data:image/png;base64," in text
     assert "10 of 20 facts (built-in sports) known by the model at P(true) &gt; 0.7" in text
     assert "Setting cf16: 7 of 30 facts (cf.csv) known" in text and "2 facts dropped" in text
     table = pd.read_csv(run_dir / "results.csv")
     assert len(table) == 12 and set(table.method) == {"fact_lookup", "causal_tracing", "all_mlps", "unedited"}
     assert (run_dir / "report" / "spider_edit16.png").stat().st_size > 10_000
     written = {(v["metric"], v["vs"]): v for v in json.loads((run_dir / "verdicts.json").read_text())}
-    assert {v["comparisons"] for v in written.values()} == {6}  # 6 metrics present x 1 output-tracing method
+    assert {v["comparisons"] for v in written.values()} == {3}  # the 3 claims present x 1 output-tracing method
     mcq = written[("edit.mcq.p_new", "causal_tracing")]
     raw_p = ttest_rel([0.81, 0.78, 0.815], [0.19, 0.22, 0.185]).pvalue
     assert mcq["p"] == pytest.approx(raw_p) and mcq["significant"] and mcq["significant_raw"]
-    # Holm: relearn.error has p = 0 (rank 1); mcq and probe.truth share raw_p (ranks 2, 3): 5 x raw_p for both
-    assert mcq["p_holm"] == pytest.approx(5 * raw_p)
-    assert written[("probe.truth", "causal_tracing")]["p_holm"] == pytest.approx(5 * raw_p)
+    # Holm over the primary family: relearn.error has p = 0 (rank 1); mcq and probe.truth share raw_p
+    # (ranks 2, 3): 2 x raw_p for both
+    assert mcq["p_holm"] == pytest.approx(2 * raw_p)
+    assert written[("probe.truth", "causal_tracing")]["p_holm"] == pytest.approx(2 * raw_p)
     maintain = written[("maintain.train.p_true", "causal_tracing")]
     assert not maintain["significant"] and not maintain["significant_raw"] and maintain["p"] > 0.05
-    assert written[("lm_loss", "causal_tracing")]["p"] == 1.0 and "tied exactly" in written[("lm_loss", "causal_tracing")]["text"]
-    assert "Comparisons per setting: edit16: 6" in text and "Holm" in text
+    assert written[("lm_loss", "causal_tracing")]["p"] == 1.0 and not written[("lm_loss", "causal_tracing")]["primary"]
+    assert "Per setting: edit16: 3." in text and "Holm" in text and "Secondary comparisons (descriptive)" in text
 
 
 def _chromium():
@@ -143,28 +145,28 @@ def test_holm_adjusted_p_values_and_the_paired_test():
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     adjusted = holm([0.2, math.nan, 0.001])
     assert adjusted[2] == pytest.approx(0.003) and adjusted[0] == pytest.approx(0.4) and adjusted[1] == 1.0
-    ours, theirs = {0: 0.9, 1: 0.7, 2: 0.85}, {0: 0.5, 1: 0.6, 2: 0.4}
-    assert paired_p(ours, theirs) == pytest.approx(ttest_rel([0.9, 0.7, 0.85], [0.5, 0.6, 0.4]).pvalue)
-    assert math.isnan(paired_p({0: 1.0}, {0: 0.0}))
+    assert t_test([0.4, 0.1, 0.45])[2] == pytest.approx(ttest_rel([0.9, 0.7, 0.85], [0.5, 0.6, 0.4]).pvalue)
+    assert math.isnan(t_test([1.0])[2])
 
 
-def test_raw_interval_excluding_zero_is_no_reliable_difference_after_holm():
-    # advantages 0.15, 0.20, 0.25: t = 6.9 on 2 df, raw p = 0.020 (the interval excludes 0), but 14 comparisons
+def test_raw_interval_excluding_zero_is_inconclusive_after_holm():
+    # advantages 0.15, 0.20, 0.25: t = 6.9 on 2 df, raw p = 0.020, but 8 primary comparisons (4 claims x 2 methods)
     found = {(v["metric"], v["vs"]): v for v in verdicts(_cells_with_advantages({"edit.qa.p_new": [0.15, 0.2, 0.25]}))}
-    assert {v["comparisons"] for v in found.values()} == {14}
+    assert {v["comparisons"] for v in found.values()} == {8}
     qa = found[("edit.qa.p_new", "causal_tracing")]
-    assert qa["low"] > 0 and qa["significant_raw"] and qa["p"] == pytest.approx(0.0202, abs=5e-4)
-    assert not qa["significant"] and qa["p_holm"] > 0.05
-    assert "no reliable difference between FLU and causal tracing after correcting for 14 comparisons" in qa["text"]
-    assert "beat" not in qa["text"]
+    assert qa["significant_raw"] and qa["p"] == pytest.approx(0.0202, abs=5e-4)
+    assert not qa["significant"] and qa["p_holm"] > 0.05 and qa["outcome"] == "inconclusive"
+    assert qa["low"] < 0 < qa["high"] and qa["confidence"] == pytest.approx(1 - 0.05 / 8)  # Bonferroni interval
+    assert "inconclusive between FLU and causal tracing: difference +0.200" in qa["text"]
+    assert f"detects with 80% power is {qa['mde']:.3f}" in qa["text"] and qa["mde"] > 0.2
 
 
 def test_raw_and_holm_agree_on_a_large_difference():
     found = {(v["metric"], v["vs"]): v for v in verdicts(_cells_with_advantages({"edit.qa.p_new": [0.6, 0.61, 0.59]}))}
     qa = found[("edit.qa.p_new", "causal_tracing")]
     assert qa["significant_raw"] and qa["significant"] and qa["p_holm"] < 0.01
-    assert qa["text"].startswith("P(edit target), question/answer prompt: FLU beat causal tracing by 0.600")
-    assert "Holm-adjusted p" in qa["text"] and "over 14 comparisons" in qa["text"]
+    assert qa["text"].startswith("P(edit target), question/answer prompt: FLU better than causal tracing by 0.600")
+    assert "Holm p" in qa["text"] and "8 primary comparisons" in qa["text"]
     assert found[("edit.qa.p_new", "attribution_patching")]["significant"]  # FLU's 0.6 lead over noise
     assert not any(v["significant"] for (metric, _), v in found.items() if metric != "edit.qa.p_new")
 
@@ -302,11 +304,11 @@ def test_formats_fall_back_to_what_the_evaluations_recorded():
     assert "<td>all</td>" in flat and "Q: {question} A:" in flat and "{subject} plays" not in flat
 
 
-def test_a_single_seed_verdict_says_which_way_without_claiming_evidence():
-    from mechunlearn.report.stats import estimate, verdict
-
-    behind = verdict(estimate([-0.011]), "FLU", "causal tracing", "P(edit target), QA")
-    ahead = verdict(estimate([0.2]), "FLU", "causal tracing", "P(edit target), QA")
-    assert behind == ("P(edit target), QA: FLU trailed causal tracing by 0.011 (1 seed: no interval, so this is not "
-                      "evidence either way).")
-    assert "FLU was ahead of causal tracing by 0.200" in ahead
+def test_a_single_seed_report_says_in_one_sentence_that_it_is_descriptive(run_dir):
+    for p in (run_dir / "cells").glob("*__s[12].json"):
+        p.unlink()
+    found = verdicts([json.loads(p.read_text()) for p in sorted((run_dir / "cells").glob("*.json"))])
+    assert {v["outcome"] for v in found} == {"descriptive"}
+    text = html.unescape(write_report(run_dir).read_text())
+    assert text.count("One seed: every comparison below is descriptive, not a verdict") == 1
+    assert "not evidence either way" not in text and "None" not in text

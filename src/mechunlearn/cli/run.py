@@ -70,3 +70,28 @@ def report(run_dir: Path = typer.Argument(..., help="A run folder written by 'ru
     if not (run_dir / "cells").is_dir():
         raise typer.BadParameter(f"{run_dir} is not a run folder (no cells/)")
     console.print(f"wrote {write_report(run_dir)}")
+
+
+@app.command("plan")
+def plan(
+    run_dir: Path = typer.Argument(..., help="A finished run (a pilot of 2 or more seeds) written by 'run' or 'demo'."),
+    delta: float | None = typer.Option(None, "--delta", help="The smallest difference that matters (default: the "
+                                       "run's analysis.delta)."),
+):
+    """How many seeds each primary comparison needs for its minimum detectable effect to reach delta."""
+    from dataclasses import replace
+
+    from mechunlearn.io import read_json
+    from mechunlearn.report.analysis import AnalysisSpec
+    from mechunlearn.report.planner import lines, plan
+
+    if not (run_dir / "cells").is_dir():
+        raise typer.BadParameter(f"{run_dir} is not a run folder (no cells/)")
+    spec = AnalysisSpec.from_json(read_json(run_dir / "config.json").get("analysis")
+                                  if (run_dir / "config.json").exists() else None)
+    if delta is not None:
+        if not delta > 0:
+            raise typer.BadParameter(f"--delta must be > 0, got {delta}")
+        spec = replace(spec, delta=delta, delta_per_metric={})
+    for line in lines(plan(run_dir, spec)):
+        console.print(line, highlight=False, markup=False)

@@ -13,6 +13,7 @@ import yaml
 from mechunlearn.edit import EditConfig
 from mechunlearn.evaluate import EvalConfig
 from mechunlearn.experiment.schema import ConfigError, read, read_fields
+from mechunlearn.report.analysis import AnalysisSpec
 
 PACKAGED = Path(__file__).resolve().parents[1] / "configs"
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -90,19 +91,6 @@ class TrainingSpec:
     # learning rates for an arm that misses the target within the cap at its configured lr: one is
     # chosen on the validation carve (sweep.py's rule) and the arm is trained again at it
     lr_ladder: tuple[float, ...] | None = None
-
-
-@dataclass(frozen=True)
-class AnalysisSpec:
-    # the comparisons that carry the verdict: FLU against each method of `against` on each metric
-    # of `primary`; null: the paper's three claims (generalisation to the setting's other formats,
-    # relearning error, the probe reading the truth) against every output-tracing method and random
-    primary: tuple[str, ...] | None = None
-    against: tuple[str, ...] | None = None
-    delta: float = 0.05  # the smallest difference that matters, in the metric's units
-    delta_per_metric: dict[str, float] = field(default_factory=dict)  # e.g. {lm_loss: 0.05}
-    alpha: float = 0.05  # family-wise, over the primary comparisons of a setting
-    power: float = 0.8  # for the minimum detectable effect and the seeds a verdict needs
 
 
 @dataclass(frozen=True)

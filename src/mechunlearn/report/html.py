@@ -17,10 +17,11 @@ import pandas as pd
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.io import read_json, write_text_atomic
 from mechunlearn.report import plots, sections
+from mechunlearn.report.analysis import AnalysisSpec
 from mechunlearn.report.methods import BASE, OURS, label, ordered
 from mechunlearn.report.metrics import present
 from mechunlearn.report.stats import estimate
-from mechunlearn.report.verdicts import RULE, verdicts
+from mechunlearn.report.verdicts import decision_rule, verdicts
 
 __all__ = ["OURS", "load_cells", "results_table", "verdicts", "write_report"]
 
@@ -68,17 +69,16 @@ table.t th{background:#f4f4f4}img{max-width:100%;margin:.5em 0}.note{color:#555;
 
 def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
-    out_dir = run_dir / "report"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cells = load_cells(run_dir)
-    if not cells:
-        raise FileNotFoundError(f"{run_dir}/cells has no results yet")
+    cells = load_cells(run_dir)  # a folder that is not a run is refused before anything is written
     config = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
     data = read_json(run_dir / "data.json") if (run_dir / "data.json").exists() else {}
+    spec = AnalysisSpec.from_json(config.get("analysis"))
+    out_dir = run_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
     table = results_table(cells)
     write_text_atomic(run_dir / "results.csv", table.to_csv(index=False))
-    found = verdicts(cells)
-    write_text_atomic(run_dir / "verdicts.json", json.dumps(found, indent=1))
+    found = verdicts(cells, spec)
+    write_text_atomic(run_dir / "verdicts.json", json.dumps(found, indent=1, allow_nan=False))
 
     settings = sorted({c["setting"] for c in cells})
     methods = [m for m in ordered({c["method"] for c in cells}) if m != BASE]
@@ -86,9 +86,10 @@ def write_report(run_dir: str | Path) -> Path:
     parts = [f"<h1>mechunlearn report: {html.escape(str(config.get('model', '')))}</h1>",
              f"<p class=note>{len(settings)} setting(s) × {len(methods)} method(s) × {len(seeds)} seed(s) "
              f"({', '.join(map(str, seeds))}). Intervals are 95% t-intervals over seeds; with one seed there is none. "
-             f"Verdicts: {html.escape(RULE)}. "
+             f"Verdicts: {html.escape(decision_rule(spec))}. "
              "Probabilities, not argmax: closed answer sets are normalised over the answer set.</p>"]
-    parts += sections.comparison(found)
+    parts += _non_finite(cells)
+    parts += sections.comparison(found, spec)
     parts += sections.fairness(cells, settings)
     parts += _data(data, cells, settings)
     parts += _per_setting(cells, settings, methods, out_dir)
@@ -103,6 +104,16 @@ def write_report(run_dir: str | Path) -> Path:
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>mechunlearn report</title><style>{CSS}</style>"
             f"</head><body>{''.join(parts)}</body></html>")
     return write_text_atomic(run_dir / "report.html", page)
+
+
+def _non_finite(cells: list[dict]) -> list[str]:
+    """Cells with a NaN or infinite metric (a diverged arm): named, and left out of every comparison."""
+    bad = [f"{c['setting']} · {label(c['method'])} · seed {c['seed']}: {', '.join(sorted(names))}" for c in cells
+           for names in [[k for k, v in c["metrics"].items() if isinstance(v, float) and not math.isfinite(v)]] if names]
+    if not bad:
+        return []
+    return [f"<p class=lose>{len(bad)} cell(s) hold non-finite metrics (NaN or infinite), left out of every "
+            f"comparison: {html.escape('; '.join(bad))}.</p>"]
 
 
 def _data(data: dict, cells: list[dict], settings: list[str]) -> list[str]:

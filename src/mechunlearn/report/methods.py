@@ -15,7 +15,9 @@ class MethodStyle:
     short: str  # terminal table columns
     label: str  # verdict sentences, legends, tables
     colour: str
-    role: str  # "ours" | "output tracing" (what FLU is compared against) | "baseline" | "reference"
+    # "ours" | "output tracing" and "random" (what FLU is compared against by default: random
+    # components of the same budget) | "baseline" | "reference"
+    role: str
 
 
 STYLES: dict[str, MethodStyle] = {
@@ -24,10 +26,10 @@ STYLES: dict[str, MethodStyle] = {
         MethodStyle(OURS, "FLU", "FLU", "#1f77b4", "ours"),
         MethodStyle("causal_tracing", "CT", "causal tracing", "#ff7f0e", "output tracing"),
         MethodStyle("attribution_patching", "AP", "attribution patching", "#2ca02c", "output tracing"),
-        MethodStyle("random", "random", "random", "#d62728", "baseline"),
+        MethodStyle("random", "random", "random", "#d62728", "random"),
         MethodStyle("all_mlps", "all MLPs", "all MLPs", "#9467bd", "baseline"),
         MethodStyle("everything", "everything", "everything", "#8c564b", "baseline"),
-        MethodStyle("random_mlps", "random MLPs", "random MLPs", "#e377c2", "baseline"),
+        MethodStyle("random_mlps", "random MLPs", "random MLPs", "#e377c2", "random"),
         MethodStyle("causal_tracing_mlps", "CT-mlp", "causal tracing (MLPs)", "#bcbd22", "output tracing"),
         MethodStyle("attribution_patching_mlps", "AP-mlp", "attribution patching (MLPs)", "#17becf",
                     "output tracing"),
@@ -35,6 +37,7 @@ STYLES: dict[str, MethodStyle] = {
     ]
 }
 OUTPUT_TRACING = tuple(s.name for s in STYLES.values() if s.role == "output tracing")
+COMPARED = tuple(s.name for s in STYLES.values() if s.role in ("output tracing", "random"))
 _SPARE = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354")
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import pandas as pd
 
 from mechunlearn.report import stability, training
+from mechunlearn.report.analysis import AnalysisSpec
 from mechunlearn.report.methods import label
 from mechunlearn.report.metrics import METRICS
-from mechunlearn.report.verdicts import RULE
+from mechunlearn.report.verdicts import decision_rule, one_seed_note
 
 NOT_RECORDED = "not recorded"
 
@@ -33,35 +34,69 @@ def _p(text: str, cls: str | None = None) -> str:
     return f"<p{f' class={cls}' if cls else ''}>{html.escape(text)}</p>"
 
 
-def comparison(found: list[dict]) -> list[str]:
-    """Verdict sentences (Holm-corrected decisions) and the table of raw intervals and p-values."""
+def comparison(found: list[dict], spec: AnalysisSpec) -> list[str]:
+    """The primary comparisons' outcomes (one sentence each, or one sentence for a one-seed run),
+    their table, and the secondary comparisons as a descriptive table."""
     parts = ["<h2>What the comparison found</h2>"]
     if not found:
-        return [*parts, "<p>No FLU vs output-tracing comparison in this run.</p>"]
-    per_setting = {v["setting"]: v["comparisons"] for v in found}
-    parts.append(_p("Comparisons per setting: " + ", ".join(f"{s}: {n}" for s, n in per_setting.items())
-                    + f". Rule: {RULE}. The sentences state the corrected decisions; the table keeps the raw "
-                    "95% intervals (an interval that excludes 0 is significant before correction only).", "note"))
-    rows = []
-    for v in found:
-        cls = ("win" if v["advantage"] > 0 else "lose") if v["significant"] else "tie"
-        rows.append(f"<li class={cls}><b>{html.escape(v['setting'])}</b>: {html.escape(v['text'])}</li>")
-    parts.append("<ul>" + "".join(rows) + "</ul>")
-    parts.append(table(pd.DataFrame([{
-        "setting": v["setting"], "metric": METRICS[v["metric"]].label if v["metric"] in METRICS else v["metric"],
-        "FLU vs": label(v["vs"]), "advantage": v["advantage"], "raw 95% CI": f"{v['low']:+.3f} to {v['high']:+.3f}",
-        "seeds": v["n"], "p": v["p"], "Holm p": v["p_holm"],
-        "decision": _decision(v),
-    } for v in found])))
+        return [*parts, "<p>No comparison of FLU with another localization in this run.</p>"]
+    primary = [v for v in found if v["primary"]]
+    per_setting = {v["setting"]: v["comparisons"] for v in primary}
+    deltas = sorted({f"{v['delta']:g}" for v in primary})
+    parts.append(_p(f"Primary comparisons, declared in the run's config before it ran: {spec.describe()}. "
+                    f"Per setting: {', '.join(f'{s}: {n}' for s, n in per_setting.items()) or 'none present'}. "
+                    f"Smallest difference that matters (delta): {' / '.join(deltas) or f'{spec.delta:g}'}. "
+                    f"Rule: {decision_rule(spec)}. A positive difference means FLU did better.", "note"))
+    note = one_seed_note(found)
+    if note:
+        parts.append(_p(note, "lose"))
+    elif primary:
+        items = [f"<li class={OUTCOME_CLASS[v['outcome']]}><b>{html.escape(v['setting'])}</b>: {html.escape(v['text'])}</li>"
+                 for v in primary]
+        parts.append("<ul>" + "".join(items) + "</ul>")
+    if primary:
+        parts.append(table(pd.DataFrame([{
+            "setting": v["setting"], "primary endpoint": _metric_label(v["metric"]), "FLU vs": label(v["vs"]),
+            "outcome": v["outcome"], "difference": f"{v['advantage']:+.3f}",
+            "corrected interval": _interval(v), "seeds": v["n"], "Holm p, difference": _num(v.get("p_holm")),
+            "Holm p, equivalence": _num(v.get("p_equivalence_holm")), "MDE (80% power)": _num(v.get("mde"), ".3f"),
+            "seeds for MDE = delta": _seeds(v),
+        } for v in primary])))
+    secondary = [v for v in found if not v["primary"]]
+    if secondary:
+        parts.append("<h3>Secondary comparisons (descriptive)</h3>")
+        parts.append(_p("Not part of the corrected family: raw 95% intervals over seeds, no decision.", "note"))
+        parts.append(table(pd.DataFrame([{
+            "setting": v["setting"], "metric": _metric_label(v["metric"]), "FLU vs": label(v["vs"]),
+            "difference": f"{v['advantage']:+.3f}", "raw 95% interval": _interval(v), "seeds": v["n"],
+        } for v in secondary])))
     return parts
 
 
-def _decision(v: dict) -> str:
-    if v["significant"]:
-        return "FLU better" if v["advantage"] > 0 else "FLU worse"
-    if v["low"] == v["high"] == 0:
-        return "tied exactly"
-    return "no reliable difference" if v["n"] > 1 else "one seed: untested"
+OUTCOME_CLASS = {"better": "win", "worse": "lose", "equivalent": "tie", "inconclusive": "tie", "descriptive": "tie"}
+
+
+def _metric_label(name: str) -> str:
+    return METRICS[name].label if name in METRICS else name
+
+
+def _num(value, spec: str = ".2g") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _interval(v: dict) -> str:
+    if v.get("low") is None or v.get("high") is None:
+        return "–"
+    return f"{v['low']:+.3f} to {v['high']:+.3f} ({v['confidence']:.1%})"
+
+
+def _seeds(v: dict) -> str:
+    n = v.get("seeds_for_delta")
+    if n is None:
+        return "–" if v["n"] > 1 or v.get("fact_sd") is None else "more than 10,000"
+    text = f">= {n}" if v["n"] < 2 else str(n)
+    at64 = v.get("seeds_for_delta_at_64_facts")
+    return text + (f" ({at64} at 64 facts)" if at64 is not None else "")
 
 
 def fairness(cells: list[dict], settings: list[str]) -> list[str]:

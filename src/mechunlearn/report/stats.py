@@ -1,4 +1,5 @@
-"""Means with confidence intervals over seeds, and paired method comparisons in plain words."""
+"""Means with confidence intervals over seeds, and the tests, intervals and power of the paired
+comparisons behind the verdict."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from scipy import stats
+from scipy import integrate, optimize, stats
 
 
 @dataclass(frozen=True)
@@ -33,56 +34,6 @@ def estimate(values: list[float], confidence: float = 0.95) -> Estimate:
     return Estimate(mean, mean - half, mean + half, len(vals))
 
 
-def compare(ours: dict[int, float], theirs: dict[int, float], higher_is_better: bool) -> Estimate:
-    """Paired (by seed) difference ours - theirs, signed so that positive means 'ours is better'."""
-    sign = 1 if higher_is_better else -1
-    seeds = sorted(set(ours) & set(theirs))
-    return estimate([sign * (ours[s] - theirs[s]) for s in seeds])
-
-
-def verdict(diff: Estimate, ours: str, theirs: str, metric: str, p_holm: float | None = None, comparisons: int = 1,
-            alpha: float = 0.05) -> str:
-    """One sentence. With ``p_holm`` the decision is the Holm-corrected one over ``comparisons``
-    tests (the raw interval is still quoted); without it, the raw interval decides."""
-    if diff.n == 0:
-        return f"{metric}: no paired results for {ours} and {theirs}."
-    seeds = f"{diff.n} seed{'s' if diff.n != 1 else ''}"
-    if diff.low == diff.high == 0:
-        return f"{metric}: {ours} and {theirs} tied exactly ({seeds})."
-    if diff.n == 1:
-        word = "was ahead of" if diff.mean > 0 else "trailed"
-        return (f"{metric}: {ours} {word} {theirs} by {abs(diff.mean):.3f} ({seeds}: no interval, "
-                "so this is not evidence either way).")
-    interval = f"95% CI of the advantage {diff.low:+.3f} to {diff.high:+.3f}, {seeds}"
-    raw_excludes_0 = diff.low > 0 or diff.high < 0
-    if p_holm is None:
-        decided = raw_excludes_0
-    else:
-        decided = p_holm <= alpha
-        interval += f"; Holm-adjusted p = {p_holm:.3g} over {comparisons} comparison{'s' if comparisons != 1 else ''}"
-    if decided and diff.mean > 0:
-        return f"{metric}: {ours} beat {theirs} by {diff.mean:.3f} ({interval})."
-    if decided:
-        return f"{metric}: {ours} was worse than {theirs} by {-diff.mean:.3f} ({interval})."
-    if raw_excludes_0:
-        return (f"{metric}: no reliable difference between {ours} and {theirs} after correcting for {comparisons} "
-                f"comparisons (mean advantage {diff.mean:+.3f}; the raw interval excludes 0: {interval}).")
-    return f"{metric}: no clear difference between {ours} and {theirs} (mean advantage {diff.mean:+.3f}; {interval})."
-
-
-def paired_p(ours: dict[int, float], theirs: dict[int, float]) -> float:
-    """Two-sided paired t-test over the shared seeds (the test dual to ``compare``'s interval:
-    p < 0.05 exactly when that 95% interval excludes 0); nan with fewer than two pairs."""
-    diffs = [ours[s] - theirs[s] for s in sorted(set(ours) & set(theirs))]
-    if len(diffs) < 2:
-        return math.nan
-    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
-    if sd == 0:
-        return 1.0 if mean == 0 else 0.0
-    t = mean / (sd / math.sqrt(len(diffs)))
-    return float(2 * stats.t.sf(abs(t), len(diffs) - 1))
-
-
 def holm(p_values: list[float]) -> list[float]:
     """Holm's step-down adjusted p-values (family-wise error control: reject where adjusted p <=
     alpha). An untestable comparison (nan) counts in the family and is never rejected."""
@@ -95,3 +46,84 @@ def holm(p_values: list[float]) -> list[float]:
         running = max(running, 1.0 if math.isnan(p) else min(1.0, (m - rank) * p))
         adjusted[i] = running
     return adjusted
+
+
+# --- the verdict's instruments: the paired test, equivalence, power --------------------------------
+
+def t_test(diffs: list[float]) -> tuple[float, float, float]:
+    """Mean, standard error and two-sided p of the one-sample t-test of ``diffs`` against 0."""
+    n = len(diffs)
+    mean = statistics.fmean(diffs)
+    if n < 2:
+        return mean, math.nan, math.nan
+    se = statistics.stdev(diffs) / math.sqrt(n)
+    if se == 0:
+        return mean, 0.0, 1.0 if mean == 0 else 0.0
+    return mean, se, float(2 * stats.t.sf(abs(mean / se), n - 1))
+
+
+def tost_p(diffs: list[float], delta: float) -> float:
+    """Two one-sided t-tests of equivalence: p of 'the true difference lies outside (-delta, delta)';
+    a small p says the difference is smaller than delta either way."""
+    n = len(diffs)
+    mean, se, _ = t_test(diffs)
+    if n < 2:
+        return math.nan
+    if se == 0:
+        return 0.0 if abs(mean) < delta else 1.0
+    above = stats.t.sf((mean + delta) / se, n - 1)  # H0: difference <= -delta
+    below = stats.t.cdf((mean - delta) / se, n - 1)  # H0: difference >= +delta
+    return float(max(above, below))
+
+
+def interval(diffs: list[float], confidence: float) -> tuple[float, float]:
+    mean, se, _ = t_test(diffs)
+    if math.isnan(se):
+        return math.nan, math.nan
+    half = stats.t.ppf((1 + confidence) / 2, len(diffs) - 1) * se
+    return mean - half, mean + half
+
+
+def power(effect: float, sd: float, n: int, alpha: float) -> float:
+    """Power of the two-sided paired t-test at level ``alpha`` with ``n`` pairs whose differences
+    have standard deviation ``sd``, when the true difference is ``effect`` (noncentral t)."""
+    df, critical = n - 1, stats.t.ppf(1 - alpha / 2, n - 1)
+    shift = effect * math.sqrt(n) / sd
+    value = stats.nct.sf(critical, df, shift) + stats.nct.cdf(-critical, df, shift)
+    if math.isnan(value):  # scipy's noncentral t fails far in the tail at 1-2 df: integrate it directly
+        def rejects(v: float) -> float:
+            bound = critical * math.sqrt(v / df)
+            return (stats.norm.sf(bound - shift) + stats.norm.cdf(-bound - shift)) * stats.chi2.pdf(v, df)
+        value = integrate.quad(rejects, 0, math.inf, limit=200)[0]
+    return float(min(1.0, value))
+
+
+def mde(sd: float, n: int, alpha: float, target_power: float = 0.8) -> float:
+    """The smallest true difference that the two-sided test at ``alpha`` detects with probability
+    ``target_power`` from ``n`` seeds with this spread; nan below two seeds."""
+    if n < 2 or math.isnan(sd):
+        return math.nan
+    if sd == 0:
+        return 0.0
+    high = sd
+    while power(high, sd, n, alpha) < target_power:
+        high *= 2
+    return float(optimize.brentq(lambda e: power(e, sd, n, alpha) - target_power, 0.0, high, xtol=sd * 1e-6))
+
+
+def seeds_needed(sd: float, delta: float, alpha: float, target_power: float = 0.8, most: int = 10_000) -> int | None:
+    """The fewest seeds whose minimum detectable effect is <= ``delta`` at this spread (None: more
+    than ``most``)."""
+    if math.isnan(sd):
+        return None
+    if mde(sd, 2, alpha, target_power) <= delta:
+        return 2
+    low, high = 2, 4
+    while mde(sd, high, alpha, target_power) > delta:
+        if high >= most:
+            return None
+        low, high = high, min(2 * high, most)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if mde(sd, mid, alpha, target_power) <= delta else (mid, high)
+    return high
