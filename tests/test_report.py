@@ -312,3 +312,26 @@ def test_a_single_seed_report_says_in_one_sentence_that_it_is_descriptive(run_di
     text = html.unescape(write_report(run_dir).read_text())
     assert text.count("One seed: every comparison below is descriptive, not a verdict") == 1
     assert "not evidence either way" not in text and "None" not in text
+
+
+def test_cells_with_non_finite_metrics_are_named_and_verdicts_json_stays_valid(run_dir):
+    path = run_dir / "cells" / "edit16__causal_tracing__s1.json"
+    cell = json.loads(path.read_text())
+    cell["metrics"]["edit.mcq.p_new"] = float("nan")
+    cell["metrics"]["lm_loss"] = float("inf")
+    path.write_text(json.dumps(cell))  # Python writes NaN and Infinity, as a diverged arm's cell would hold them
+    text = html.unescape(write_report(run_dir).read_text())
+    assert "1 cell(s) hold non-finite metrics (NaN or infinite), left out of every comparison: edit16 · causal " \
+           "tracing · seed 1: edit.mcq.p_new, lm_loss." in text
+    written = json.loads((run_dir / "verdicts.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    mcq = next(v for v in written if v["metric"] == "edit.mcq.p_new")
+    assert mcq["n"] == 2 and mcq["seeds"] == [0, 2]
+
+
+def test_report_on_a_folder_that_is_not_a_run_writes_nothing(tmp_path):
+    from mechunlearn.cli.app import invoke
+
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "cells" / "x.json").write_text("garbage")
+    assert invoke(["report", str(tmp_path)]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells"]

@@ -23,7 +23,7 @@ class Estimate:
 
 
 def estimate(values: list[float], confidence: float = 0.95) -> Estimate:
-    vals = [v for v in values if v is not None and not math.isnan(v)]
+    vals = [v for v in values if v is not None and math.isfinite(v)]
     if not vals:
         return Estimate(math.nan, math.nan, math.nan, 0)
     mean = sum(vals) / len(vals)
