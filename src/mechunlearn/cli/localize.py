@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from pathlib import Path
 
 import typer
@@ -78,43 +77,24 @@ def _typed(key: str, value, default):
     return tuple(value) if isinstance(default, tuple) else value
 
 
-def _known_sample(lm, facts: FactSet, n: int, seed: int, threshold: float | None) -> list:
-    """``n`` known facts in a seeded order, scoring the facts chunk by chunk (only as many as
-    needed)."""
-    order = list(facts.facts)
-    random.Random(seed).shuffle(order)
-    known: list = []
-    for start in range(0, len(order), 64):
-        try:
-            known += list(filter_known(lm.model, lm.tokenizer, facts.subset(order[start:start + 64]), threshold).known)
-        except MechunlearnError:  # none known in this chunk
-            pass
-        if len(known) >= n:
-            break
-    return known[:n]
-
-
 def _choose_facts(lm, facts: FactSet, n: int | None, n_probe: int, seed: int,
                   threshold: float | None) -> tuple[FactSet, FactSet | None]:
-    """The localization facts (``n`` known facts of a seeded sample, in file order; all known
-    when ``n`` is None) and, when ``n_probe`` asks for more, a larger sample for FLU's probes
-    (a superset of the localization facts)."""
+    """The localization facts and, when ``n_probe`` asks for more, FLU's probe facts (a
+    superset): the draw a run makes for seed ``seed`` (``experiment.facts.draw_localization``),
+    so that ``--facts N --seed S`` reproduces a run's localization; all known facts when ``n``
+    is None."""
+    from mechunlearn.experiment.facts import draw_localization
+
+    known = filter_known(lm.model, lm.tokenizer, facts, threshold, progress=True).known
     if n is None:
-        known = filter_known(lm.model, lm.tokenizer, facts, threshold, progress=True).known
         return known, None
-    if n < 1:
-        raise MechunlearnError(f"--facts must be at least 1, got {n}")
-    sample = _known_sample(lm, facts, max(n, n_probe), seed, threshold)
-    if len(sample) < n:
-        raise MechunlearnError(f"the model knows only {len(sample)} of the {len(facts)} facts; asked for {n}")
-
-    def in_file_order(chosen, name):
-        ids = {f.id for f in chosen}
-        return facts.subset([f for f in facts if f.id in ids], name)
-
-    local = in_file_order(sample[:n], f"{facts.name} ({n} known, seed {seed})")
-    probe = in_file_order(sample, f"{facts.name} ({len(sample)} known, seed {seed})") if len(sample) > n else None
-    return local, probe
+    local, probe = draw_localization(known, n, n_probe, seed)
+    if len(local) < 1:
+        raise MechunlearnError(f"the model knows only {len(known)} of the {len(facts)} facts: too few to localize on")
+    if len(local) < n:
+        console.print(f"note: the model knows {len(known)} of the {len(facts)} facts; localizing on {len(local)} "
+                      "(at most half of them, as a run does, so the rest can be edited and evaluated)")
+    return local, probe if len(probe) > len(local) else None
 
 
 @app.command("localize")
@@ -123,16 +103,25 @@ def localize_command(
     out: Path = typer.Option(..., "--out", help="Localization JSON to write (heatmap PNG beside it)."),
     model: str = MODEL, dataset: str = DATASET, data: str = DATA, dtype: str = DTYPE, device: str = DEVICE,
     seed: int = SEED, threshold: float = THRESHOLD,
-    facts: int = typer.Option(None, "--facts", help="Localize on N known facts (seeded sample; default: all known)."),
+    facts: int = typer.Option(None, "--facts", help="Localize on N known facts, drawn as a run draws them for "
+                              "--seed (at most half the known facts; default: all known)."),
     probe_facts: int = typer.Option(96, "--probe-facts", help="fact_lookup: probe on this many known facts (a "
                                     "superset of --facts; probes are noisy on ~30 facts). 0: the localization facts."),
     budget: int = typer.Option(None, "--budget", help="Trainable-parameter budget for the selection."),
     match: Path = typer.Option(None, "--match", help="Use this localization's (or selection's) parameter count."),
     granularity: str = typer.Option(None, "--granularity", help=" | ".join(GRANULARITIES) + " (default: the method's)"),
-    rule: str = typer.Option("under", "--rule", help="under: never exceed the budget; closest: may overshoot by < 1 unit"),
+    rule: str = typer.Option(None, "--rule", help="closest (default, as a run): may overshoot by < 1 unit; "
+                             "under: never exceed the budget"),
+    limit: int = typer.Option(None, "--limit", help="Check a seeded sample of N facts for knowing (a run's "
+                              "facts.limit)."),
     param: list[str] = typer.Option([], "--param", help="Method parameter KEY=VALUE (repeatable), e.g. n_noise=3."),
 ):
-    """Score components with one localization method and choose the ones to train."""
+    """Score components with one localization method and choose the ones to train. With --facts
+    N and --seed S it localizes on the facts a run with n_facts N localizes on for seed S."""
+    from mechunlearn.experiment.config import BudgetSpec
+    from mechunlearn.experiment.facts import limit_facts
+
+    rule = BudgetSpec.rule if rule is None else rule
     if method not in METHODS:
         raise MechunlearnError(f"unknown method {method!r}: {', '.join(METHODS)}")
     if budget is not None and match is not None:
@@ -143,6 +132,7 @@ def localize_command(
         raise MechunlearnError(f"unknown --granularity {granularity!r}: {', '.join(GRANULARITIES)}")
     check_number("--budget", budget, above=0)
     check_number("--facts", facts, minimum=1)
+    check_number("--limit", limit, minimum=1)
     check_number("--probe-facts", probe_facts, minimum=0)
     check_threshold(threshold)
     written_paths = [out, out.with_suffix(".png"), out.with_suffix(".selection.json"), out.with_suffix(".probes.png")]
@@ -153,7 +143,7 @@ def localize_command(
     if "progress" in getattr(METHODS[method], "defaults", {}):
         params.setdefault("progress", True)
     check_model_args({"--model": model}, dtype, device)
-    all_facts = load_facts(dataset, data, seed=seed)
+    all_facts = limit_facts(load_facts(dataset, data), limit)  # as a run reads its facts
     lm = open_model(model, dtype, device)
     if budget is not None and budget > total_params(lm.arch):
         raise MechunlearnError(f"--budget {budget:,} exceeds the {total_params(lm.arch):,} parameters of all the "

@@ -44,23 +44,35 @@ def resolve_paths(config: RunConfig, setting: SettingSpec) -> FactsSpec:
 
 
 def load_spec(spec: FactsSpec) -> FactSet:
-    facts = load_facts(spec.dataset, spec.data, mc_path=spec.mc_path)
-    if spec.limit and spec.limit < len(facts):
-        facts = facts.subset(random.Random("facts").sample(list(facts.facts), spec.limit))
-    return facts
+    return limit_facts(load_facts(spec.dataset, spec.data, mc_path=spec.mc_path), spec.limit)
 
 
 def seed_facts(config: RunConfig, known: FactSet, setting: SettingSpec, seed: int) -> SeedFacts:
     """Localization and probe facts drawn first from the known facts, the splits from the rest."""
     loc = config.localization
-    n = min(loc.n_facts, len(known) // 2)
-    probes = loc.probe_facts if "fact_lookup" in loc.methods else 0
-    n_probe = max(n, min(probes, len(known) // 2))  # at least half the known facts stay for the splits
-    drawn = random.Random(f"localization:{seed}").sample(list(known.facts), n_probe)
-    taken = {f.id for f in drawn}
+    localization, probes = draw_localization(known, loc.n_facts, loc.probe_facts if "fact_lookup" in loc.methods
+                                             else 0, seed)
+    taken = {f.id for f in probes}
     rest = known.subset([f for f in known.facts if f.id not in taken], known.name)
-    return SeedFacts(known.subset(drawn[:n], f"{known.name} localization"),
-                     known.subset(drawn, f"{known.name} probes"), splits(rest, setting, seed))
+    return SeedFacts(localization, probes, splits(rest, setting, seed))
+
+
+def draw_localization(known: FactSet, n_facts: int, probe_facts: int, seed: int) -> tuple[FactSet, FactSet]:
+    """The localization facts and fact_lookup's probe facts (a superset; the same set when
+    ``probe_facts`` asks for no more): one seeded draw from the known facts, at most half of them,
+    so that the rest can be split. A run and ``mechunlearn localize --facts N --seed S`` both draw
+    here, so the command reproduces a run's localization."""
+    n = min(n_facts, len(known) // 2)
+    n_probe = max(n, min(probe_facts, len(known) // 2))  # at least half the known facts stay for the splits
+    drawn = random.Random(f"localization:{seed}").sample(list(known.facts), n_probe)
+    return known.subset(drawn[:n], f"{known.name} localization"), known.subset(drawn, f"{known.name} probes")
+
+
+def limit_facts(facts: FactSet, limit: int | None) -> FactSet:
+    """A seeded sample of ``limit`` facts (all of them when ``limit`` is None or not smaller)."""
+    if limit and limit < len(facts):
+        return facts.subset(random.Random("facts").sample(list(facts.facts), limit))
+    return facts
 
 
 def splits(known: FactSet, setting: SettingSpec, seed: int) -> list[Split]:
