@@ -203,3 +203,68 @@ def test_interrupted_run_says_what_was_kept_and_how_to_resume(tmp_path, capsys, 
     status, lines = run(["demo", "--quick", "--out", tmp_path / "d"], capsys)
     assert status == 130 and len(lines) == 1, lines
     assert lines[0].startswith("interrupted: ") and f"kept in {tmp_path / 'd'}" in lines[0] and "resumes" in lines[0]
+
+
+# ---- 4, 5. cheap inputs that crashed or misled, values that meant nothing: one line, at once
+
+
+def _more_files(ws: Path) -> None:
+    cf = "subject,prompt,target_true,target_false,paraphrase_prompts\n"
+    rows = [f'{s},{s} plays,{ANSWERS[i % 3]},golf,"[\'{s} is a player of\']"' for i, s in enumerate(SUBJECTS)]
+    (ws / "cf_escape.csv").write_text(cf + "\n".join([*rows[:2], rows[2].replace("player", "pl\\Nayer"), *rows[3:]]))
+    (ws / "cf_unclosed.csv").write_text(cf + "\n".join([*rows[:3], rows[3].replace("']", "'"), *rows[4:]]))
+    same = [f"f{i},{s},Fact: {s} plays the sport of,{ANSWERS[i % 3]},{ANSWERS[i % 3]}" for i, s in enumerate(SUBJECTS)]
+    (ws / "same_targets.csv").write_text("id,subject,prompt,target_true,target_new\n" + "\n".join(same) + "\n")
+    long = [f"f{i},{s},{s} is known for,the long and winding road number {i},golf" for i, s in enumerate(SUBJECTS)]
+    (ws / "long_answers.csv").write_text("id,subject,prompt,target_true,target_new\n" + "\n".join(long) + "\n")
+    if not (ws / "mamba").exists():
+        import shutil
+
+        shutil.copytree(ws / "llama", ws / "mamba")
+        config = json.loads((ws / "mamba" / "config.json").read_text())
+        (ws / "mamba" / "config.json").write_text(json.dumps({**config, "model_type": "mamba9"}))
+
+
+def KNOWN(ws, data, *extra, dataset="table"):
+    return ["facts", "known", "--model", ws / "llama", "--device", "cpu", "--dataset", dataset, "--data", ws / data,
+            "--out", ws / "k.csv", *extra]
+
+
+def EDIT(ws, *extra):
+    return [*edit_args(ws, ws / "new_edit", "--components", "blocks.1.mlp"), *extra]
+
+
+CHEAP = [
+    ("counterfact-list-escape", lambda ws: KNOWN(ws, "cf_escape.csv", dataset="counterfact"),
+     ["cf_escape.csv", "line 4", "'paraphrase_prompts'", "cannot read"]),
+    ("counterfact-list-never-closes", lambda ws: KNOWN(ws, "cf_unclosed.csv", dataset="counterfact"),
+     ["cf_unclosed.csv", "line 5", "never closes"]),
+    ("seed-above-64-bits", lambda ws: EDIT(ws, "--seed", str(2**64 + 1)), ["--seed", "4294967295"]),
+    ("seed-negative-evaluate", lambda ws: ["evaluate", "--seed", "-1", "--out", ws / "e.json"], ["--seed"]),
+    ("targets-equal", lambda ws: [*EDIT(ws), "--data", ws / "same_targets.csv"],
+     ["knows 12 of the 12", "share their first token"]),
+    ("answers-of-many-words-none-known", lambda ws: [*EDIT(ws), "--data", ws / "long_answers.csv", "--threshold",
+                                                     "0.99"], ["knows none", "scored by their first token"]),
+    ("model-type-unknown", lambda ws: EDIT(ws, "--model", ws / "mamba"), ["'mamba9'", "supported: llama"]),
+    ("model-empty", lambda ws: EDIT(ws, "--model", ""), ["--model", "empty"]),
+    ("steps-absurd", lambda ws: EDIT(ws, "--steps", str(10**12)), ["steps", "1,000,000"]),
+    ("target-band-absurd", lambda ws: EDIT(ws, "--target", "0.9", "--target-band", "1e12"), ["target_band", "(0, 1)"]),
+    ("target-band-without-target", lambda ws: EDIT(ws, "--target-band", "0.05"), ["--target-band", "--target 0"]),
+    ("c-maintain-absurd", lambda ws: EDIT(ws, "--c-maintain", "1e12"), ["c_maintain", "1e+12"]),
+    ("every-loss-weight-0", lambda ws: EDIT(ws, "--c-forget", "0", "--c-maintain", "0", "--c-general", "0"),
+     ["all 0", "loss is zero"]),
+    ("mmlu-limit-negative", lambda ws: ["evaluate", "--mmlu-limit", "-1", "--out", ws / "e.json"], ["--mmlu-limit"]),
+    ("formats-empty-list", lambda ws: ["evaluate", "--formats", ",", "--out", ws / "e.json"], ["--formats", "no format"]),
+]
+
+
+@pytest.mark.parametrize("case", CHEAP, ids=[c[0] for c in CHEAP])
+def test_cheap_bad_input_is_one_clear_line(case, ws, capsys, monkeypatch):
+    name, argv, expected = case
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _more_files(ws)
+    before = sorted(p.name for p in ws.iterdir())
+    status, lines = run(argv(ws), capsys)
+    one_error(status, lines, *expected)
+    assert "transformers" not in lines[0]
+    assert sorted(p.name for p in ws.iterdir()) == before

@@ -21,7 +21,16 @@ DATASET = typer.Option("sports", "--dataset", help="sports | counterfact | table
 DATA = typer.Option(None, "--data", help="Path of the data file (sports: built-in athletes when omitted).")
 DTYPE = typer.Option("float32", "--dtype", help="float32 | bfloat16 | auto")
 DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
-SEED = typer.Option(0, "--seed")
+MAX_SEED = 2**32 - 1  # numpy and scikit-learn (the probes) take seeds up to this
+
+
+def check_seed(value: int | None) -> int | None:
+    if value is not None and not 0 <= value <= MAX_SEED:
+        raise typer.BadParameter(f"a seed is a whole number from 0 to {MAX_SEED}, got {value}")
+    return value
+
+
+SEED = typer.Option(0, "--seed", callback=check_seed)
 THRESHOLD = typer.Option(None, "--threshold", help="Known-fact threshold (default 0.7 closed answer sets, 0.5 open).")
 DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "auto")
 

@@ -184,6 +184,9 @@ def edit(
                                "architecture or weights) anyway."),
 ):
     """Edit or unlearn facts by fine-tuning only the localized components."""
+    if target == 0 and target_band is not None:
+        raise MechunlearnError("--target-band walks an overshoot back to --target; with --target 0 (a fixed number "
+                               "of steps) there is none: drop one of them")
     config = EditConfig(
         objective=objective, steps=steps, lr=lr, c_forget=c_forget, c_maintain=c_maintain, c_general=c_general,
         forget_batch_size=forget_batch, maintain_batch_size=maintain_batch, general_batch_size=general_batch,

@@ -16,6 +16,7 @@ from mechunlearn.cli.common import (
     check_model_args,
     check_number,
     check_out_file,
+    check_seed,
     check_threshold,
     known_facts,
     open_model,
@@ -106,7 +107,7 @@ def evaluate(
     relearn_steps: int = typer.Option(None, "--relearn-steps"),
     config: Path = typer.Option(None, "--config", help="JSON/YAML of evaluation settings (EvalConfig fields; "
                                 "nested relearn/probe/softprompt)."),
-    seed: int = typer.Option(None, "--seed", help="Seed of the evaluation, its attacks and (without a log) the split; default 0."),
+    seed: int = typer.Option(None, "--seed", callback=check_seed, help="Seed of the evaluation, its attacks and (without a log) the split; default 0."),
     dtype: str = DTYPE,
     device: str = DEVICE,
     out: Path = typer.Option(Path("eval.json"), "--out", help="Results JSON (a CSV of per-fact rows is written beside it)."),
@@ -120,6 +121,10 @@ def evaluate(
     check_input_file(general_text, "--general-text")
     check_threshold(threshold)
     check_number("--forget", forget, minimum=1)
+    check_number("--mmlu-limit", mmlu_limit, minimum=1)
+    check_number("--mmlu-shots", mmlu_shots, minimum=0)
+    if formats is not None and not _names(formats):
+        raise MechunlearnError(f"--formats {formats!r} names no format: give e.g. train,qa,mcq")
     if mmlu and Path(mmlu).suffix.lower() in (".csv", ".jsonl", ".json", ".parquet"):
         check_input_file(mmlu, "--mmlu")
     settings = _load_config(config)

@@ -14,6 +14,7 @@ FLOATS = ("lr", "c_forget", "c_maintain", "c_general", "grad_clip", "weight_deca
 INTS = ("steps", "forget_batch_size", "maintain_batch_size", "general_batch_size", "general_length", "warmup",
         "grad_accum", "seed", "check_every")
 BOOLS = ("weight_mask", "autocast")
+MAX_STEPS, MAX_WEIGHT = 1_000_000, 1e6  # beyond these a value is a slip of the keyboard
 
 
 @dataclass
@@ -76,6 +77,8 @@ class EditConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise MechunlearnError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**32:
+            raise MechunlearnError(f"seed must be a whole number from 0 to {2**32 - 1}, got {self.seed}")
         if self.general_length < 2:
             raise MechunlearnError(f"general_length must be >= 2 tokens, got {self.general_length}")
         if not self.lr > 0:
@@ -83,6 +86,15 @@ class EditConfig:
         for name in ("c_forget", "c_maintain", "c_general", "grad_clip", "weight_decay", "mask_l1", "warmup"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise MechunlearnError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("c_forget", "c_maintain", "c_general"):
+            if (getattr(self, name) or 0) > MAX_WEIGHT:
+                raise MechunlearnError(f"{name} {getattr(self, name):g} is above {MAX_WEIGHT:g}: the other terms "
+                                       "vanish beside it; weigh the terms against each other with smaller numbers")
+        if self.c_forget == 0 and self.c_maintain == 0 and self.c_general == 0:
+            raise MechunlearnError("c_forget, c_maintain and c_general are all 0: the loss is zero and nothing "
+                                   "would train")
+        if self.steps > MAX_STEPS:
+            raise MechunlearnError(f"steps {self.steps} is above {MAX_STEPS:,}: give a cap a run can reach")
         if self.warmup >= self.steps and self.warmup > 0:
             raise MechunlearnError(f"warmup ({self.warmup}) must be shorter than steps ({self.steps})")
         if self.forget_over not in FORGET_OVER:
@@ -93,9 +105,9 @@ class EditConfig:
             raise MechunlearnError(f"mask_threshold must lie in [0, 1], got {self.mask_threshold}")
         if self.target is not None and not 0 < self.target <= 1:
             raise MechunlearnError(f"target must lie in (0, 1] (a forget strength), got {self.target}")
-        if self.target_band is not None and not self.target_band > 0:
-            raise MechunlearnError(f"target_band must be > 0 (the overshoot allowed above the target), "
-                                   f"got {self.target_band}")
+        if self.target_band is not None and not 0 < self.target_band < 1:
+            raise MechunlearnError(f"target_band must lie in (0, 1) (the overshoot of a strength allowed above the "
+                                   f"target), got {self.target_band}")
         return self
 
     def _check_types(self) -> None:

@@ -49,11 +49,16 @@ def answer_probs(
 class NoFactsKnownError(FactDataError):
     """None known: carries every fact's P(true) so that a caller can still show them."""
 
-    def __init__(self, facts: FactSet, threshold: float, p_true: dict[str, float]):
+    def __init__(self, facts: FactSet, threshold: float, p_true: dict[str, float], notes: list[str] = ()):
         self.facts, self.threshold, self.p_true = facts, threshold, p_true
         best = max(p_true.values(), default=float("nan"))
-        super().__init__(f"the model knows none of the {len(facts)} facts at P(true) > {threshold} (highest "
-                         f"{best:.3f}); {FEW_KNOWN_REMEDY}")
+        above = sum(p > threshold for p in p_true.values())
+        if above:  # known, but every one of them dropped (the notes say why)
+            message = f"the model knows {above} of the {len(facts)} facts at P(true) > {threshold}, but none is usable"
+        else:
+            message = (f"the model knows none of the {len(facts)} facts at P(true) > {threshold} (highest "
+                       f"{best:.3f}); {FEW_KNOWN_REMEDY}")
+        super().__init__("; ".join([message, *notes]))
 
 
 FEW_KNOWN_REMEDY = ("a zero-shot prompt is the usual cause: start each prompt with one solved example of the relation "
@@ -102,7 +107,8 @@ def filter_known(
     if multi:
         notes.append(f"{multi} answers span several tokens: scored by their first token")
     if not kept:
-        raise NoFactsKnownError(facts, threshold, {f.id: p for f, p in zip(facts, p_true.tolist(), strict=True)})
+        raise NoFactsKnownError(facts, threshold, {f.id: p for f, p in zip(facts, p_true.tolist(), strict=True)},
+                                notes[len(facts.notes):])
     known = facts.subset(kept, f"{facts.name} (known)")
     return KnownReport(
         known=known,

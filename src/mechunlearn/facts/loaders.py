@@ -113,9 +113,9 @@ def load_sports(path: str | Path, seed: int = 0) -> FactSet:
 _PY_STRING = re.compile(r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*\"""", re.S)
 
 
-def parse_string_list(value) -> tuple[str, ...]:
+def parse_string_list(value, where: str = "a list cell") -> tuple[str, ...]:
     """Parse a list of strings stored as JSON, a Python list, or a printed numpy array
-    (``"['a' 'b'\\n 'c']"``, no commas)."""
+    (``"['a' 'b'\\n 'c']"``, no commas); ``where`` names the cell in errors."""
     if value is None or (isinstance(value, float) and value != value):
         return ()
     if isinstance(value, list | tuple):
@@ -127,10 +127,21 @@ def parse_string_list(value) -> tuple[str, ...]:
         return ()
     if not text.startswith("["):
         return (text,)
+    if not text.endswith("]"):
+        raise FactDataError(f"{where}: the list {_clip(text)} never closes (no ']'); fix the cell")
     try:
         return tuple(str(v) for v in json.loads(text))
     except json.JSONDecodeError:
+        pass
+    try:
         return tuple(ast.literal_eval(m.group(0)) for m in _PY_STRING.finditer(text))
+    except (SyntaxError, ValueError) as e:
+        raise FactDataError(f"{where}: the list {_clip(text)} holds a string Python cannot read "
+                            f"({getattr(e, 'msg', e)}); fix the cell") from None
+
+
+def _clip(text: str, n: int = 40) -> str:
+    return repr(text if len(text) <= n else text[:n] + "...")
 
 
 def load_counterfact(path: str | Path, mc_path: str | Path | None = None) -> FactSet:
@@ -146,7 +157,8 @@ def load_counterfact(path: str | Path, mc_path: str | Path | None = None) -> Fac
         mcq = read_table(mc_path)
         require_columns(mcq, ["question", "target_true", "targets_false", "prompt_id"], mc_path)
         for row in mcq.itertuples():
-            mc[str(row.prompt_id)] = (row.question, (str(row.target_true).strip(), *parse_string_list(row.targets_false)))
+            choices = parse_string_list(row.targets_false, f"{mc_path}: row {row.Index + 1}: 'targets_false'")
+            mc[str(row.prompt_id)] = (row.question, (str(row.target_true).strip(), *choices))
     ids = df["case_id"].astype(str) if "case_id" in df else pd.Series(range(len(df))).astype(str)
     unique_ids(df, list(ids), path)
     prompt_ids = df["prompt_id"].astype(str) if "prompt_id" in df else ids
@@ -168,8 +180,10 @@ def load_counterfact(path: str | Path, mc_path: str | Path | None = None) -> Fac
                 target_true=spaced(row["target_true"]),
                 target_new=target_new,
                 relation=str(row.get("relation_id", row.get("relation", ""))),
-                paraphrases=parse_string_list(row.get("paraphrase_prompts")),
-                neighborhood=parse_string_list(row.get("neighborhood_prompts")),
+                paraphrases=parse_string_list(row.get("paraphrase_prompts"),
+                                              f"{path}: {where(df, i)}: 'paraphrase_prompts'"),
+                neighborhood=parse_string_list(row.get("neighborhood_prompts"),
+                                               f"{path}: {where(df, i)}: 'neighborhood_prompts'"),
                 question=question,
                 mc_choices=choices,
             )
@@ -195,8 +209,9 @@ def load_table(path: str | Path, name: str | None = None, answers: list[str] | N
     ids = [optional(row, "id") or str(i) for i, row in enumerate(records)]
     unique_ids(df, ids, path)
     facts = []
-    for fact_id, row in zip(ids, records, strict=True):
+    for i, (fact_id, row) in enumerate(zip(ids, records, strict=True)):
         target_new = optional(row, "target_new")
+        cell = f"{path}: {where(df, i)}"
         facts.append(
             Fact(
                 id=fact_id,
@@ -205,10 +220,10 @@ def load_table(path: str | Path, name: str | None = None, answers: list[str] | N
                 target_true=spaced(row["target_true"]),
                 target_new=spaced(target_new) if target_new else None,
                 relation=optional(row, "relation") or "",
-                paraphrases=parse_string_list(optional_list(row, "paraphrases")),
-                neighborhood=parse_string_list(optional_list(row, "neighborhood")),
+                paraphrases=parse_string_list(optional_list(row, "paraphrases"), f"{cell}: 'paraphrases'"),
+                neighborhood=parse_string_list(optional_list(row, "neighborhood"), f"{cell}: 'neighborhood'"),
                 question=optional(row, "question"),
-                mc_choices=parse_string_list(optional_list(row, "mc_choices")),
+                mc_choices=parse_string_list(optional_list(row, "mc_choices"), f"{cell}: 'mc_choices'"),
             )
         )
     closed = tuple(spaced(a) for a in answers) if answers else None

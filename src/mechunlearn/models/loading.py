@@ -3,6 +3,7 @@ HF folder or a ``.gguf`` file."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -146,6 +147,8 @@ def check_model_source(spec: str) -> None:
     exists and is readable; a Hub id is cached when offline."""
     if spec == DEFAULT_MODEL:
         return
+    if not spec.strip():
+        raise ModelLoadError("the model name is empty: give 'default', a Hub id, a local HF folder or a .gguf file")
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         _check_gguf(path)
@@ -191,9 +194,16 @@ def default_model_dir() -> Path:
 
 
 def _check_supported(source: str, **kwargs) -> None:
+    try:  # our list before transformers' "upgrade transformers" for a type it does not know
+        declared = json.loads((Path(source) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        declared = None
+    if isinstance(declared, str) and declared not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedArchitectureError(
+            f"{source}: model type {declared!r} is not supported; supported: " + ", ".join(SUPPORTED_MODEL_TYPES))
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
-    except ValueError as e:  # unknown model_type, or a config.json that is not JSON
+    except ValueError as e:  # a config.json that is not JSON
         raise UnsupportedArchitectureError(f"{source}: {e}") from None
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
