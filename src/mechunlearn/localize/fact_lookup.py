@@ -57,7 +57,7 @@ from mechunlearn.models.probes import residual_names
 from mechunlearn.models.scoring import encode
 
 DEFAULTS = {"top_heads": 10, "threshold": 0.02, "relative": 0.25, "min_probe_gain": 0.2, "plateau": 0.8,
-            "corrupt_pool": "subjects", "max_rows": 128, "probe_facts": None}
+            "corrupt_pool": "subjects", "max_rows": 128, "probe_facts": None, "span": False}
 
 
 def _readout(scorer: AnswerScorer, lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
@@ -109,8 +109,10 @@ def plateau_point(envelope: list[float], chance: float, plateau: float) -> int:
 
 
 def choose_layers(mlp_scores: dict[int, float], probes: ProbeCurves | None, threshold: float, relative: float,
-                  min_probe_gain: float, plateau: float) -> tuple[list[int], str, dict]:
-    """FLU's MLP layers (rule 4 of the module docstring), the rule in words, and its numbers."""
+                  min_probe_gain: float, plateau: float, span: bool = False) -> tuple[list[int], str, dict]:
+    """FLU's MLP layers (rule 4 of the module docstring), the rule in words, and its numbers.
+    ``span``: the authors' sports rule, every MLP from the first that passes the cut up to the
+    probe's plateau (or the receiver layer), whatever the scores in between."""
     candidates = sorted(mlp_scores)
     numbers, probe_words = {"threshold": threshold, "relative": relative}, ""
     if probes is not None:
@@ -131,6 +133,10 @@ def choose_layers(mlp_scores: dict[int, float], probes: ProbeCurves | None, thre
     numbers["cut"] = cut
     rule = (f"MLPs below the receiver layer with path-patching score >= max({threshold}, {relative} x the largest, "
             f"{top:.3f}) = {cut:.3f}{probe_words}")
+    if span and passing:
+        passing = [layer for layer in candidates if layer >= passing[0]]
+        rule = (f"every MLP from the first below the receiver layer with path-patching score >= max({threshold}, "
+                f"{relative} x the largest, {top:.3f}) = {cut:.3f}{probe_words or ', up to the receiver layer'}")
     if not passing:
         best = max(candidates, key=mlp_scores.__getitem__)
         return [best], rule + f"; nothing passed, so the best-scoring MLP ({best}) alone", numbers
@@ -138,7 +144,8 @@ def choose_layers(mlp_scores: dict[int, float], probes: ProbeCurves | None, thre
 
 
 def fact_lookup(lm: LoadedModel, facts: FactSet, seed: int, top_heads: int, threshold: float, relative: float,
-                min_probe_gain: float, plateau: float, corrupt_pool: str, max_rows: int, probe_facts: FactSet | None):
+                min_probe_gain: float, plateau: float, corrupt_pool: str, max_rows: int, probe_facts: FactSet | None,
+                span: bool):
     arch = lm.arch
     if probe_facts is not None and not isinstance(probe_facts, FactSet):
         raise MechunlearnError(f"probe_facts must be a FactSet, got {type(probe_facts).__name__}")
@@ -173,7 +180,7 @@ def fact_lookup(lm: LoadedModel, facts: FactSet, seed: int, top_heads: int, thre
         probes = probe_curves(lm, facts, batch.to("cpu"), seed=seed, prompt_cache=clean_run.cache)
     else:
         probes = probe_curves(lm, probe_facts, seed=seed)
-    layers, rule, rule_numbers = choose_layers(mlp_scores, probes, threshold, relative, min_probe_gain, plateau)
+    layers, rule, rule_numbers = choose_layers(mlp_scores, probes, threshold, relative, min_probe_gain, plateau, span)
     scores = {f"blocks.{layer}.mlp.{m}": mlp_scores[layer] for layer in layers for m in arch.matrix_types
               if m in ("in", "gate", "out")}
     evidence = {

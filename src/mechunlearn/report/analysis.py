@@ -18,7 +18,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from mechunlearn.report.methods import COMPARED, OURS
+from mechunlearn.report.methods import COMPARED, OURS, VARIANT
 
 # the paper's claims: the edit or unlearning generalises to the other prompt formats, resists
 # relearning, and leaves no trace of the truth that a probe of the hidden states can read
@@ -54,9 +54,11 @@ class AnalysisSpec:
         wanted = self.primary if self.primary is not None else CLAIMS
         return [m for m in present if m in wanted]
 
-    def compared(self, methods: set[str]) -> list[str]:
+    def compared(self, methods: set[str], variant: str = "") -> list[str]:
+        """The arms FLU (or its ``variant``) is compared with: those cut to its own budget."""
+        suffix = VARIANT + variant if variant else ""
         wanted = self.against if self.against is not None else COMPARED
-        return [m for m in wanted if m in methods and m != OURS]
+        return [m + suffix for m in wanted if m + suffix in methods and m != OURS]
 
     def describe(self) -> str:
         metrics = ", ".join(self.primary) if self.primary is not None else (

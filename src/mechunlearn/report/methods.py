@@ -41,9 +41,24 @@ COMPARED = tuple(s.name for s in STYLES.values() if s.role in ("output tracing",
 _SPARE = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354")
 
 
+VARIANT = "@"  # "causal_tracing@span": causal tracing cut to the budget of FLU variant "span"
+
+
+def split_arm(arm: str) -> tuple[str, str]:
+    """An arm's method and the FLU variant whose budget it shares ("" for the run's own FLU)."""
+    method, _, variant = arm.partition(VARIANT)
+    return method, variant
+
+
 def style(method: str) -> MethodStyle:
     """A declared method's style; an undeclared one (a user's own method) gets its own name and a
-    spare colour that depends only on the name, so it is the same in every plot."""
+    spare colour that depends only on the name, so it is the same in every plot. An arm of an FLU
+    variant is its method's style, named with the variant."""
+    base, variant = split_arm(method)
+    if variant:
+        own = style(base)
+        spare = _SPARE[sum(method.encode()) % len(_SPARE)]
+        return MethodStyle(method, f"{own.short}@{variant}", f"{own.label} [{variant}]", spare, own.role)
     if method in STYLES:
         return STYLES[method]
     spare = _SPARE[sum(method.encode()) % len(_SPARE)]

@@ -12,7 +12,7 @@ import pandas as pd
 
 from mechunlearn.report import stability, training
 from mechunlearn.report.analysis import AnalysisSpec
-from mechunlearn.report.methods import label
+from mechunlearn.report.methods import label, split_arm
 from mechunlearn.report.metrics import METRICS
 from mechunlearn.report.verdicts import decision_rule, one_seed_note
 
@@ -41,7 +41,7 @@ def comparison(found: list[dict], spec: AnalysisSpec) -> list[str]:
     if not found:
         return [*parts, "<p>No comparison of FLU with another localization in this run.</p>"]
     primary = [v for v in found if v["primary"]]
-    per_setting = {v["setting"]: v["comparisons"] for v in primary}
+    per_setting = {v["setting"] + (f" [{v['rule']}]" if v["rule"] else ""): v["comparisons"] for v in primary}
     deltas = sorted({f"{v['delta']:g}" for v in primary})
     parts.append(_p(f"Primary comparisons, declared in the run's config before it ran: {spec.describe()}. "
                     f"Per setting: {', '.join(f'{s}: {n}' for s, n in per_setting.items()) or 'none present'}. "
@@ -56,21 +56,44 @@ def comparison(found: list[dict], spec: AnalysisSpec) -> list[str]:
         parts.append("<ul>" + "".join(items) + "</ul>")
     if primary:
         parts.append(table(pd.DataFrame([{
-            "setting": v["setting"], "primary endpoint": _metric_label(v["metric"]), "FLU vs": label(v["vs"]),
-            "outcome": v["outcome"], "difference": f"{v['advantage']:+.3f}",
+            "setting": v["setting"], "primary endpoint": _metric_label(v["metric"]), "ours": label(v["ours"]),
+            "vs": label(v["vs"]), "outcome": v["outcome"], "difference": f"{v['advantage']:+.3f}",
             "corrected interval": _interval(v), "seeds": v["n"], "Holm p, difference": _num(v.get("p_holm")),
             "Holm p, equivalence": _num(v.get("p_equivalence_holm")), "MDE (80% power)": _num(v.get("mde"), ".3f"),
             "seeds for MDE = delta": _seeds(v),
         } for v in primary])))
+    parts += rule_sensitivity(found)
     secondary = [v for v in found if not v["primary"]]
     if secondary:
         parts.append("<h3>Secondary comparisons (descriptive)</h3>")
         parts.append(_p("Not part of the corrected family: raw 95% intervals over seeds, no decision.", "note"))
         parts.append(table(pd.DataFrame([{
-            "setting": v["setting"], "metric": _metric_label(v["metric"]), "FLU vs": label(v["vs"]),
-            "difference": f"{v['advantage']:+.3f}", "raw 95% interval": _interval(v), "seeds": v["n"],
+            "setting": v["setting"], "metric": _metric_label(v["metric"]), "ours": label(v["ours"]),
+            "vs": label(v["vs"]), "difference": f"{v['advantage']:+.3f}", "raw 95% interval": _interval(v), "seeds": v["n"],
         } for v in secondary])))
     return parts
+
+
+def rule_sensitivity(found: list[dict]) -> list[str]:
+    """Each primary outcome under the run's own FLU rule and under every FLU variant it holds (each
+    compared with the arms cut to its own budget), and whether any outcome changes."""
+    rules = sorted({v["rule"] for v in found if v["primary"]})
+    if len(rules) < 2:
+        return []
+    table_rows: dict[tuple, dict] = {}
+    for v in (v for v in found if v["primary"]):
+        key = (v["setting"], _metric_label(v["metric"]), label(split_arm(v["vs"])[0]))
+        row = table_rows.setdefault(key, {"setting": key[0], "primary endpoint": key[1], "FLU vs": key[2]})
+        row[v["rule"] or "the run's rule"] = f"{v['outcome']} ({v['advantage']:+.3f}, MDE {_num(v.get('mde'), '.3f')})"
+    names = ["the run's rule", *rules[1:]]
+    outcomes = [{r[n].split(" ")[0] for n in names if n in r} for r in table_rows.values()]
+    both = [o for o, r in zip(outcomes, table_rows.values(), strict=True) if sum(n in r for n in names) > 1]
+    changed = sum(len(o) > 1 for o in both)
+    return ["<h3>Does the verdict depend on FLU's rule?</h3>",
+            _p(f"Each FLU variant is compared with the other methods cut to its own budget. Outcomes that differ "
+               f"between the rules: {changed} of the {len(both)} comparisons made under more than one rule.",
+               "lose" if changed else "note"),
+            table(pd.DataFrame(list(table_rows.values())).fillna("–"))]
 
 
 OUTCOME_CLASS = {"better": "win", "worse": "lose", "equivalent": "tie", "inconclusive": "tie", "descriptive": "tie"}

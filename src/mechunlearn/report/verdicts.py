@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from mechunlearn.report.analysis import AnalysisSpec, fact_values, spread
-from mechunlearn.report.methods import OURS, label
+from mechunlearn.report.methods import OURS, VARIANT, label, split_arm
 from mechunlearn.report.metrics import METRICS, present
 from mechunlearn.report.stats import holm, interval, mde, seeds_needed, t_test, tost_p
 from mechunlearn.report.training import unreached_seeds
@@ -51,23 +51,25 @@ def verdicts(cells: list[dict], spec: AnalysisSpec | None = None) -> list[dict]:
     spec = spec or AnalysisSpec()
     out = []
     unreached = unreached_seeds(cells)
-    for setting in sorted({c["setting"] for c in cells}):
+    for setting, variant in _groups(cells):
         in_setting = [c for c in cells if c["setting"] == setting]
         metrics = present(in_setting)
         primary = spec.primary_metrics([m.name for m in metrics])
-        against = spec.compared({c["method"] for c in in_setting})
-        ours = _cells_by(cells, setting, OURS)
+        against = spec.compared({c["method"] for c in in_setting}, variant)
+        ours_name = OURS + (VARIANT + variant if variant else "")
+        ours = _cells_by(cells, setting, ours_name)
         rows = []
         for metric in metrics:
             for theirs_name in against:
                 per_seed, per_fact = paired(ours, _cells_by(cells, setting, theirs_name), metric.name,
                                             1 if metric.higher_is_better else -1)
                 if per_seed:
-                    rows.append(_row(setting, metric.name, theirs_name, metric.name in primary, per_seed, per_fact, spec))
+                    rows.append(_row(setting, metric.name, ours_name, theirs_name, metric.name in primary, per_seed,
+                                     per_fact, spec))
         family = [r for r in rows if r["primary"]]
         _decide(family, spec)
         for r in rows:
-            short = {m: unreached[(setting, m)] for m in (OURS, r["vs"]) if unreached.get((setting, m))}
+            short = {m: unreached[(setting, m)] for m in (ours_name, r["vs"]) if unreached.get((setting, m))}
             r["target_not_reached"] = short
             if short and r["primary"]:
                 r["text"] += " Caution: " + "; ".join(
@@ -77,13 +79,21 @@ def verdicts(cells: list[dict], spec: AnalysisSpec | None = None) -> list[dict]:
     return finish(out)
 
 
-def _row(setting: str, metric: str, vs: str, primary: bool, per_seed: dict, per_fact: dict,
+def _groups(cells: list[dict]) -> list[tuple[str, str]]:
+    """(setting, FLU variant) pairs: the run's own FLU ("") and every variant it holds, each with
+    its own primary family."""
+    arms = {(c["setting"], split_arm(c["method"])) for c in cells}
+    return sorted({(setting, variant) for setting, (method, variant) in arms if method == OURS})
+
+
+def _row(setting: str, metric: str, ours: str, vs: str, primary: bool, per_seed: dict, per_fact: dict,
          spec: AnalysisSpec) -> dict:
     diffs = list(per_seed.values())
     mean, _, p = t_test(diffs)
     low, high = interval(diffs, 0.95)
     s = spread(per_fact, diffs)
-    return {"setting": setting, "metric": metric, "vs": vs, "primary": primary, "advantage": mean,
+    return {"setting": setting, "metric": metric, "ours": ours, "vs": vs, "rule": split_arm(ours)[1],
+            "primary": primary, "advantage": mean,
             "n": len(diffs), "seeds": sorted(per_seed), "p": _finite(p), "low": _finite(low), "high": _finite(high),
             "confidence": 0.95, "delta": spec.delta_for(metric), "sd": _finite(s.total_sd),
             "fact_sd": None if s.fact_var is None else math.sqrt(s.fact_var),
@@ -129,7 +139,8 @@ def finish(rows: list[dict]) -> list[dict]:
     """The rows as JSON: the working values dropped, every number finite or null."""
     for r in rows:
         del r["_per_seed"], r["_spread"]
-        r.setdefault("comparisons", sum(1 for x in rows if x["setting"] == r["setting"] and x["primary"]))
+        r.setdefault("comparisons", sum(1 for x in rows if (x["setting"], x["rule"]) == (r["setting"], r["rule"])
+                                        and x["primary"]))
         for k, v in r.items():
             if isinstance(v, float) and not math.isfinite(v):
                 r[k] = None
@@ -142,7 +153,7 @@ def _finite(v: float) -> float | None:
 
 def _sentence(r: dict) -> str:
     name = METRICS[r["metric"]].label if r["metric"] in METRICS else r["metric"]
-    ours, theirs = label(OURS), label(r["vs"])
+    ours, theirs = label(r["ours"]), label(r["vs"])
     seeds = f"{r['n']} seed{'s' if r['n'] != 1 else ''}"
     corrected = (f"{r['confidence']:.1%} simultaneous interval {r['low']:+.3f} to {r['high']:+.3f}, {seeds}, "
                  f"{r['comparisons']} primary comparison{'s' if r['comparisons'] != 1 else ''}") if r["n"] > 1 else seeds

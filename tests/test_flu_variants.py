@@ -1,0 +1,65 @@
+"""FLU's rule as a named variant: the authors' two rules, arms cut to each variant's budget, and
+the verdict under every rule."""
+
+import html
+
+from mechunlearn.io import write_json_atomic
+from mechunlearn.localize.fact_lookup import choose_layers
+from mechunlearn.report import write_report
+from mechunlearn.report.methods import label, short, split_arm
+from mechunlearn.report.verdicts import verdicts
+
+# MLP 3 dominates; marginal MLPs at 1, 2, 5-7, 9, 10 (receiver layer 11)
+MLPS = {0: 0.01, 1: 0.05, 2: 0.03, 3: 0.47, 4: -0.01, 5: 0.10, 6: 0.04, 7: 0.02, 8: 0.0, 9: 0.06, 10: 0.03}
+RULE = {"threshold": 0.02, "relative": 0.25, "min_probe_gain": 0.2, "plateau": 0.8}
+
+
+def test_the_span_rule_takes_every_mlp_from_the_first_lookup_mlp_on():
+    layers, rule, _ = choose_layers(MLPS, None, **RULE, span=True)
+    assert layers == [3, 4, 5, 6, 7, 8, 9, 10] and rule.startswith("every MLP from the first")
+    assert choose_layers(MLPS, None, **{**RULE, "relative": 0.0}, span=True)[0] == list(range(1, 11))
+    assert choose_layers(MLPS, None, **RULE)[0] == [3]  # the default rule is unchanged
+
+
+def test_the_authors_counterfact_rule_is_the_absolute_cut():
+    assert choose_layers(MLPS, None, **{**RULE, "relative": 0.0})[0] == [1, 2, 3, 5, 6, 7, 9, 10]
+
+
+def test_variant_arms_are_named_with_their_rule():
+    assert split_arm("causal_tracing@span") == ("causal_tracing", "span") and split_arm("random") == ("random", "")
+    assert label("causal_tracing@span") == "causal tracing [span]" and short("fact_lookup@span") == "FLU@span"
+
+
+def _cell(method, seed, qa):
+    return {"setting": "s", "method": method, "seed": seed, "n_params": 10,
+            "metrics": {"edit.qa.p_new": qa, "edit.train.p_new": 0.9}, "curves": {}}
+
+
+def _run(tmp_path):
+    """FLU beats causal tracing clearly under the run's rule; under variant 'span' the two are equal."""
+    cells = []
+    for seed, noise in enumerate((0.01, -0.012, 0.008, 0.0, -0.004)):
+        cells += [_cell("fact_lookup", seed, 0.8 + noise), _cell("causal_tracing", seed, 0.5),
+                  _cell("fact_lookup@span", seed, 0.6 + noise), _cell("causal_tracing@span", seed, 0.6),
+                  _cell("random@span", seed, 0.3 + noise)]
+    for c in cells:
+        write_json_atomic(tmp_path / "cells" / f"{c['setting']}__{c['method']}__s{c['seed']}.json", c)
+    return cells
+
+
+def test_each_rule_has_its_own_family_and_the_report_says_which_outcomes_change(tmp_path):
+    cells = _run(tmp_path)
+    found = {(v["ours"], v["vs"]): v for v in verdicts(cells) if v["primary"]}
+    assert set(found) == {("fact_lookup", "causal_tracing"), ("fact_lookup@span", "causal_tracing@span"),
+                          ("fact_lookup@span", "random@span")}
+    assert found[("fact_lookup", "causal_tracing")]["comparisons"] == 1
+    assert found[("fact_lookup@span", "random@span")]["comparisons"] == 2
+    assert found[("fact_lookup", "causal_tracing")]["outcome"] == "better"
+    assert found[("fact_lookup@span", "causal_tracing@span")]["outcome"] == "equivalent"
+    assert found[("fact_lookup@span", "random@span")]["outcome"] == "better"
+    assert found[("fact_lookup@span", "random@span")]["rule"] == "span"
+    assert "FLU [span] better than random [span]" in found[("fact_lookup@span", "random@span")]["text"]
+    text = html.unescape(write_report(tmp_path).read_text())
+    assert "Does the verdict depend on FLU's rule?" in text
+    assert "Outcomes that differ between the rules: 1 of the 1 comparisons made under more than one rule." in text
+    assert "Per setting: s: 1, s [span]: 2." in text
