@@ -268,3 +268,88 @@ def test_cheap_bad_input_is_one_clear_line(case, ws, capsys, monkeypatch):
     one_error(status, lines, *expected)
     assert "transformers" not in lines[0]
     assert sorted(p.name for p in ws.iterdir()) == before
+
+
+# ---- 3. every config error before any work; the runner's failed cells and known-facts checkpoint
+
+
+CONFIGS = [
+    ("param-misspelled", "localization:\n  params:\n    fact_lookup:\n      relativ: 0.5\n",
+     ["localization.params.fact_lookup.relativ", "did you mean 'relative'"]),
+    ("threshold-above-1", "facts:\n  threshold: 1.5\n", ["facts.threshold", "1.5"]),
+    ("limit-negative", "facts:\n  limit: -5\n", ["facts.limit", "-5"]),
+    ("setting-threshold", "settings:\n  - name: a\n    facts: {threshold: -0.1}\n", ["settings[0].facts.threshold"]),
+    ("duplicate-key", "seeds: [0]\nmodel: default\nseeds: [1]\n", ["'seeds' is given twice", "line 1"]),
+    ("empty-file", "", ["is empty"]),
+    ("seed-too-large", f"seeds: [{2**40}]\n", ["seeds[0]"]),
+]
+
+
+@pytest.mark.parametrize("case", CONFIGS, ids=[c[0] for c in CONFIGS])
+def test_config_errors_are_refused_when_read(case, tmp_path):
+    from mechunlearn.experiment import load_config
+    from mechunlearn.experiment.schema import ConfigError
+
+    _, text, expected = case
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "c.yaml")
+    for part in expected:
+        assert part in str(e.value), str(e.value)
+
+
+def _run_config(ws, **setting):
+    from mechunlearn.experiment.config import from_dict
+
+    return from_dict({"model": str(ws / "llama"), "device": "cpu",
+                      "facts": {"dataset": "table", "data": str(ws / "good.csv"), "threshold": 0.0},
+                      "localization": {"methods": ["random"], "n_facts": 2, "probe_facts": 0,
+                                       "budget": {"match": None, "params": 8192}},
+                      "settings": [{"name": "s", "forget": 3, **setting}],
+                      "evaluation": {"formats": ["train"], "attacks": []}})
+
+
+@pytest.mark.parametrize("setting,expected", [({"category": "chess"}, ["'chess'", "football"]),
+                                              ({"forget": 10**12}, ["forget 1000000000000", "12 facts"])])
+def test_run_refuses_what_the_data_cannot_give_before_any_model_work(ws, tmp_path, monkeypatch, setting, expected):
+    import mechunlearn.experiment.runner as runner
+    from mechunlearn.experiment import Experiment
+    from mechunlearn.experiment.schema import ConfigError
+
+    monkeypatch.setattr(runner, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
+    monkeypatch.setattr(runner, "filter_known", lambda *a, **k: pytest.fail("scored the facts"))
+    with pytest.raises(ConfigError) as e:
+        Experiment(_run_config(ws, **setting), tmp_path / "run").run()
+    assert all(part in str(e.value) for part in expected), str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_known_facts_scoring_is_kept_in_the_run_folder(ws, tmp_path, monkeypatch):
+    import mechunlearn.experiment.runner as runner
+    from mechunlearn.experiment import Experiment
+
+    config = _run_config(ws)
+    first = Experiment(config, tmp_path / "run").known_facts(config.settings[0])
+    assert len(list((tmp_path / "run" / "known").glob("*.json"))) == 1
+    monkeypatch.setattr(runner, "filter_known", lambda *a, **k: pytest.fail("scored the facts again"))
+    again = Experiment(config, tmp_path / "run").known_facts(config.settings[0])
+    assert [f.id for f in again[0]] == [f.id for f in first[0]] and again[1] == first[1]
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_a_diverged_cell_is_named_and_set_aside(ws, tmp_path, monkeypatch, stop):
+    from mechunlearn.errors import MechunlearnError
+    from mechunlearn.experiment import Experiment
+
+    def diverge(self, setting, method, *rest):
+        raise TrainingDivergedError(f"step 2/10: the forget loss is nan ({method})")
+
+    monkeypatch.setattr(Experiment, "run_cell", diverge)
+    experiment = Experiment(_run_config(ws), tmp_path / "run")
+    experiment.stop_on_failure = stop
+    with pytest.raises(MechunlearnError) as e:
+        experiment.run()
+    failed = sorted(p.name for p in (tmp_path / "run" / "failed").glob("*.json"))
+    assert failed == (["s__unedited__s0.json"] if stop else ["s__random__s0.json", "s__unedited__s0.json"])
+    assert "s__unedited__s0" in str(e.value) and "forget loss is nan" in str(e.value)
+    assert not list((tmp_path / "run" / "cells").glob("*.json"))

@@ -28,6 +28,8 @@ def run(
     settings: str | None = typer.Option(None, "--settings", help="Run only these settings (comma-separated names)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the memory estimate and the forward/backward "
                                  "passes of each stage, and exit without loading the weights or writing anything."),
+    stop_on_failure: bool = typer.Option(False, "--stop-on-failure", help="Stop at a cell whose training "
+                                         "diverges (default: name it, set it aside and go on)."),
 ):
     """The paper's comparison: localize with every method, edit at the same budget, evaluate, report."""
     from mechunlearn.experiment import Experiment, load_config, only_settings, parse_overrides
@@ -42,7 +44,9 @@ def run(
         return
     _resumable(out)
     start = time.perf_counter()
-    Experiment(resolved, out, console).run()
+    experiment = Experiment(resolved, out, console)
+    experiment.stop_on_failure = stop_on_failure
+    experiment.run()
     console.print(f"finished in {time.perf_counter() - start:.0f} s")
 
 

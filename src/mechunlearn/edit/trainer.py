@@ -77,7 +77,7 @@ def _reference_logp(lm: LoadedModel, term: FactTerm, batch_size: int, enabled: b
 
 # divergence: a trained weight this many times its starting magnitude (at least 1), or a term the
 # training minimises (maintain, general text) this many times the loss of a uniform guess
-WEIGHT_BLOWUP, LOSS_BLOWUP = 1e3, 3.0
+WEIGHT_BLOWUP, LOSS_BLOWUP = 1e3, 10.0
 
 
 def _check_outputs(lm: LoadedModel, facts, step: int, config: EditConfig) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -152,16 +153,34 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     if path is not None and not Path(path).is_file():
         raise ConfigError(f"no such config file: {path} (packaged configs: {', '.join(packaged_configs())})")
     try:
-        user = yaml.safe_load(Path(path).read_text()) if path else {}
+        user = yaml.load(Path(path).read_text(), Loader=_StrictLoader) if path else {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read the config: {e}") from None
+    if path and user is None:
+        raise ConfigError(f"{path} is empty: a config names at least one key (an empty file would run every "
+                          "default)")
     if user is not None and not isinstance(user, dict):
         raise ConfigError(f"{path}: a config is a YAML mapping of keys to values")
     return from_dict(_merge(user or {}, overrides or {}))
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (first at line {seen[key] + 1}); keep one",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
 
 
 def from_dict(data: dict) -> RunConfig:
@@ -177,6 +196,9 @@ def check(config: RunConfig) -> None:
 
     if not config.seeds:
         raise ConfigError("config key 'seeds' is empty: give at least one seed")
+    for i, seed in enumerate(config.seeds):
+        if not 0 <= seed < 2**32:
+            raise ConfigError(f"config key 'seeds[{i}]' is {seed}: a seed is a whole number from 0 to {2**32 - 1}")
     if config.dtype not in DTYPES:
         raise ConfigError(f"config key 'dtype' is {config.dtype!r}: use one of {', '.join(DTYPES)}")
     names = [s.name for s in config.settings]
@@ -190,9 +212,15 @@ def check(config: RunConfig) -> None:
             raise ConfigError(f"config key 'localization.methods[{i}]' is {method!r}: use one of {', '.join(METHODS)}")
     if not loc.methods:
         raise ConfigError("config key 'localization.methods' is empty")
-    for method in loc.params:
+    for method, params in loc.params.items():
         if method not in loc.methods:
             raise ConfigError(f"config key 'localization.params.{method}' names a method that is not run")
+        known = list(getattr(METHODS[method], "defaults", {}))
+        for key in params:
+            if key not in known:
+                near = difflib.get_close_matches(str(key), known, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else f"; {method} takes {', '.join(known) or 'none'}"
+                raise ConfigError(f"config key 'localization.params.{method}.{key}' is not a parameter of {method}{hint}")
     if loc.budget.match is not None and loc.budget.params is None and loc.budget.match not in loc.methods:
         raise ConfigError(f"config key 'localization.budget.match' is {loc.budget.match!r}, which is not "
                           f"among the methods {list(loc.methods)}")
@@ -208,8 +236,10 @@ def check(config: RunConfig) -> None:
     if band is not None and not band > 0:
         raise ConfigError(f"config key 'training.target_band' must be > 0 (the overshoot allowed above the "
                           f"target), got {band}")
+    _check_facts(config.facts, "facts")
     for i, s in enumerate(config.settings):
         path = f"settings[{i}]"
+        _check_facts(config.facts_for(s), f"{path}.facts" if s.facts else "facts")
         if s.objective not in forget_objectives():
             raise ConfigError(f"config key '{path}.objective' is {s.objective!r}: use one of {forget_objectives()}")
         if s.split_mode not in MODES:
@@ -246,6 +276,17 @@ def check(config: RunConfig) -> None:
                     "training.sweep", partial=True)
         if not grid or not all(isinstance(v, list) and v for v in grid.values()):
             raise ConfigError("config key 'training.sweep' maps training options to non-empty lists of values")
+
+
+def _check_facts(spec: FactsSpec, path: str) -> None:
+    from mechunlearn.facts.loaders import DATASETS
+
+    if spec.dataset not in DATASETS:
+        raise ConfigError(f"config key '{path}.dataset' is {spec.dataset!r}: use one of {', '.join(DATASETS)}")
+    if spec.threshold is not None and not 0 <= spec.threshold < 1:
+        raise ConfigError(f"config key '{path}.threshold' is {spec.threshold}: a probability in [0, 1)")
+    if spec.limit is not None and spec.limit < 1:
+        raise ConfigError(f"config key '{path}.limit' is {spec.limit}: give at least 1 fact, or leave it out")
 
 
 def _check_analysis(config: RunConfig) -> None:

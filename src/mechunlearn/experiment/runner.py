@@ -13,22 +13,25 @@ Run folder::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from mechunlearn.edit import EditConfig, TrainResult, train
 from mechunlearn.edit.saving import weights_hash
-from mechunlearn.errors import FactDataError, MechunlearnError
+from mechunlearn.errors import FactDataError, MechunlearnError, TrainingDivergedError
 from mechunlearn.evaluate import evaluate_run
 from mechunlearn.evaluate.formats import format_templates
 from mechunlearn.evaluate.headline import curves, for_objective
 from mechunlearn.experiment import facts as run_facts
 from mechunlearn.experiment.config import RunConfig, SettingSpec
 from mechunlearn.experiment.localizations import Localizations
+from mechunlearn.experiment.schema import ConfigError
 from mechunlearn.experiment.summary import summary_table
 from mechunlearn.experiment.sweep import LADDER_RULE, sweep
 from mechunlearn.facts import FactSet, filter_known
@@ -53,6 +56,7 @@ class Experiment:
         self.base_hash = ""  # of the original weights, which every cell starts from
         self._known: dict[tuple, tuple[FactSet, dict]] = {}
         self.memory = None  # the memory guard, set when a run starts
+        self.stop_on_failure = False  # a failed cell stops the run (else it is named and the run goes on)
 
     # --- model, reset to its original weights before every cell --------------------------
     @property
@@ -79,15 +83,36 @@ class Experiment:
         key = (spec.dataset, spec.data, spec.mc_path, spec.threshold, spec.limit)
         if key not in self._known:
             facts = run_facts.load_spec(spec)
+            # the scoring is kept in the run folder (the folder's config fixes the model), so an
+            # interrupted run does not score again
+            saved = self.out / "known" / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]}.json"
+            if saved.is_file():
+                record = read_json(saved)
+                ids = set(record["known_ids"])
+                self._known[key] = (facts.subset([f for f in facts if f.id in ids], f"{facts.name} (known)"),
+                                    record["info"])
+                return self._known[key]
             lm = self.fresh_model()  # never an edited cell's weights
             report = filter_known(lm.model, lm.tokenizer, facts, spec.threshold, progress=True)
             self._known[key] = (report.known, {**report.to_json(), "dataset": spec.dataset, "data": spec.data})
+            write_json_atomic(saved, {"key": list(key), "known_ids": [f.id for f in report.known],
+                                      "info": self._known[key][1]})
         return self._known[key]
 
     def check(self) -> None:
-        """Data files, before any work (the config itself was checked when it was read)."""
+        """Data files and what the settings need of them, right after the facts load and before
+        any model work (the config itself was checked when it was read)."""
         for setting in self.config.settings:
-            run_facts.resolve_paths(self.config, setting)
+            facts = run_facts.load_spec(run_facts.resolve_paths(self.config, setting))
+            where = f"setting {setting.name!r}"
+            if setting.category and setting.category.strip() not in facts.count_by_answer():
+                answers = ", ".join(list(facts.count_by_answer())[:10])
+                raise ConfigError(f"{where}: category {setting.category!r} is no fact's answer; the answers are "
+                                  f"{answers}")
+            needed = (setting.forget or 0) * (setting.blocks or 1)
+            if setting.split_mode != "category" and needed >= len(facts):
+                raise ConfigError(f"{where}: forget {setting.forget}{f' x {setting.blocks} blocks' if setting.blocks else ''}"
+                                  f" needs more than the {len(facts)} facts of the data; forget fewer")
 
     # --- cells ---------------------------------------------------------------------------
     def cell_path(self, setting: str, method: str, seed: int) -> Path:
@@ -197,6 +222,7 @@ class Experiment:
         data = read_json(self.out / "data.json") if (self.out / "data.json").exists() else {}
         data["localization_rule"] = run_facts.LOCALIZATION_RULE
         skipped: dict[str, str] = {}
+        failed: dict[str, str] = {}  # cells whose training diverged: named, set aside, tried again on a rerun
         for seed in self.config.seeds:
             for setting in self.config.settings:
                 tag = "" if not setting.facts else f"{setting.name}__"
@@ -222,17 +248,28 @@ class Experiment:
                               if set(todo) - {BASE} else {})
                 for method in todo:
                     self.console.print(f"[b]{setting.name}[/b] · {method} · seed {seed}")
-                    cell = self.run_cell(setting, method, seed, facts, selections.get(method), selections)
-                    write_json_atomic(self.cell_path(setting.name, method, seed), cell)
+                    path = self.cell_path(setting.name, method, seed)
+                    try:
+                        cell = self.run_cell(setting, method, seed, facts, selections.get(method), selections)
+                    except TrainingDivergedError as e:
+                        failed[path.stem] = str(e)
+                        write_json_atomic(self.out / "failed" / path.name, {"cell": path.stem, "error": str(e)})
+                        self.console.print(f"[red]cell {path.stem} failed:[/red] {escape(str(e))}")
+                        if self.stop_on_failure:
+                            raise MechunlearnError(f"cell {path.stem} failed: {e}; stopped (the cells before it are "
+                                                   "kept)") from None
+                        continue
+                    (self.out / "failed" / path.name).unlink(missing_ok=True)
+                    write_json_atomic(path, cell)
         data["skipped"] = skipped
         write_json_atomic(self.out / "data.json", data)
         report = write_report(self.out) if any((self.out / "cells").glob("*.json")) else None
         if report:
             self.console.print(summary_table(self.out))
             self.console.print(f"report: {report}")
-        if skipped:
-            raise MechunlearnError("settings skipped (the other cells are done and reported): "
-                                   + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+        if skipped or failed:
+            raise MechunlearnError("settings skipped or cells failed (the other cells are done and reported): "
+                                   + "; ".join(f"{k}: {v}" for k, v in {**skipped, **failed}.items()))
         return report
 
 
