@@ -317,16 +317,16 @@ def test_cli_run_names_a_packaged_config_and_fails_cleanly(tmp_path):
 
 def test_a_setting_the_facts_cannot_fill_is_skipped_and_reported(tiny_dir, tmp_path):
     settings = [{"name": "edit4", "objective": "edit", "forget": 4},
-                {"name": "too_many", "objective": "edit", "forget": 500}]
+                {"name": "too_many", "objective": "edit", "forget": 79}]  # < the data's 80 facts (else refused at once)
     cfg = load_config(_config(tiny_dir, tmp_path), {"localization": {"methods": ["all_mlps"]},
                                                      "evaluation": {"attacks": []}, "settings": settings})
     out = tmp_path / "run"
     # 80 known facts, 8 of them set aside for localization
-    with pytest.raises(MechunlearnError, match="too_many: asked to forget 500 of only 72"):
+    with pytest.raises(MechunlearnError, match="too_many: asked to forget 79 of only 72"):
         Experiment(cfg, out).run()
     assert sorted(p.name for p in (out / "cells").glob("*.json")) == ["edit4__all_mlps__s0.json", "edit4__unedited__s0.json"]
     assert "too_many" in json.loads((out / "data.json").read_text())["skipped"]
-    assert "Setting too_many was skipped: asked to forget 500" in (out / "report.html").read_text()
+    assert "Setting too_many was skipped: asked to forget 79" in (out / "report.html").read_text()
 
 
 def test_known_facts_are_filtered_with_the_unedited_model(tiny_dir, tmp_path, monkeypatch):
