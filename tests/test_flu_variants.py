@@ -3,6 +3,8 @@ the verdict under every rule."""
 
 import html
 
+import pytest
+
 from mechunlearn.io import write_json_atomic
 from mechunlearn.localize.fact_lookup import choose_layers
 from mechunlearn.report import write_report
@@ -63,3 +65,64 @@ def test_each_rule_has_its_own_family_and_the_report_says_which_outcomes_change(
     assert "Does the verdict depend on FLU's rule?" in text
     assert "Outcomes that differ between the rules: 1 of the 1 comparisons made under more than one rule." in text
     assert "Per setting: s: 1, s [span]: 2." in text
+@pytest.mark.parametrize("rule", ["span", "paper_cf"])
+def test_named_rules_pass_the_config(rule):
+    from mechunlearn.experiment.config import from_dict
+
+    params = {"span": {"span": True, "relative": 0.0}, "paper_cf": {"relative": 0.0, "min_probe_gain": 1.0}}[rule]
+    config = from_dict({"localization": {"methods": ["fact_lookup", "causal_tracing", "random", "all_mlps"],
+                                         "variants": {rule: params}}})
+    assert config.arms() == ["fact_lookup", "causal_tracing", "random", "all_mlps", f"fact_lookup@{rule}",
+                             f"causal_tracing@{rule}", f"random@{rule}"]
+    assert config.localized() == ["fact_lookup", "causal_tracing", "random", "all_mlps", f"fact_lookup@{rule}"]
+    assert config.localization_params(f"fact_lookup@{rule}") == params
+
+
+def test_a_run_holds_each_variant_beside_the_run_s_flu_with_arms_at_its_budget(tmp_path, one_thread):
+    import json
+
+    import yaml
+
+    from mechunlearn.experiment import Experiment, load_config
+    from mechunlearn.experiment.runner import plan
+    from mechunlearn.models.tiny import tiny_model
+
+    model = tmp_path / "tiny"
+    lm = tiny_model("llama", n_layers=6)
+    lm.model.save_pretrained(model)
+    lm.tokenizer.save_pretrained(model)
+    cfg = {"model": str(model), "seeds": [0], "facts": {"dataset": "sports", "threshold": 0.0, "limit": 60},
+           "localization": {"n_facts": 6, "probe_facts": 0, "methods": ["fact_lookup", "random", "all_mlps"],
+                            "budget": {"match": "fact_lookup", "rule": "closest", "granularity": "matrix"},
+                            "params": {"fact_lookup": {"relative": 0.9}}},
+           "settings": [{"name": "edit4", "objective": "edit", "forget": 4}],
+           "training": {"target": None, "default": {"steps": 1, "forget_batch_size": 4, "maintain_batch_size": 4,
+                                                    "general_batch_size": 1, "general_length": 16}},
+           "evaluation": {"formats": ["train"], "attacks": [], "config": {"lm_windows": 1, "lm_window_length": 16}}}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    Experiment(load_config(path), out).run()
+    assert sorted(p.name for p in (out / "cells").glob("*.json")) == [
+        "edit4__all_mlps__s0.json", "edit4__fact_lookup__s0.json", "edit4__random__s0.json", "edit4__unedited__s0.json"]
+
+    # every MLP below the receiver layer of the top head alone, whatever its score
+    cfg["localization"]["variants"] = {"wide": {"top_heads": 1, "relative": -1.0, "threshold": -1.0}}
+    path.write_text(yaml.safe_dump(cfg))
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    config = load_config(path)
+    Experiment(config, out).run()  # a variant added to the folder computes only its own arms
+    cells = {p.name: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
+    assert sorted(cells) == sorted([*stamps, "edit4__fact_lookup@wide__s0.json", "edit4__random@wide__s0.json"])
+    assert all((out / "cells" / n).stat().st_mtime_ns == t for n, t in stamps.items())
+    sel = {a: json.loads((out / "localizations" / f"{a}__s0.selection.json").read_text())
+           for a in ("fact_lookup", "fact_lookup@wide", "random", "random@wide")}
+    flu, wide = json.loads((out / "localizations" / "fact_lookup__s0.json").read_text()), json.loads(
+        (out / "localizations" / "fact_lookup@wide__s0.json").read_text())
+    assert len(wide["evidence"]["flu_layers"]) > len(flu["evidence"]["flu_layers"])  # every MLP below the receiver
+    assert sel["fact_lookup@wide"]["n_params"] > sel["fact_lookup"]["n_params"]
+    assert cells["edit4__random@wide__s0.json"]["n_params"] == sel["random@wide"]["n_params"]
+    assert sel["random@wide"]["budget"] == sel["fact_lookup@wide"]["n_params"]  # cut to the variant's budget
+    assert sel["random"]["budget"] == sel["fact_lookup"]["n_params"]
+    assert [c for c in plan(config)["cells"] if "@" in c[1]] == [("edit4", "fact_lookup@wide", 0),
+                                                                 ("edit4", "random@wide", 0)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from mechunlearn.edit import EditConfig
 from mechunlearn.evaluate import EvalConfig
 from mechunlearn.experiment.schema import ConfigError, read, read_fields
 from mechunlearn.report.analysis import AnalysisSpec
+from mechunlearn.report.methods import OURS, VARIANT, split_arm
 
 PACKAGED = Path(__file__).resolve().parents[1] / "configs"
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -49,6 +51,10 @@ class LocalizationSpec:
     methods: tuple[str, ...] = ("fact_lookup", "causal_tracing", "attribution_patching", "random", "all_mlps")
     budget: BudgetSpec = field(default_factory=BudgetSpec)
     params: dict[str, dict] = field(default_factory=dict)
+    # FLU variants held beside the run's own FLU: name -> fact_lookup parameters over
+    # params.fact_lookup. Each adds the arm fact_lookup@name and, cut to its budget, an arm
+    # method@name of every method that is not exempt from the budget
+    variants: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,25 @@ class RunConfig:
     def to_json(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
 
+    def arms(self) -> list[str]:
+        """Every trained arm: the methods, then each FLU variant's arms."""
+        loc = self.localization
+        matched = [m for m in loc.methods if m not in loc.budget.exempt]
+        return [*loc.methods, *(f"{m}{VARIANT}{v}" for v in loc.variants for m in matched)]
+
+    def localized(self) -> list[str]:
+        """The localizations of a seed: every method's, and each FLU variant's."""
+        return [*self.localization.methods, *(f"{OURS}{VARIANT}{v}" for v in self.localization.variants)]
+
+    @staticmethod
+    def method_of(arm: str) -> str:
+        return split_arm(arm)[0]
+
+    def localization_params(self, arm: str) -> dict:
+        method, variant = split_arm(arm)
+        own = self.localization.variants[variant] if variant and method == OURS else {}
+        return {**self.localization.params.get(method, {}), **own}
+
     def setting(self, name: str) -> SettingSpec:
         return next(s for s in self.settings if s.name == name)
 
@@ -129,7 +154,7 @@ class RunConfig:
     def edit_config(self, method: str, setting: SettingSpec, seed: int) -> EditConfig:
         values = {"target": self.training.target, "target_band": self.training.target_band,
                   **self.training.default,
-                  **self.training.per_method.get(method, {}), **setting.training,
+                  **self.training.per_method.get(split_arm(method)[0], {}), **setting.training,
                   "objective": setting.objective, "seed": seed}
         return EditConfig(**values)
 
@@ -262,6 +287,7 @@ def check(config: RunConfig) -> None:
             _checked(lambda m=method, st=s: config.edit_config(m, st, 0).validate(), f"{path} ({method})")
         _checked(lambda st=s: config.eval_config(st, 0), f"{path}.evaluation")
     _check_analysis(config)
+    _check_variants(config)
     ladder = config.training.lr_ladder
     if ladder is not None:
         if not ladder or any(lr <= 0 for lr in ladder):
@@ -289,9 +315,28 @@ def _check_facts(spec: FactsSpec, path: str) -> None:
         raise ConfigError(f"config key '{path}.limit' is {spec.limit}: give at least 1 fact, or leave it out")
 
 
+def _check_variants(config: RunConfig) -> None:
+    from mechunlearn.localize import METHODS
+
+    loc = config.localization
+    if not loc.variants:
+        return
+    if OURS not in loc.methods or loc.budget.match != OURS or loc.budget.params is not None:
+        raise ConfigError(f"config key 'localization.variants' needs {OURS} among the methods and "
+                          f"localization.budget.match: {OURS} (each variant's arms are cut to its budget)")
+    known = [k for k in METHODS[OURS].defaults if k != "probe_facts"]
+    for name, params in loc.variants.items():
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)):
+            raise ConfigError(f"config key 'localization.variants.{name}': a variant's name is letters, digits, _ or -")
+        for key in params:
+            if key not in known:
+                near = difflib.get_close_matches(str(key), known, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else f"; {OURS} takes {', '.join(known)}"
+                raise ConfigError(f"config key 'localization.variants.{name}.{key}' is not a parameter of {OURS}{hint}")
+
+
 def _check_analysis(config: RunConfig) -> None:
     from mechunlearn.evaluate.headline import METRICS
-    from mechunlearn.report.methods import OURS
 
     a = config.analysis
     for i, metric in enumerate(a.primary or ()):

@@ -12,6 +12,7 @@ from mechunlearn.experiment.config import RunConfig
 from mechunlearn.experiment.facts import SeedFacts
 from mechunlearn.localize import Localization, Selection, localize, select
 from mechunlearn.models.loading import LoadedModel
+from mechunlearn.report.methods import OURS, VARIANT, split_arm
 
 log = logging.getLogger(__name__)
 
@@ -20,14 +21,16 @@ class Localizations:
     def __init__(self, config: RunConfig, folder: Path, console: Console):
         self.config, self.folder, self.console = config, folder, console
 
-    def localize(self, lm: LoadedModel, method: str, facts: SeedFacts, seed: int, path: Path | None = None
+    def localize(self, lm: LoadedModel, arm: str, facts: SeedFacts, seed: int, path: Path | None = None
                  ) -> Localization:
-        """``method`` on ``lm`` as it is now; cached at ``path`` when one is given."""
+        """The localization ``arm`` is cut from (a method, or an FLU variant) on ``lm`` as it is
+        now; cached at ``path`` when one is given."""
         if path is not None and path.exists():
             return Localization.load(path)
-        self.console.print(f"localizing: {method} (seed {seed}, {len(facts.localization)} facts)")
-        params = dict(self.config.localization.params.get(method, {}))
-        if method == "fact_lookup" and len(facts.probes) > len(facts.localization):
+        self.console.print(f"localizing: {arm} (seed {seed}, {len(facts.localization)} facts)")
+        method = split_arm(arm)[0]
+        params = self.config.localization_params(arm)
+        if method == OURS and len(facts.probes) > len(facts.localization):
             params.setdefault("probe_facts", facts.probes)
         loc = localize(lm, facts.localization, method, seed=seed, **params)
         if path is not None:
@@ -36,35 +39,42 @@ class Localizations:
         return loc
 
     def selections(self, fresh_model, facts: SeedFacts, seed: int, tag: str) -> dict[str, Selection]:
-        """Every method's selection on the unedited model, at the budget of ``budget.match``'s own
-        selection (or ``budget.params``); the ``exempt`` baselines keep their own size."""
-        locs = {m: self.localize(fresh_model(), m, facts, seed, self.folder / f"{tag}{m}__s{seed}.json")
-                for m in self.config.localization.methods}
+        """Every arm's selection on the unedited model, at the budget of ``budget.match``'s own
+        selection (or ``budget.params``), an FLU variant's arms at the variant's; the ``exempt``
+        baselines keep their own size."""
+        locs = {a: self.localize(fresh_model(), a, facts, seed, self.folder / f"{tag}{a}__s{seed}.json")
+                for a in self.config.localized()}
         lm = fresh_model()
         budget = self.config.localization.budget
-        match = None
-        if budget.params is None and budget.match:
-            match = select(locs[budget.match], lm.arch, granularity=budget.granularity, rule=budget.rule)
+        matches = {}
+        for variant in ["", *self.config.localization.variants]:
+            matching = budget.match + (VARIANT + variant if variant else "") if budget.match else None
+            matches[variant] = (select(locs[matching], lm.arch, granularity=budget.granularity, rule=budget.rule)
+                                if budget.params is None and matching else None)
         chosen = {}
-        for method, loc in locs.items():
-            chosen[method] = self.select(lm, method, loc, match)
-            chosen[method].save(self.folder / f"{tag}{method}__s{seed}.selection.json")
+        for arm in self.config.arms():
+            method, variant = split_arm(arm)
+            chosen[arm] = self.select(lm, arm, locs.get(arm) or locs[method], matches[variant])
+            chosen[arm].save(self.folder / f"{tag}{arm}__s{seed}.selection.json")
         return chosen
 
-    def select(self, lm: LoadedModel, method: str, loc: Localization, match: Selection | None) -> Selection:
+    def select(self, lm: LoadedModel, arm: str, loc: Localization, match: Selection | None) -> Selection:
         budget = self.config.localization.budget
+        method = split_arm(arm)[0]
         own_size = method == budget.match or method in budget.exempt
         return select(loc, lm.arch, budget=None if own_size else budget.params, match=None if own_size else match,
                       granularity=budget.granularity, rule=budget.rule)
 
-    def reselect(self, lm: LoadedModel, method: str, facts: SeedFacts, seed: int, first: dict[str, Selection]
+    def reselect(self, lm: LoadedModel, arm: str, facts: SeedFacts, seed: int, first: dict[str, Selection]
                  ) -> Selection:
-        """A later block of a sequential edit: ``method`` localized again on the model edited so
-        far, at the budget fixed by the first block's ``budget.match`` selection."""
+        """A later block of a sequential edit: ``arm`` localized again on the model edited so far,
+        at the budget fixed by the first block's ``budget.match`` selection (of its FLU variant)."""
         budget = self.config.localization.budget
-        loc = self.localize(lm, method, facts, seed)
-        match = first.get(budget.match) if budget.params is None and budget.match else None
-        return self.select(lm, method, loc, match)
+        method, variant = split_arm(arm)
+        loc = self.localize(lm, arm if arm in self.config.localized() else method, facts, seed)
+        matching = budget.match + (VARIANT + variant if variant else "") if budget.match else None
+        match = first.get(matching) if budget.params is None and matching else None
+        return self.select(lm, arm, loc, match)
 
 
 def _try_heatmap(loc: Localization, path: Path) -> None:

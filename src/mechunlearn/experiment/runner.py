@@ -29,7 +29,7 @@ from mechunlearn.evaluate import evaluate_run
 from mechunlearn.evaluate.formats import format_templates
 from mechunlearn.evaluate.headline import curves, for_objective
 from mechunlearn.experiment import facts as run_facts
-from mechunlearn.experiment.config import RunConfig, SettingSpec
+from mechunlearn.experiment.config import RunConfig, SettingSpec, from_dict
 from mechunlearn.experiment.localizations import Localizations
 from mechunlearn.experiment.schema import ConfigError
 from mechunlearn.experiment.summary import summary_table
@@ -240,7 +240,7 @@ class Experiment:
                     facts.splits)
                 self.record_formats(data, setting, known)
                 write_json_atomic(self.out / "data.json", data)
-                methods = [BASE, *self.config.localization.methods]
+                methods = [BASE, *self.config.arms()]
                 todo = [m for m in methods if not self.cell_done(self.cell_path(setting.name, m, seed))]
                 if not todo:
                     continue
@@ -276,35 +276,44 @@ class Experiment:
 def plan(config: RunConfig) -> dict:
     """The work of a run from its config alone (no model, no data): every cell, every
     localization, and per setting the training config of each method and the evaluation."""
-    methods = [BASE, *config.localization.methods]
+    methods = [BASE, *config.arms()]
     seed0 = config.seeds[0]
     settings = {s.name: {"forget": s.forget or 16, "blocks": s.blocks or 1,
-                         "training": {m: config.edit_config(m, s, seed0) for m in config.localization.methods},
+                         "training": {m: config.edit_config(m, s, seed0) for m in config.arms()},
                          "formats": config.evaluation_for(s).formats, "attacks": config.evaluation_for(s).attacks,
                          "eval_config": config.eval_config(s, seed0)} for s in config.settings}
     localizations = {(m, seed, s.name if s.facts else "") for seed in config.seeds for s in config.settings
-                     for m in config.localization.methods}
+                     for m in config.localized()}
     relocalized = [(m, seed, s.name) for seed in config.seeds for s in config.settings if s.blocks and
-                   s.localize == "per_block" for m in config.localization.methods for _ in range(s.blocks - 1)]
+                   s.localize == "per_block" for m in config.localized() for _ in range(s.blocks - 1)]
     return {"cells": [(s.name, m, seed) for seed in config.seeds for s in config.settings for m in methods],
             "localizations": sorted(localizations) + relocalized, "settings": settings}
 
 
-# what may change in a run folder's config once work is in it: added seeds compute only their
-# own cells, and the analysis reads the cells without changing them
-OPEN_KEYS = ("seeds", "analysis")
+# what may change in a run folder's config once work is in it: added seeds and FLU variants
+# compute only their own cells, and the analysis reads the cells without changing them
+OPEN_KEYS = ("seeds", "analysis", "localization.variants")
+
+
+def _fixed(config: dict) -> dict:
+    """The config without ``OPEN_KEYS``, every key a later version added filled with its default."""
+    out = from_dict(config).to_json()
+    for key in OPEN_KEYS:
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node[part]
+        node.pop(leaf, None)
+    return out
 
 
 def _write_config(path: Path, config: dict) -> None:
     """A run folder keeps its config, but for ``OPEN_KEYS``, once work is in it; before that a
     corrected config may replace a failed start's."""
-    def fixed(c: dict) -> dict:
-        return {k: v for k, v in c.items() if k not in OPEN_KEYS}
-
     if path.exists():
         try:
-            same = fixed(read_json(path)) == fixed(json.loads(json.dumps(config)))
-        except (ValueError, MechunlearnError, AttributeError):
+            same = _fixed(read_json(path)) == _fixed(config)
+        except (ValueError, MechunlearnError, AttributeError, TypeError):
             same = False
         work = [p for d in ("cells", "localizations") for p in (path.parent / d).glob("*.json")]
         if not same and work:

@@ -146,14 +146,15 @@ def run_estimate(config, work: dict, shape: ModelShape, prompts: dict[str, list[
     tokens = prompt_tokens(all_prompts)
     stages.append(forward_stage(shape, "known-fact filter", len(all_prompts), 32, tokens, copies=2))
     loc = config.localization
-    for method in loc.methods:
-        count = sum(1 for m, *_ in work["localizations"] if m == method)
-        stages.append(localization_stage(shape, method, loc.n_facts, loc.probe_facts, tokens,
-                                         loc.params.get(method, {}), count))
+    arms = config.arms()
+    for localized in config.localized():
+        count = sum(1 for m, *_ in work["localizations"] if m == localized)
+        stages.append(localization_stage(shape, config.method_of(localized), loc.n_facts, loc.probe_facts, tokens,
+                                         config.localization_params(localized), count))
     trained = _trained_per_method(config, shape)
     edit = evaluation = relearning = None
     for name, s in work["settings"].items():
-        n_cells = sum(1 for c in cells if c[0] == name) // (len(loc.methods) + 1)
+        n_cells = sum(1 for c in cells if c[0] == name) // (len(arms) + 1)
         for method, cfg in s["training"].items():
             step = edit_step_stage(shape, cfg.resolved(True), trained[method], 0, tokens, copies=2,
                                    n_forget=s["forget"])
@@ -163,15 +164,15 @@ def run_estimate(config, work: dict, shape: ModelShape, prompts: dict[str, list[
         n_eval = s["forget"] * s["blocks"] + max(0, len(prompts[name]) // 2)
         ev_stage = forward_stage(shape, "evaluation batch", n_eval * len(s["formats"]), ev.batch_size, tokens,
                                  copies=2, hint="evaluation.config.batch_size")
-        ev_stage.passes = {k: v * n_cells * (len(loc.methods) + 1) for k, v in ev_stage.passes.items()}
+        ev_stage.passes = {k: v * n_cells * (len(arms) + 1) for k, v in ev_stage.passes.items()}
         evaluation = _merge_stage(evaluation, ev_stage)
         if "relearn" in s["attacks"]:
             rel = relearn_stage(shape, ev.relearn, s["forget"] * s["blocks"], tokens, copies=2)
-            rel.passes = {k: v * n_cells * (len(loc.methods) + 1) for k, v in rel.passes.items()}
+            rel.passes = {k: v * n_cells * (len(arms) + 1) for k, v in rel.passes.items()}
             relearning = _merge_stage(relearning, rel)
     stages += [st for st in (edit, evaluation, relearning) if st is not None]
     notes = [f"{len(cells)} cells ({len(config.seeds)} seed(s) x {len(work['settings'])} setting(s) x "
-             f"{len(loc.methods) + 1} methods incl. the unedited model), {len(work['localizations'])} localizations",
+             f"{len(arms) + 1} arms incl. the unedited model), {len(work['localizations'])} localizations",
              "trained parameters per arm: " + ", ".join(f"{m} {n:,}" for m, n in trained.items()),
              "edit-step passes are for the step cap; fact counts are before the known-fact filter (upper bounds)"]
     return Estimate(config.model, stages, notes)
@@ -183,11 +184,12 @@ def _trained_per_method(config, shape: ModelShape) -> dict[str, int]:
     budget = config.localization.budget
     sizes = {"all_mlps": shape.mlp_params(), "everything": shape.block_params()}
     out = {}
-    for method in config.localization.methods:
+    for arm in config.arms():
+        method = config.method_of(arm)
         if method in budget.exempt and method in sizes:
-            out[method] = sizes[method]
+            out[arm] = sizes[method]
         else:
-            out[method] = budget.params or shape.mlp_params()
+            out[arm] = budget.params or shape.mlp_params()
     return out
 
 
