@@ -1,6 +1,7 @@
 import html
 import json
 import math
+import re
 import shutil
 
 import pandas as pd
@@ -102,17 +103,23 @@ def test_report_loads_in_a_real_browser_without_errors(run_dir):
         browser = p.chromium.launch(executable_path=_chromium(), args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run", "--disable-quic"])
-        page = browser.new_page()
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(page_path.as_uri())
-        page.wait_for_load_state("load")
-        images = page.eval_on_selector_all("img", "els => els.map(e => [e.complete, e.naturalWidth])")
-        title = page.title()
+        widths = {}
+        for width in (1400, 900):
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(page_path.as_uri())
+            page.wait_for_load_state("load")
+            images = page.eval_on_selector_all("img", "els => els.map(e => [e.complete, e.naturalWidth])")
+            widths[width] = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+            text = page.inner_text("body")
+            title = page.title()
         browser.close()
     assert title == "mechunlearn report"
     assert errors == []
     assert len(images) >= 5 and all(done and width > 100 for done, width in images)
+    assert all(scroll <= client for scroll, client in widths.values()), widths  # no sideways scrolling
+    assert not re.search(r"\bNone\b|\bnan\b|\bNaN\b", text), re.search(r".{40}(None|nan|NaN).{40}", text)
 
 
 # --- the fairness of the comparison: multiplicity, training strength, FLU stability, formats ---------------
@@ -279,7 +286,7 @@ def test_report_states_targets_formats_probe_layers_and_flu_stability(run_dir):
     assert "Multiple-choice format: options." in text and "What sport does {subject} play?" in text
     assert "not in this run" not in text  # templates of a setting without cells
     assert "Localization facts: not recorded." in text
-    assert "the latent probe&#x27;s headline averages layers [3, 4, 5] (upper half)" in text
+    assert "the latent probe&#x27;s headline averages layers 3-5 (upper half)" in text
     assert "seed 0: 1, 2; seed 1: 1, 2; seed 2: 2" in text and "FLU&#x27;s MLP rule: score &gt;= 0.1 x the largest" in text
     written = json.loads((run_dir / "verdicts.json").read_text())
     assert {tuple(v["target_not_reached"]) for v in written} == {("causal_tracing",)}
@@ -335,3 +342,13 @@ def test_report_on_a_folder_that_is_not_a_run_writes_nothing(tmp_path):
     (tmp_path / "cells" / "x.json").write_text("garbage")
     assert invoke(["report", str(tmp_path)]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cells"]
+
+
+def test_the_report_leads_with_the_run_the_training_and_the_verdict(run_dir):
+    text = html.unescape(write_report(run_dir).read_text())
+    glance = re.sub(r"<[^>]+>", " ", text[text.index("At a glance"):text.index("What the comparison found")])
+    assert "Run: 1 setting(s) (edit16), 3 seed(s) (0, 1, 2); arms and trained parameters: FLU 1,000; causal " \
+           "tracing 1,000; all MLPs 1,000." in glance
+    assert "Training: no strength target was recorded" in glance
+    assert "Verdict on the 3 primary comparisons (FLU better / worse / equivalent / inconclusive): 3 / 0 / 0 / 0" \
+           in glance

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich import box
 from rich.table import Table
 
 
@@ -16,13 +17,15 @@ def summary_table(run_dir: Path) -> Table:
     cells = load_cells(run_dir)
     df = results_table(cells)
     methods = ordered(df.method.unique())
-    table = Table(title="mean over seeds (↑ higher is better, ↓ lower is better; labels in report.html)")
-    table.add_column("setting / metric", no_wrap=True)
+    table = Table(title="mean over seeds (↑ higher is better, ↓ lower is better)", box=box.SIMPLE_HEAD,
+                  padding=(0, 1), pad_edge=False, title_justify="left")
+    table.add_column("setting / metric", no_wrap=True, max_width=26, overflow="ellipsis")
     for m in methods:
-        table.add_column(short(m), justify="right", no_wrap=True)
+        table.add_column(short(m), justify="right", no_wrap=True, min_width=max(5, len(short(m))))
     for setting, group in df.groupby("setting", sort=True):
         by_method = group.groupby("method")
-        table.add_row(f"[b]{setting}[/b] params",
+        table.add_row(f"[b]{setting}[/b]", *[""] * len(methods))
+        table.add_row("  trained parameters",
                       *[f"{by_method.get_group(m).n_params.iloc[0] / 1e6:.1f}M" if m in by_method.groups else "–"
                         for m in methods])
         for metric in present([c for c in cells if c["setting"] == setting]):

@@ -63,8 +63,8 @@ def _fmt(e) -> str:
 CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
 table.t{border-collapse:collapse;font-size:.85em;margin:.5em 0}table.t td,table.t th{padding:.25em .6em;border-bottom:1px solid #eee;text-align:right}
-table.t th{background:#f4f4f4}img{max-width:100%;margin:.5em 0}.note{color:#555;font-size:.9em}
-.win{color:#070}.lose{color:#a00}.tie{color:#555}.grid{display:flex;flex-wrap:wrap;gap:1em}.grid img{max-width:540px}"""
+table.t th{background:#f4f4f4}img{max-width:100%;margin:.5em 0}.scroll{overflow-x:auto;max-width:100%}pre{white-space:pre-wrap;overflow-wrap:anywhere}.note{color:#555;font-size:.9em}
+.win{color:#070}.lose{color:#a00}.tie{color:#555}.grid{display:flex;flex-wrap:wrap;gap:1em}.grid img{max-width:min(540px,100%)}"""
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -88,6 +88,7 @@ def write_report(run_dir: str | Path) -> Path:
              f"({', '.join(map(str, seeds))}). Intervals are 95% t-intervals over seeds; with one seed there is none. "
              f"Verdicts: {html.escape(decision_rule(spec))}. "
              "Probabilities, not argmax: closed answer sets are normalised over the answer set.</p>"]
+    parts += sections.at_a_glance(cells, found, spec)
     parts += _non_finite(cells)
     parts += sections.comparison(found, spec)
     parts += sections.fairness(cells, settings)
@@ -123,7 +124,8 @@ def _data(data: dict, cells: list[dict], settings: list[str]) -> list[str]:
             continue
         scope = "" if key == "known" else f"Setting {key.removeprefix('known_')}: "
         source = known.get("data") or f"built-in {known.get('dataset', '')}".strip()
-        per_answer = f" (per answer: {json.dumps(known['known_by_answer'])})" if known.get("known_by_answer") else ""
+        per_answer = (" (per answer: " + ", ".join(f"{a} {n}" for a, n in known["known_by_answer"].items()) + ")"
+                      if known.get("known_by_answer") else "")
         parts.append("<p>" + html.escape(f"{scope}{known.get('known')} of {known.get('total')} facts ({source}) known "
                                          f"by the model at P(true) > {known.get('threshold')}{per_answer}. "
                                          + " ".join(known.get("notes", []))) + "</p>")

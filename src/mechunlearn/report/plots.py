@@ -70,8 +70,9 @@ def bars(cells: list[dict], settings: list[str], methods: list[str], metric: Met
                       label=label(BASE) if i == 0 else None)
     ax.set_xticks(range(len(settings)), settings, fontsize=8)
     ax.set_ylabel(_wrap(metric.label, 30), fontsize=8)
-    ax.set_title(f"{metric.label} ({'higher' if metric.higher_is_better else 'lower'} is better)", fontsize=9)
-    ax.legend(fontsize=7, loc="best")
+    ax.set_title(_wrap(f"{metric.label} ({'higher' if metric.higher_is_better else 'lower'} is better)", 55),
+                 fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside the bars, never on them
     return _save(fig, path)
 
 
@@ -87,8 +88,8 @@ def curves(series: dict[str, list[tuple[float, float]]], title: str, xlabel: str
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
+    ax.set_title(_wrap(title, 55), fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _save(fig, path)
 
 
@@ -106,6 +107,6 @@ def _wrap(text: str, width: int = 22) -> str:
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # legends and titles outside the axes stay in the image
     plt.close(fig)
     return path

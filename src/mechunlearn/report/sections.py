@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from mechunlearn.report import stability, training
 from mechunlearn.report.analysis import AnalysisSpec
-from mechunlearn.report.methods import label, split_arm
+from mechunlearn.report.methods import BASE, label, ordered, split_arm
 from mechunlearn.report.metrics import METRICS
 from mechunlearn.report.verdicts import decision_rule, one_seed_note
 
@@ -27,11 +26,55 @@ def img(path: Path | None) -> str:
 
 
 def table(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–", border=0, classes="t")
+    """A table in a box that scrolls sideways by itself when it is wider than the page; missing
+    values (None or NaN) read as a dash."""
+    df = df.apply(lambda col: col.map(lambda v: "–" if v is None else v) if col.dtype == object else col)
+    shown = df.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–", border=0, classes="t")
+    return f"<div class=scroll>{shown}</div>"
 
 
 def _p(text: str, cls: str | None = None) -> str:
     return f"<p{f' class={cls}' if cls else ''}>{html.escape(text)}</p>"
+
+
+def at_a_glance(cells: list[dict], found: list[dict], spec: AnalysisSpec) -> list[str]:
+    """What was run, how hard each arm was trained, and the verdict or why there is none."""
+    settings = sorted({c["setting"] for c in cells})
+    seeds = sorted({c["seed"] for c in cells})
+    sizes: dict[str, set] = {}
+    for c in cells:
+        if c["method"] != BASE:
+            sizes.setdefault(c["method"], set()).add(c.get("n_params") or 0)
+    arms = "; ".join(f"{label(m)} {'/'.join(_size(n) for n in sorted(sizes[m]))}" for m in ordered(sizes))
+    items = [f"Run: {len(settings)} setting(s) ({', '.join(settings)}), {len(seeds)} seed(s) "
+             f"({', '.join(map(str, seeds))}); arms and trained parameters: {arms or 'none'}."]
+    targets = training.targets_used(cells)
+    missed = training.unreached_seeds(cells)
+    trained = sum(1 for c in cells if c["method"] != BASE)
+    if targets:
+        short = "; ".join(f"{s} · {label(m)} (seed {', '.join(map(str, v))})" for (s, m), v in missed.items())
+        items.append(f"Training: every arm trained to the same strength ({'; '.join(targets)}); "
+                     + (f"missed in {sum(len(v) for v in missed.values())} of {trained} cells: {short}."
+                        if missed else f"all {trained} trained cells reached it."))
+    else:
+        items.append("Training: no strength target was recorded, so the arms may differ in strength.")
+    primary = [v for v in found if v["primary"]]
+    note = one_seed_note(found)
+    if note:
+        items.append(f"Verdict: none. {note}")
+    elif primary:
+        counts = {o: sum(v["outcome"] == o for v in primary) for o in ("better", "worse", "equivalent", "inconclusive")}
+        items.append(f"Verdict on the {len(primary)} primary comparisons (FLU better / worse / equivalent / "
+                     f"inconclusive): {counts['better']} / {counts['worse']} / {counts['equivalent']} / "
+                     f"{counts['inconclusive']}; each below.")
+    else:
+        items.append("Verdict: none; the run has no primary comparison (FLU and a compared method on a declared "
+                     f"endpoint: {spec.describe()}).")
+    return ["<h2>At a glance</h2><ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"]
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 100_000 else f"{n:,}"
 
 
 def comparison(found: list[dict], spec: AnalysisSpec) -> list[str]:
@@ -47,9 +90,8 @@ def comparison(found: list[dict], spec: AnalysisSpec) -> list[str]:
                     f"Per setting: {', '.join(f'{s}: {n}' for s, n in per_setting.items()) or 'none present'}. "
                     f"Smallest difference that matters (delta): {' / '.join(deltas) or f'{spec.delta:g}'}. "
                     f"Rule: {decision_rule(spec)}. A positive difference means FLU did better.", "note"))
-    note = one_seed_note(found)
-    if note:
-        parts.append(_p(note, "lose"))
+    if one_seed_note(found):
+        parts.append(_p("One seed: descriptive only (see At a glance).", "lose"))
     elif primary:
         items = [f"<li class={OUTCOME_CLASS[v['outcome']]}><b>{html.escape(v['setting'])}</b>: {html.escape(v['text'])}</li>"
                  for v in primary]
@@ -191,11 +233,22 @@ def formats(data: dict, cells: list[dict], settings: list[str]) -> list[str]:
         probes = [p for p in probes if p]
         if not probes:
             continue
-        layers = sorted({json.dumps(p.get("headline_layers")) for p in probes if p.get("headline_layers") is not None})
+        layers = sorted({_layers(p["headline_layers"]) for p in probes if p.get("headline_layers") is not None})
         rules = sorted({str(p["headline_rule"]) for p in probes if p.get("headline_rule")})
         parts.append(_p(f"Setting {setting}: the latent probe's headline averages layers "
                         f"{' / '.join(layers) or NOT_RECORDED}" + (f" ({'; '.join(rules)})" if rules else "") + "."))
     return parts
+
+
+def _layers(layers: list[int]) -> str:
+    """[9, 10, 11, 13] -> '9-11, 13'."""
+    runs: list[list[int]] = []
+    for layer in sorted(layers):
+        if runs and layer == runs[-1][-1] + 1:
+            runs[-1].append(layer)
+        else:
+            runs.append([layer])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs) or "none"
 
 
 def flu_stability(loc_dir: Path) -> list[str]:
