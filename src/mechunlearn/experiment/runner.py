@@ -28,6 +28,7 @@ from mechunlearn.errors import FactDataError, MechunlearnError, TrainingDiverged
 from mechunlearn.evaluate import evaluate_run
 from mechunlearn.evaluate.formats import format_templates
 from mechunlearn.evaluate.headline import curves, for_objective
+from mechunlearn.experiment import claims
 from mechunlearn.experiment import facts as run_facts
 from mechunlearn.experiment.config import RunConfig, SettingSpec, from_dict
 from mechunlearn.experiment.localizations import Localizations
@@ -211,6 +212,45 @@ class Experiment:
         data["mcq_format"] = ", ".join(sorted(used)) if used else "no MCQ format evaluated"
 
     # --- the grid ------------------------------------------------------------------------
+    def claim_cells(self, setting: str, seed: int, todo: list[str]) -> dict[str, claims.Claim]:
+        """The cells of ``todo`` that this process computes: those no other process sharing the
+        run folder holds (a dead or silent holder's are taken over)."""
+        mine = {}
+        for method in todo:
+            path = self.cell_path(setting, method, seed)
+            held = claims.claim(path.with_suffix(".claim"))
+            if held is None:
+                self.console.print(f"{path.stem}: computed by another process "
+                                   f"({claims.describe(path.with_suffix('.claim'))})")
+            elif self.cell_done(path):  # finished by another process since the list was made
+                held.release()
+            else:
+                mine[method] = held
+        return mine
+
+    def run_cells(self, setting: SettingSpec, seed: int, facts: run_facts.SeedFacts, tag: str,
+                  mine: dict[str, claims.Claim], failed: dict[str, str]) -> None:
+        selections = {}
+        if set(mine) - {BASE}:  # one process localizes a seed's facts; the others wait and read its files
+            with claims.wait_for(self.out / "localizations" / f"{tag}s{seed}.claim"):
+                selections = self.locs.selections(self.fresh_model, facts, seed, tag)
+        for method, held in mine.items():
+            self.console.print(f"[b]{setting.name}[/b] · {method} · seed {seed}")
+            path = self.cell_path(setting.name, method, seed)
+            try:
+                cell = self.run_cell(setting, method, seed, facts, selections.get(method), selections)
+            except TrainingDivergedError as e:
+                failed[path.stem] = str(e)
+                write_json_atomic(self.out / "failed" / path.name, {"cell": path.stem, "error": str(e)})
+                self.console.print(f"[red]cell {path.stem} failed:[/red] {escape(str(e))}")
+                if self.stop_on_failure:
+                    raise MechunlearnError(f"cell {path.stem} failed: {e}; stopped (the cells before it are "
+                                           "kept)") from None
+                continue
+            (self.out / "failed" / path.name).unlink(missing_ok=True)
+            write_json_atomic(path, cell)
+            held.release()
+
     def run(self) -> Path | None:
         self.check()
         self.memory = run_guard(self.config)
@@ -242,27 +282,22 @@ class Experiment:
                 write_json_atomic(self.out / "data.json", data)
                 methods = [BASE, *self.config.arms()]
                 todo = [m for m in methods if not self.cell_done(self.cell_path(setting.name, m, seed))]
-                if not todo:
+                mine = self.claim_cells(setting.name, seed, todo)
+                if not mine:
                     continue
-                selections = (self.locs.selections(self.fresh_model, facts, seed, tag)
-                              if set(todo) - {BASE} else {})
-                for method in todo:
-                    self.console.print(f"[b]{setting.name}[/b] · {method} · seed {seed}")
-                    path = self.cell_path(setting.name, method, seed)
-                    try:
-                        cell = self.run_cell(setting, method, seed, facts, selections.get(method), selections)
-                    except TrainingDivergedError as e:
-                        failed[path.stem] = str(e)
-                        write_json_atomic(self.out / "failed" / path.name, {"cell": path.stem, "error": str(e)})
-                        self.console.print(f"[red]cell {path.stem} failed:[/red] {escape(str(e))}")
-                        if self.stop_on_failure:
-                            raise MechunlearnError(f"cell {path.stem} failed: {e}; stopped (the cells before it are "
-                                                   "kept)") from None
-                        continue
-                    (self.out / "failed" / path.name).unlink(missing_ok=True)
-                    write_json_atomic(path, cell)
+                try:
+                    self.run_cells(setting, seed, facts, tag, mine, failed)
+                finally:
+                    for held in mine.values():
+                        held.release()
         data["skipped"] = skipped
         write_json_atomic(self.out / "data.json", data)
+        busy = [p for p in (self.out / "cells").glob("*.claim") if not claims.stale(p)]
+        if busy:  # other processes share this folder: the last of them writes the report
+            self.console.print(f"{len(busy)} cell(s) are being computed by other processes "
+                               f"({'; '.join(f'{p.stem}: {claims.describe(p)}' for p in busy[:3])}); the last "
+                               "process to finish writes the report")
+            return None
         report = write_report(self.out) if any((self.out / "cells").glob("*.json")) else None
         if report:
             self.console.print(summary_table(self.out))

@@ -1,0 +1,102 @@
+"""Several processes on one run folder: every cell is computed once, a dead owner's claim is taken
+over, and the results are those of one process alone."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+from mechunlearn.experiment import Experiment, load_config
+from mechunlearn.experiment.claims import STALE, claim, stale
+from mechunlearn.models.tiny import tiny_model
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _fake_claim(path, host=None, pid=None, age=0.0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"host": host or socket.gethostname(), "pid": pid or os.getpid(), "started": "x"}))
+    if age:
+        os.utime(path, (time.time() - age, time.time() - age))
+
+
+def test_a_claim_is_held_once_and_taken_over_only_from_a_dead_or_silent_owner(tmp_path):
+    path = tmp_path / "c.claim"
+    first = claim(path)
+    assert first is not None and claim(path) is None  # held by a live owner (this process)
+    first.release()
+    assert not path.exists() and claim(path) is not None
+
+    dead = tmp_path / "dead.claim"
+    _fake_claim(dead, pid=_dead_pid())
+    assert stale(dead) and claim(dead) is not None
+    assert json.loads(dead.read_text())["pid"] == os.getpid()
+
+    elsewhere = tmp_path / "elsewhere.claim"
+    _fake_claim(elsewhere, host="another-host", pid=1)
+    assert not stale(elsewhere) and claim(elsewhere) is None  # another host's live heartbeat
+    os.utime(elsewhere, (time.time() - STALE - 1, time.time() - STALE - 1))
+    assert stale(elsewhere) and claim(elsewhere) is not None
+
+
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("claims")
+    lm = tiny_model("llama", n_layers=4)
+    lm.model.save_pretrained(folder / "tiny")
+    lm.tokenizer.save_pretrained(folder / "tiny")
+    cfg = {"model": str(folder / "tiny"), "seeds": [0, 1],
+           "facts": {"dataset": "sports", "threshold": 0.0, "limit": 60},
+           "localization": {"n_facts": 6, "probe_facts": 0, "methods": ["random", "all_mlps"],
+                            "budget": {"match": None, "params": 20000, "rule": "under"}},
+           "settings": [{"name": "edit4", "objective": "edit", "forget": 4}],
+           "training": {"target": None, "default": {"steps": 1, "forget_batch_size": 4, "maintain_batch_size": 4,
+                                                    "general_batch_size": 1, "general_length": 16}},
+           "evaluation": {"formats": ["train"], "attacks": [], "config": {"lm_windows": 1, "lm_window_length": 16}}}
+    path = folder / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _computed(output: str) -> list[str]:
+    return [line.strip() for line in output.splitlines() if " · seed " in line]
+
+
+def test_two_processes_started_at_once_compute_every_cell_exactly_once(config_path, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    out = tmp_path / "shared"
+    args = [sys.executable, "-m", "mechunlearn", "run", str(config_path), "--out", str(out)]
+    runs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for _ in range(2)]
+    outputs = [r.communicate(timeout=600)[0] for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], outputs
+    done = [_computed(o) for o in outputs]
+    every = [f"edit4 · {m} · seed {s}" for s in (0, 1) for m in ("unedited", "random", "all_mlps")]
+    assert sorted(done[0] + done[1]) == sorted(every)  # each cell by exactly one of them
+    assert not list(out.rglob("*.claim")) and (out / "report.html").exists()
+
+    alone = tmp_path / "alone"
+    single = subprocess.run([*args[:-1], str(alone)], env=env, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stdout[-2000:]
+    shared, sequential = pd.read_csv(out / "results.csv"), pd.read_csv(alone / "results.csv")
+    pd.testing.assert_frame_equal(shared, sequential, check_exact=False, atol=1e-6)
+
+
+def test_a_stale_claim_left_by_a_killed_process_is_taken_over(config_path, tmp_path, one_thread):
+    out = tmp_path / "run"
+    left = out / "cells" / "edit4__random__s1.claim"
+    _fake_claim(left, pid=_dead_pid())
+    _fake_claim(out / "localizations" / "s1.claim", pid=_dead_pid())
+    Experiment(load_config(config_path), out).run()
+    assert (out / "cells" / "edit4__random__s1.json").exists() and not list(out.rglob("*.claim"))
+    assert (out / "report.html").exists()
