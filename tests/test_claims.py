@@ -100,3 +100,25 @@ def test_a_stale_claim_left_by_a_killed_process_is_taken_over(config_path, tmp_p
     Experiment(load_config(config_path), out).run()
     assert (out / "cells" / "edit4__random__s1.json").exists() and not list(out.rglob("*.claim"))
     assert (out / "report.html").exists()
+
+
+def test_a_cell_whose_owner_dies_after_this_process_passed_it_is_taken_over(config_path, tmp_path, one_thread,
+                                                                             monkeypatch):
+    out = tmp_path / "run"
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    _fake_claim(out / "cells" / "edit4__all_mlps__s0.claim", pid=owner.pid)
+    experiment = Experiment(load_config(config_path), out)
+    passes = []
+    original = experiment.grid_pass
+
+    def grid_pass(*args):
+        original(*args)
+        passes.append(sorted(p.name for p in (out / "cells").glob("*.json")))
+        owner.kill()  # the other process dies holding the cell, after this one went past it
+        owner.wait()
+
+    monkeypatch.setattr(experiment, "grid_pass", grid_pass)
+    experiment.run()
+    assert "edit4__all_mlps__s0.json" not in passes[0] and len(passes) == 2
+    assert "edit4__all_mlps__s0.json" in passes[1] and len(passes[1]) == 6
+    assert (out / "report.html").exists() and not list(out.rglob("*.claim"))

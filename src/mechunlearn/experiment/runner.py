@@ -251,18 +251,8 @@ class Experiment:
             write_json_atomic(path, cell)
             held.release()
 
-    def run(self) -> Path | None:
-        self.check()
-        self.memory = run_guard(self.config)
-        self.memory.before_load()  # refuse a run that would not fit before anything is loaded or written
-        _ = self.lm  # a model that does not load fails before the run folder is written
-        self.out.mkdir(parents=True, exist_ok=True)
-        remove_partial_writes(self.out)  # what a run killed while writing left behind
-        _write_config(self.out / "config.json", self.config.to_json())
-        data = read_json(self.out / "data.json") if (self.out / "data.json").exists() else {}
-        data["localization_rule"] = run_facts.LOCALIZATION_RULE
-        skipped: dict[str, str] = {}
-        failed: dict[str, str] = {}  # cells whose training diverged: named, set aside, tried again on a rerun
+    def grid_pass(self, data: dict, skipped: dict[str, str], failed: dict[str, str]) -> None:
+        """One pass over the grid: every unfinished cell that no live process holds is computed."""
         for seed in self.config.seeds:
             for setting in self.config.settings:
                 tag = "" if not setting.facts else f"{setting.name}__"
@@ -290,6 +280,29 @@ class Experiment:
                 finally:
                     for held in mine.values():
                         held.release()
+
+    def orphaned(self) -> list[Path]:
+        """Unfinished cells whose claim outlived its owner."""
+        return [p for p in (self.out / "cells").glob("*.claim")
+                if claims.stale(p) and not p.with_suffix(".json").exists()]
+
+    def run(self) -> Path | None:
+        self.check()
+        self.memory = run_guard(self.config)
+        self.memory.before_load()  # refuse a run that would not fit before anything is loaded or written
+        _ = self.lm  # a model that does not load fails before the run folder is written
+        self.out.mkdir(parents=True, exist_ok=True)
+        remove_partial_writes(self.out)  # what a run killed while writing left behind
+        _write_config(self.out / "config.json", self.config.to_json())
+        data = read_json(self.out / "data.json") if (self.out / "data.json").exists() else {}
+        data["localization_rule"] = run_facts.LOCALIZATION_RULE
+        skipped: dict[str, str] = {}
+        failed: dict[str, str] = {}  # cells whose training diverged: named, set aside, tried again on a rerun
+        self.grid_pass(data, skipped, failed)
+        for _ in range(3):  # a process sharing the folder died holding cells this one had passed: take them over
+            if not self.orphaned():
+                break
+            self.grid_pass(data, skipped, failed)
         data["skipped"] = skipped
         write_json_atomic(self.out / "data.json", data)
         busy = [p for p in (self.out / "cells").glob("*.claim") if not claims.stale(p)]
