@@ -41,6 +41,9 @@ def weights_hash(model: nn.Module) -> str:
     seen: set[tuple[int, tuple]] = set()
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach()
+        if t.is_meta:
+            raise MechunlearnError(f"weight {name} is not in memory (offloaded to disk by a device_map): a model "
+                                   "is edited with every weight on a GPU or in CPU memory; give device_map no 'disk'")
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         key = (t.data_ptr(), tuple(t.shape))
         if t.numel() == 0 or key in seen:
