@@ -260,8 +260,11 @@ CHEAP = [
 
 @pytest.mark.parametrize("case", CHEAP, ids=[c[0] for c in CHEAP])
 def test_cheap_bad_input_is_one_clear_line(case, ws, capsys, monkeypatch):
+    import mechunlearn.cli.edit as cli_edit
+
     name, argv, expected = case
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(cli_edit, "train", lambda *a, **k: pytest.fail("trained before refusing"))
     _more_files(ws)
     before = sorted(p.name for p in ws.iterdir())
     status, lines = run(argv(ws), capsys)
