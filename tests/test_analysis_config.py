@@ -3,58 +3,29 @@
 import json
 
 import pytest
-import yaml
 
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.experiment import Experiment, load_config
 from mechunlearn.experiment.config import ConfigError, from_dict
-from mechunlearn.models.tiny import tiny_model
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    lm = tiny_model("llama", n_layers=4)
-    lm.model.save_pretrained(folder)
-    lm.tokenizer.save_pretrained(folder)
-    return folder
-
-
-def _config(tiny_dir, tmp_path, **over):
-    cfg = {
-        "model": str(tiny_dir), "seeds": [0],
-        "facts": {"dataset": "sports", "threshold": 0.0, "limit": 60},
-        "localization": {"n_facts": 6, "probe_facts": 0, "methods": ["random"],
-                         "budget": {"match": None, "params": 20000, "rule": "under"}},
-        "settings": [{"name": "edit4", "objective": "edit", "forget": 4}],
-        "training": {"target": None, "default": {"steps": 1, "forget_batch_size": 4, "maintain_batch_size": 4,
-                                                 "general_batch_size": 1, "general_length": 16}},
-        "evaluation": {"formats": ["train"], "attacks": [], "config": {"lm_windows": 1, "lm_window_length": 16}},
-        **over,
-    }
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def test_seeds_added_to_a_run_folder_compute_only_the_new_cells(tiny_dir, tmp_path, one_thread):
+def test_seeds_added_to_a_run_folder_compute_only_the_new_cells(tiny_grid, tmp_path, one_thread):
     out = tmp_path / "run"
-    Experiment(load_config(_config(tiny_dir, tmp_path)), out).run()
+    Experiment(load_config(tiny_grid(seeds=[0])), out).run()
     first = {p.name: p.read_text() for p in (out / "cells").glob("*.json")}
-    assert sorted(first) == ["edit4__random__s0.json", "edit4__unedited__s0.json"]
+    assert sorted(first) == ["edit4__all_mlps__s0.json", "edit4__random__s0.json", "edit4__unedited__s0.json"]
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
 
-    more = load_config(_config(tiny_dir, tmp_path, seeds=[0, 1], analysis={"delta": 0.1}))
+    more = load_config(tiny_grid(seeds=[0, 1], analysis={"delta": 0.1}))
     Experiment(more, out).run()
     cells = {p.name: p for p in (out / "cells").glob("*.json")}
-    assert sorted(cells) == ["edit4__random__s0.json", "edit4__random__s1.json", "edit4__unedited__s0.json",
-                             "edit4__unedited__s1.json"]
+    assert sorted(cells) == sorted([*first, "edit4__all_mlps__s1.json", "edit4__random__s1.json",
+                                    "edit4__unedited__s1.json"])
     assert all(cells[n].read_text() == first[n] and cells[n].stat().st_mtime_ns == stamps[n] for n in first)
     written = json.loads((out / "config.json").read_text())
     assert written["seeds"] == [0, 1] and written["analysis"]["delta"] == 0.1
 
-    changed = load_config(_config(tiny_dir, tmp_path, seeds=[0, 1],
-                                  settings=[{"name": "edit4", "objective": "edit", "forget": 5}]))
+    changed = load_config(tiny_grid(settings=[{"name": "edit4", "objective": "edit", "forget": 5}]))
     with pytest.raises(MechunlearnError, match="different config"):
         Experiment(changed, out).run()
 

@@ -10,11 +10,9 @@ import time
 
 import pandas as pd
 import pytest
-import yaml
 
 from mechunlearn.experiment import Experiment, load_config
 from mechunlearn.experiment.claims import STALE, claim, stale
-from mechunlearn.models.tiny import tiny_model
 
 
 def _dead_pid() -> int:
@@ -50,22 +48,8 @@ def test_a_claim_is_held_once_and_taken_over_only_from_a_dead_or_silent_owner(tm
 
 
 @pytest.fixture(scope="module")
-def config_path(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("claims")
-    lm = tiny_model("llama", n_layers=4)
-    lm.model.save_pretrained(folder / "tiny")
-    lm.tokenizer.save_pretrained(folder / "tiny")
-    cfg = {"model": str(folder / "tiny"), "seeds": [0, 1],
-           "facts": {"dataset": "sports", "threshold": 0.0, "limit": 60},
-           "localization": {"n_facts": 6, "probe_facts": 0, "methods": ["random", "all_mlps"],
-                            "budget": {"match": None, "params": 20000, "rule": "under"}},
-           "settings": [{"name": "edit4", "objective": "edit", "forget": 4}],
-           "training": {"target": None, "default": {"steps": 1, "forget_batch_size": 4, "maintain_batch_size": 4,
-                                                    "general_batch_size": 1, "general_length": 16}},
-           "evaluation": {"formats": ["train"], "attacks": [], "config": {"lm_windows": 1, "lm_window_length": 16}}}
-    path = folder / "exp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+def config_path(tiny_grid):
+    return tiny_grid()
 
 
 def _computed(output: str) -> list[str]:

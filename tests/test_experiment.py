@@ -21,15 +21,6 @@ from mechunlearn.models.tiny import tiny_model
 SPORTS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sports.csv"
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    lm = tiny_model("llama", n_layers=4)
-    lm.model.save_pretrained(folder)
-    lm.tokenizer.save_pretrained(folder)
-    return folder
-
-
 def _config(tiny_dir, tmp_path, seeds=(0,), data=None):
     cfg = {
         "model": str(tiny_dir),

@@ -78,10 +78,8 @@ def test_named_rules_pass_the_config(rule):
     assert config.localization_params(f"fact_lookup@{rule}") == params
 
 
-def test_a_run_holds_each_variant_beside_the_run_s_flu_with_arms_at_its_budget(tmp_path, one_thread):
+def test_a_run_holds_each_variant_beside_the_run_s_flu_with_arms_at_its_budget(tiny_grid, tmp_path, one_thread):
     import json
-
-    import yaml
 
     from mechunlearn.experiment import Experiment, load_config
     from mechunlearn.experiment.runner import plan
@@ -91,26 +89,18 @@ def test_a_run_holds_each_variant_beside_the_run_s_flu_with_arms_at_its_budget(t
     lm = tiny_model("llama", n_layers=6)
     lm.model.save_pretrained(model)
     lm.tokenizer.save_pretrained(model)
-    cfg = {"model": str(model), "seeds": [0], "facts": {"dataset": "sports", "threshold": 0.0, "limit": 60},
-           "localization": {"n_facts": 6, "probe_facts": 0, "methods": ["fact_lookup", "random", "all_mlps"],
-                            "budget": {"match": "fact_lookup", "rule": "closest", "granularity": "matrix"},
-                            "params": {"fact_lookup": {"relative": 0.9}}},
-           "settings": [{"name": "edit4", "objective": "edit", "forget": 4}],
-           "training": {"target": None, "default": {"steps": 1, "forget_batch_size": 4, "maintain_batch_size": 4,
-                                                    "general_batch_size": 1, "general_length": 16}},
-           "evaluation": {"formats": ["train"], "attacks": [], "config": {"lm_windows": 1, "lm_window_length": 16}}}
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    localization = {"n_facts": 6, "probe_facts": 0, "methods": ["fact_lookup", "random", "all_mlps"],
+                    "budget": {"match": "fact_lookup", "rule": "closest", "granularity": "matrix"},
+                    "params": {"fact_lookup": {"relative": 0.9}}}
     out = tmp_path / "run"
-    Experiment(load_config(path), out).run()
+    Experiment(load_config(tiny_grid(model=str(model), seeds=[0], localization=localization)), out).run()
     assert sorted(p.name for p in (out / "cells").glob("*.json")) == [
         "edit4__all_mlps__s0.json", "edit4__fact_lookup__s0.json", "edit4__random__s0.json", "edit4__unedited__s0.json"]
 
     # every MLP below the receiver layer of the top head alone, whatever its score
-    cfg["localization"]["variants"] = {"wide": {"top_heads": 1, "relative": -1.0, "threshold": -1.0}}
-    path.write_text(yaml.safe_dump(cfg))
+    localization["variants"] = {"wide": {"top_heads": 1, "relative": -1.0, "threshold": -1.0}}
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
-    config = load_config(path)
+    config = load_config(tiny_grid(model=str(model), seeds=[0], localization=localization))
     Experiment(config, out).run()  # a variant added to the folder computes only its own arms
     cells = {p.name: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
     assert sorted(cells) == sorted([*stamps, "edit4__fact_lookup@wide__s0.json", "edit4__random@wide__s0.json"])

@@ -12,20 +12,10 @@ from mechunlearn.experiment import Experiment, load_config
 from mechunlearn.experiment.config import BudgetSpec
 from mechunlearn.experiment.facts import draw_localization
 from mechunlearn.facts import load_facts
-from mechunlearn.models.tiny import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SEED = 1
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    lm = tiny_model("llama", n_layers=4)
-    lm.model.save_pretrained(folder)
-    lm.tokenizer.save_pretrained(folder)
-    return folder
 
 
 def _run_config(tiny_dir, tmp_path):

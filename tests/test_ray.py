@@ -9,30 +9,15 @@ import sys
 import time
 
 import pytest
-import yaml
-
-from mechunlearn.models.tiny import tiny_model
 
 pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
-def config_path(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ray")
-    lm = tiny_model("llama", n_layers=4)
-    lm.model.save_pretrained(folder / "tiny")
-    lm.tokenizer.save_pretrained(folder / "tiny")
-    cfg = {"model": str(folder / "tiny"), "seeds": [0, 1],
-           "facts": {"dataset": "sports", "threshold": 0.0, "limit": 60},
-           "localization": {"n_facts": 6, "probe_facts": 0, "methods": ["random", "all_mlps"],
-                            "budget": {"match": None, "params": 20000, "rule": "under"}},
-           "settings": [{"name": "edit4", "objective": "edit", "forget": 4}],
-           "training": {"target": None, "default": {"steps": 6, "forget_batch_size": 4, "maintain_batch_size": 4,
-                                                    "general_batch_size": 1, "general_length": 16}},
-           "evaluation": {"formats": ["train"], "attacks": [], "config": {"lm_windows": 1, "lm_window_length": 16}}}
-    path = folder / "exp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+def config_path(tiny_grid):
+    default = {"steps": 6, "forget_batch_size": 4, "maintain_batch_size": 4, "general_batch_size": 1,
+               "general_length": 16}
+    return tiny_grid(training={"target": None, "default": default})  # cells long enough to be killed inside
 
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
