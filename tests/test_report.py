@@ -352,3 +352,14 @@ def test_the_report_leads_with_the_run_the_training_and_the_verdict(run_dir):
     assert "Training: no strength target was recorded" in glance
     assert "Verdict on the 3 primary comparisons (FLU better / worse / equivalent / inconclusive): 3 / 0 / 0 / 0" \
            in glance
+
+
+def test_the_report_says_when_the_unedited_model_is_at_chance_on_mmlu(run_dir):
+    path = run_dir / "cells" / "edit16__unedited__s0.json"
+    cell = json.loads(path.read_text())
+    cell["metrics"].update({"mmlu.acc": 0.286, "mmlu.chance": 0.291, "mmlu.p_above_chance": 0.62,
+                            "mmlu.at_chance": 1.0})
+    path.write_text(json.dumps(cell))
+    text = html.unescape(write_report(run_dir).read_text())
+    assert ("edit16, seed 0: the unedited model is at chance on MMLU (accuracy 0.286, chance 0.291, p = 0.62 for "
+            "being above it), so MMLU cannot show a side effect of an edit here.") in text

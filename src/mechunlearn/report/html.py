@@ -93,6 +93,7 @@ def write_report(run_dir: str | Path) -> Path:
     parts += sections.comparison(found, spec)
     parts += sections.fairness(cells, settings)
     parts += _data(data, cells, settings)
+    parts += sections.mmlu_at_chance(cells)
     parts += _per_setting(cells, settings, methods, out_dir)
 
     parts.append("<h2>Each metric across settings</h2><div class=grid>")

@@ -73,6 +73,19 @@ def at_a_glance(cells: list[dict], found: list[dict], spec: AnalysisSpec) -> lis
     return ["<h2>At a glance</h2><ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"]
 
 
+def mmlu_at_chance(cells: list[dict]) -> list[str]:
+    """Per setting: whether MMLU can show a side effect at all (the unedited model above chance)."""
+    parts = []
+    for c in sorted((c for c in cells if c["method"] == BASE and c["metrics"].get("mmlu.at_chance") is not None),
+                    key=lambda c: (c["setting"], c["seed"])):
+        m = c["metrics"]
+        if m["mmlu.at_chance"]:
+            parts.append(_p(f"{c['setting']}, seed {c['seed']}: the unedited model is at chance on MMLU (accuracy "
+                            f"{m['mmlu.acc']:.3f}, chance {m['mmlu.chance']:.3f}, p = {m['mmlu.p_above_chance']:.2g} "
+                            "for being above it), so MMLU cannot show a side effect of an edit here.", "lose"))
+    return parts
+
+
 def _size(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 100_000 else f"{n:,}"
 
