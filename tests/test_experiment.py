@@ -500,3 +500,20 @@ def test_report_names_what_is_wrong_with_a_run_folder(tiny_dir, tmp_path, capsys
     cell.write_text(text)
     with pytest.raises(MechunlearnError, match="holds a run with a different config"):
         Experiment(other, out).run()
+
+
+def test_a_cached_localization_made_on_another_model_is_refused_unless_forced(tiny_grid, tmp_path, one_thread):
+    config = load_config(tiny_grid(seeds=[0]))
+    out = tmp_path / "run"
+    Experiment(config, out).run()
+    loc_path = out / "localizations" / "random__s0.json"
+    loc = json.loads(loc_path.read_text())
+    loc["evidence"]["model"]["n_layers"] = 26  # as if copied in from a 26-layer model's run
+    loc_path.write_text(json.dumps(loc))
+    (out / "cells" / "edit4__random__s0.json").unlink()
+    with pytest.raises(MechunlearnError, match=r"random__s0.json: it was made on llama \(26 layers.*not on this model"):
+        Experiment(config, out).run()
+    forced = Experiment(config, out)
+    forced.locs.force = True
+    forced.run()
+    assert (out / "cells" / "edit4__random__s0.json").exists()

@@ -30,6 +30,8 @@ def run(
                                  "passes of each stage, and exit without loading the weights or writing anything."),
     stop_on_failure: bool = typer.Option(False, "--stop-on-failure", help="Stop at a cell whose training "
                                          "diverges (default: name it, set it aside and go on)."),
+    force: bool = typer.Option(False, "--force", help="Use localization files in the run folder that were made on "
+                               "another model (default: refused, naming both models)."),
     workers: int = typer.Option(0, "--workers", help="Spread the cells over this many Ray workers (one GPU each "
                                 "under CUDA, else a share of the CPU threads); needs the 'ray' extra."),
     address: str | None = typer.Option(None, "--address", help="An existing Ray cluster (default with --workers: "
@@ -58,6 +60,7 @@ def run(
         return
     experiment = Experiment(resolved, out, console)
     experiment.stop_on_failure = stop_on_failure
+    experiment.locs.force = force
     experiment.run()
     console.print(f"finished in {time.perf_counter() - start:.0f} s")
 

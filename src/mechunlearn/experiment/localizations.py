@@ -8,9 +8,11 @@ from pathlib import Path
 
 from rich.console import Console
 
+from mechunlearn.errors import MechunlearnError
 from mechunlearn.experiment.config import RunConfig
 from mechunlearn.experiment.facts import SeedFacts
 from mechunlearn.localize import Localization, Selection, localize, select
+from mechunlearn.localize.base import model_mismatch
 from mechunlearn.models.loading import LoadedModel
 from mechunlearn.report.methods import OURS, VARIANT, split_arm
 
@@ -20,13 +22,20 @@ log = logging.getLogger(__name__)
 class Localizations:
     def __init__(self, config: RunConfig, folder: Path, console: Console):
         self.config, self.folder, self.console = config, folder, console
+        self.weights: str | None = None  # the run's model's weights hash, which a cached localization must fit
+        self.force = False  # train cached localizations made on another model anyway
 
     def localize(self, lm: LoadedModel, arm: str, facts: SeedFacts, seed: int, path: Path | None = None
                  ) -> Localization:
         """The localization ``arm`` is cut from (a method, or an FLU variant) on ``lm`` as it is
         now; cached at ``path`` when one is given."""
         if path is not None and path.exists():
-            return Localization.load(path)
+            loc = Localization.load(path)
+            problem = model_mismatch((loc.evidence or {}).get("model"), lm.arch, lm.source,
+                                     str(lm.model.dtype).removeprefix("torch."), self.weights)
+            if problem and not self.force:
+                raise MechunlearnError(f"{path}: {problem}; delete it to localize again, or run with --force")
+            return loc
         self.console.print(f"localizing: {arm} (seed {seed}, {len(facts.localization)} facts)")
         method = split_arm(arm)[0]
         params = self.config.localization_params(arm)

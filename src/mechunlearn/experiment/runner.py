@@ -68,7 +68,7 @@ class Experiment:
             device = c.device or ("cuda" if torch.cuda.is_available() else "cpu")
             self._lm = load_model(c.model, dtype=c.dtype, device=device)
             self._pristine = {k: v.detach().clone() for k, v in self._lm.model.state_dict().items()}
-            self.base_hash = weights_hash(self._lm.model)
+            self.base_hash = self.locs.weights = weights_hash(self._lm.model)
         return self._lm
 
     def fresh_model(self) -> LoadedModel:

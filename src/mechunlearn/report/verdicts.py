@@ -120,6 +120,7 @@ def _decide(family: list[dict], spec: AnalysisSpec) -> None:
             r["text"] = _sentence(r)
             continue
         low, high = interval(diffs, 1 - level)
+        r["equivalence_interval"] = list(interval(diffs, 1 - 2 * level))  # TOST at level: inside +/- delta
         r.update({"p_holm": pd_, "p_equivalence_holm": pe, "low": low, "high": high, "confidence": 1 - level,
                   "mde": mde(r["sd"], len(diffs), level, spec.power),
                   "seeds_for_delta": seeds_needed(r["sd"], r["delta"], level, spec.power)})
@@ -164,8 +165,11 @@ def _sentence(r: dict) -> str:
     if r["outcome"] == "worse":
         return f"{name}: {ours} worse than {theirs} by {-r['advantage']:.3f} ({corrected}; Holm p = {r['p_holm']:.2g})."
     if r["outcome"] == "equivalent":
-        return (f"{name}: {ours} and {theirs} equivalent within ±{r['delta']:g} (difference {r['advantage']:+.3f}; "
-                f"{corrected}; equivalence Holm p = {r['p_equivalence_holm']:.2g}).")
+        low, high = r["equivalence_interval"]
+        return (f"{name}: {ours} and {theirs} equivalent within ±{r['delta']:g}: difference {r['advantage']:+.3f}, "
+                f"its {1 - 2 * (1 - r['confidence']):.1%} interval {low:+.3f} to {high:+.3f} lies inside ±{r['delta']:g} "
+                f"({seeds}, {r['comparisons']} primary comparison{'s' if r['comparisons'] != 1 else ''}; equivalence "
+                f"Holm p = {r['p_equivalence_holm']:.2g}).")
     if r["outcome"] == "inconclusive":
         return (f"{name}: inconclusive between {ours} and {theirs}: difference {r['advantage']:+.3f} ({corrected}). "
                 f"The smallest difference this run detects with {r['power']:.0%} power is {r['mde']:.3f}; {need} would "
