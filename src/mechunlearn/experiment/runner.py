@@ -213,45 +213,39 @@ class Experiment:
         data["mcq_format"] = ", ".join(sorted(used)) if used else "no MCQ format evaluated"
 
     # --- the grid ------------------------------------------------------------------------
-    def claim_cells(self, setting: str, seed: int, todo: list[str]) -> dict[str, claims.Claim]:
-        """The cells of ``todo`` that this process computes: those no other process sharing the
-        run folder holds (a dead or silent holder's are taken over)."""
-        mine = {}
+    def run_cells(self, setting: SettingSpec, seed: int, facts: run_facts.SeedFacts, tag: str, todo: list[str],
+                  failed: dict[str, str]) -> None:
+        """The cells of ``todo``, each claimed just before it is computed, so that processes sharing
+        the run folder split a seed's cells; a cell another live process holds is left to it."""
+        selections = None
         for method in todo:
-            path = self.cell_path(setting, method, seed)
+            path = self.cell_path(setting.name, method, seed)
             held = claims.claim(path.with_suffix(".claim"))
             if held is None:
                 self.console.print(f"{path.stem}: computed by another process "
                                    f"({claims.describe(path.with_suffix('.claim'))})")
-            elif self.cell_done(path):  # finished by another process since the list was made
-                held.release()
-            else:
-                mine[method] = held
-        return mine
-
-    def run_cells(self, setting: SettingSpec, seed: int, facts: run_facts.SeedFacts, tag: str,
-                  mine: dict[str, claims.Claim], failed: dict[str, str]) -> None:
-        selections = {}
-        if set(mine) - {BASE}:  # one process localizes a seed's facts; the others wait and read its files
-            with claims.wait_for(self.out / "localizations" / f"{tag}s{seed}.claim"):
-                selections = self.locs.selections(self.fresh_model, facts, seed, tag)
-        for method, held in mine.items():
-            self.console.print(f"[b]{setting.name}[/b] · {method} · seed {seed}")
-            path = self.cell_path(setting.name, method, seed)
-            try:
-                cell = self.run_cell(setting, method, seed, facts, selections.get(method), selections)
-            except TrainingDivergedError as e:
-                failed[path.stem] = str(e)
-                write_json_atomic(self.out / "failed" / path.name, {"cell": path.stem, "error": str(e)})
-                self.console.print(f"[red]cell {path.stem} failed:[/red] {escape(str(e))}")
-                if self.stop_on_failure:
-                    raise MechunlearnError(f"cell {path.stem} failed: {e}; stopped (the cells before it are "
-                                           "kept)") from None
                 continue
-            (self.out / "failed" / path.name).unlink(missing_ok=True)
-            write_json_atomic(path, cell)
-            held.release()
-            self.computed.append(path.stem)
+            with held:
+                if self.cell_done(path):  # finished by another process since the list was made
+                    continue
+                if selections is None and method != BASE:  # one process localizes; the others wait for its files
+                    with claims.wait_for(self.out / "localizations" / f"{tag}s{seed}.claim"):
+                        selections = self.locs.selections(self.fresh_model, facts, seed, tag)
+                self.console.print(f"[b]{setting.name}[/b] · {method} · seed {seed}")
+                try:
+                    cell = self.run_cell(setting, method, seed, facts, (selections or {}).get(method),
+                                         selections or {})
+                except TrainingDivergedError as e:
+                    failed[path.stem] = str(e)
+                    write_json_atomic(self.out / "failed" / path.name, {"cell": path.stem, "error": str(e)})
+                    self.console.print(f"[red]cell {path.stem} failed:[/red] {escape(str(e))}")
+                    if self.stop_on_failure:
+                        raise MechunlearnError(f"cell {path.stem} failed: {e}; stopped (the cells before it are "
+                                               "kept)") from None
+                    continue
+                (self.out / "failed" / path.name).unlink(missing_ok=True)
+                write_json_atomic(path, cell)
+                self.computed.append(path.stem)
 
     def grid_pass(self, data: dict, skipped: dict[str, str], failed: dict[str, str]) -> None:
         """One pass over the grid: every unfinished cell that no live process holds is computed."""
@@ -274,14 +268,7 @@ class Experiment:
                 write_json_atomic(self.out / "data.json", data)
                 methods = [BASE, *self.config.arms()]
                 todo = [m for m in methods if not self.cell_done(self.cell_path(setting.name, m, seed))]
-                mine = self.claim_cells(setting.name, seed, todo)
-                if not mine:
-                    continue
-                try:
-                    self.run_cells(setting, seed, facts, tag, mine, failed)
-                finally:
-                    for held in mine.values():
-                        held.release()
+                self.run_cells(setting, seed, facts, tag, todo, failed)
 
     def orphaned(self) -> list[Path]:
         """Unfinished cells whose claim outlived its owner."""
