@@ -27,6 +27,14 @@ def _keyword(call: ast.Call, name: str):
     return None
 
 
+def _safe_loader(node: ast.Call) -> bool:
+    """yaml.load(..., Loader=X) where X is named a SafeLoader (the project's own loaders subclass
+    yaml.SafeLoader, which test_the_config_loader_is_a_safe_loader checks)."""
+    loader = next((kw.value for kw in node.keywords if kw.arg == "Loader"), None)
+    name = loader.attr if isinstance(loader, ast.Attribute) else loader.id if isinstance(loader, ast.Name) else ""
+    return name.endswith("SafeLoader")
+
+
 def unsafe_calls(source: str) -> list[str]:
     """What in ``source`` pickles, unpickles, runs remote code or loads YAML unsafely."""
     found = []
@@ -46,7 +54,8 @@ def unsafe_calls(source: str) -> list[str]:
             found.append(f"{where} (pickles)")
         if name in ("read_pickle", "to_pickle"):
             found.append(where)
-        if owner == "yaml" and name in ("load", "load_all", "unsafe_load", "full_load", "full_load_all"):
+        if owner == "yaml" and name in ("load", "load_all", "unsafe_load", "full_load", "full_load_all") \
+                and not _safe_loader(node):
             found.append(f"{where} (use yaml.safe_load)")
         if _keyword(node, "allow_pickle") not in (None, False):
             found.append(f"{where} with allow_pickle")
@@ -74,6 +83,16 @@ model.save_pretrained(path, safe_serialization=False)
     found = unsafe_calls(planted)
     assert len(found) == 10, found
     assert unsafe_calls("torch.load('w.pt', weights_only=True)\nyaml.safe_load(t)\nload_model(s, trust_remote_code=f)") == []
+
+
+def test_the_config_loader_is_a_safe_loader():
+    import yaml
+
+    from mechunlearn.experiment.config import StrictSafeLoader
+
+    assert issubclass(StrictSafeLoader, yaml.SafeLoader)
+    assert unsafe_calls("yaml.load(t, Loader=StrictSafeLoader)") == []
+    assert len(unsafe_calls("yaml.load(t, Loader=yaml.Loader)")) == 1
 
 
 def test_nothing_in_src_pickles_unpickles_or_trusts_remote_code():

@@ -178,7 +178,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     if path is not None and not Path(path).is_file():
         raise ConfigError(f"no such config file: {path} (packaged configs: {', '.join(packaged_configs())})")
     try:
-        user = yaml.load(Path(path).read_text(), Loader=_StrictLoader) if path else {}
+        user = yaml.load(Path(path).read_text(), Loader=StrictSafeLoader) if path else {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -193,7 +193,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     return from_dict(_merge(user or {}, overrides or {}))
 
 
-class _StrictLoader(yaml.SafeLoader):
+class StrictSafeLoader(yaml.SafeLoader):
     """YAML that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
 
     def construct_mapping(self, node, deep=False):
