@@ -255,6 +255,7 @@ CHEAP = [
      ["all 0", "loss is zero"]),
     ("mmlu-limit-negative", lambda ws: ["evaluate", "--mmlu-limit", "-1", "--out", ws / "e.json"], ["--mmlu-limit"]),
     ("formats-empty-list", lambda ws: ["evaluate", "--formats", ",", "--out", ws / "e.json"], ["--formats", "no format"]),
+    ("device-map-unknown", lambda ws: EDIT(ws, "--device-map", "sideways"), ["--device-map", "'sideways'", "auto"]),
 ]
 
 

@@ -38,7 +38,7 @@ from mechunlearn.edit.saving import DIFF_FILE, LOG_FILE, check_output_dir, save_
 from mechunlearn.errors import MechunlearnError, TrainingDivergedError
 from mechunlearn.facts import answer_probs, load_facts, split_facts
 from mechunlearn.io import atomic_dir
-from mechunlearn.models.loading import load_model
+from mechunlearn.models.loading import DEVICE_MAPS, load_model
 from mechunlearn.models.memory_guard import (
     check_all,
     check_stage,
@@ -176,8 +176,9 @@ def edit(
     mask_l1: float = typer.Option(DEFAULTS.mask_l1, "--mask-l1"),
     mask_threshold: float = typer.Option(None, "--mask-threshold", help="Binarize the learned mask at this value."),
     dtype: str = DTYPE, device: str = DEVICE,
-    device_map: str = typer.Option(None, "--device-map", help="'auto' spreads a model too big for one GPU over "
-                                   "all visible GPUs (one process; see docs/scaling.md)."),
+    device_map: str = typer.Option(None, "--device-map", help="'auto' (or balanced, balanced_low_0, sequential) "
+                                   "spreads a model too big for one GPU over all visible GPUs (one process; see "
+                                   "docs/scaling.md)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the memory estimate and the forward/backward "
                                  "passes of each stage, and exit without loading the weights."),
     force: bool = typer.Option(False, "--force", help="Train a localization made on another model (other "
@@ -200,6 +201,8 @@ def edit(
     if general_text and not general_text.startswith("hf:"):
         check_input_file(general_text, "--general-text")
     loc, match_item = _read_selection_args(localization, components, budget, match)
+    if device_map is not None and device_map not in DEVICE_MAPS:
+        raise typer.BadParameter(f"--device-map {device_map!r}: use one of {', '.join(DEVICE_MAPS)}")
     check_model_args({"--model": model}, dtype, None if device_map else device)
     all_facts = load_facts(dataset, data, seed=seed)
     _check_split_args(all_facts, forget, mode, category, new_target)

@@ -217,6 +217,9 @@ def _looks_like_hub_id(spec: str) -> bool:
     return len(parts) <= 2 and all(parts) and not spec.startswith((".", "~")) and not spec.endswith(".gguf")
 
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # what Accelerate can plan by name
+
+
 def load_model(
     spec: str = DEFAULT_MODEL,
     dtype: str | torch.dtype = "float32",
@@ -225,6 +228,9 @@ def load_model(
     trust_remote_code: bool = False,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer. Never modifies the source files."""
+    if isinstance(device_map, str) and device_map not in DEVICE_MAPS:
+        raise ModelLoadError(f"device_map {device_map!r} is not one of {', '.join(DEVICE_MAPS)} (or a mapping of "
+                               "module names to devices)")
     torch_dtype = _dtype(dtype, device)
     if device is not None:
         resolve_device(device)
