@@ -282,7 +282,7 @@ def test_report_states_targets_formats_probe_layers_and_flu_stability(run_dir):
     assert "Caution: causal tracing did not reach the training target in seed 2." in text
     assert "Learning rate per method: the lowest lr of the grid" in text and "<td>0.002</td>" in text
     assert "Hyperparameter sweep rule: highest P(edit) on 8 validation facts" in text
-    assert 'seed 0: {"lr": 0.001}; seed 1: {"lr": 0.001}; seed 2: {"lr": 0.001}' in html.unescape(text)
+    assert "seed 0: lr 0.001; seed 1: lr 0.001; seed 2: lr 0.001" in html.unescape(text)
     assert "Multiple-choice format: options." in text and "What sport does {subject} play?" in text
     assert "not in this run" not in text  # templates of a setting without cells
     assert "Localization facts: not recorded." in text

@@ -3,8 +3,6 @@ learning rate and the sweep that chose it, read from each cell's ``train`` recor
 
 from __future__ import annotations
 
-import json
-
 from mechunlearn.report.methods import BASE, label, ordered
 from mechunlearn.report.stats import estimate
 
@@ -107,8 +105,13 @@ def sweep_summary(cells: list[dict], setting: str) -> tuple[list[str], list[dict
         sweeps = [c["train"]["sweep"] for c in mine]
         rules |= {str(s["rule"]) for s in sweeps if s.get("rule")}
         rows.append({"method": label(method),
-                     "chosen per seed": "; ".join(f"seed {c['seed']}: {json.dumps(s.get('chosen'))}"
+                     "chosen per seed": "; ".join(f"seed {c['seed']}: {_chosen(s.get('chosen'))}"
                                                   for c, s in zip(mine, sweeps, strict=True)),
                      "trials": ", ".join(sorted({str(len(s.get("trials") or [])) for s in sweeps})),
                      "validation facts": ", ".join(sorted({str(s.get("n_val", "–")) for s in sweeps}))})
     return sorted(rules), rows
+
+
+def _chosen(values: dict | None) -> str:
+    """{"lr": 0.001, "steps": 30} -> 'lr 0.001, steps 30'."""
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in (values or {}).items()) or "–"
