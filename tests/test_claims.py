@@ -106,3 +106,20 @@ def test_a_cell_whose_owner_dies_after_this_process_passed_it_is_taken_over(conf
     assert "edit4__all_mlps__s0.json" not in passes[0] and len(passes) == 2
     assert "edit4__all_mlps__s0.json" in passes[1] and len(passes[1]) == 6
     assert (out / "report.html").exists() and not list(out.rglob("*.claim"))
+
+
+def test_a_process_never_deletes_the_temporary_files_of_another_live_one(config_path, tmp_path, one_thread):
+    out = tmp_path / "run"
+    out.mkdir()
+    partial = out / "data.json.abcd1234.tmp"  # a live process's write in progress
+    partial.write_text("{")
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        _fake_claim(out / "running" / f"{socket.gethostname()}-{owner.pid}.claim", pid=owner.pid)
+        Experiment(load_config(config_path), out).run(report=False)
+        assert partial.exists()
+    finally:
+        owner.kill()
+        owner.wait()
+    Experiment(load_config(config_path), out).run()  # alone now: the dead process's leftovers go
+    assert not partial.exists() and not list(out.rglob("*.claim"))

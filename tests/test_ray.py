@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from mechunlearn.experiment.claims import stale
+
 pytest.importorskip("ray")
 
 
@@ -54,5 +56,7 @@ def test_two_ray_workers_give_the_results_of_one_process_and_survive_a_killed_wo
     output = run.communicate(timeout=900)[0]
     assert run.returncode == 0, output[-3000:]
     assert "a worker stopped" in output
-    assert (killed / "cells" / f"{victim[0]}.json").exists() and not list(killed.rglob("*.claim"))
+    assert (killed / "cells" / f"{victim[0]}.json").exists()
+    assert [p.parent.name for p in killed.rglob("*.claim")] == ["running"]  # the dead worker's, stale
+    assert all(stale(p) for p in killed.rglob("*.claim"))
     assert (killed / "results.csv").read_text() == expected

@@ -8,6 +8,7 @@ under a second O_EXCL file, so that two processes never both take it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -121,3 +122,19 @@ def wait_for(path: Path, poll: float = 1.0) -> Claim:
     while (held := claim(path)) is None:
         time.sleep(poll)
     return held
+
+
+@contextlib.contextmanager
+def presence(folder: Path):
+    """This process's claim of being at work in a run folder, held while it runs; yields whether
+    it is the only live one (so that it may clean up what dead ones left)."""
+    held = wait_for(folder / f"{socket.gethostname()}-{os.getpid()}.claim")
+    others = [p for p in folder.glob("*.claim") if p != held.path]
+    alone = all(stale(p) for p in others)
+    if alone:
+        for p in others:
+            p.unlink(missing_ok=True)
+    try:
+        yield alone
+    finally:
+        held.release()

@@ -283,7 +283,12 @@ class Experiment:
         self.memory.before_load()  # refuse a run that would not fit before anything is loaded or written
         _ = self.lm  # a model that does not load fails before the run folder is written
         self.out.mkdir(parents=True, exist_ok=True)
-        remove_partial_writes(self.out)  # what a run killed while writing left behind
+        with claims.presence(self.out / "running") as alone:
+            if alone:  # what a run killed while writing left behind; never another live process's files
+                remove_partial_writes(self.out)
+            return self._run(report)
+
+    def _run(self, report: bool) -> Path | None:
         _write_config(self.out / "config.json", self.config.to_json())
         data = read_json(self.out / "data.json") if (self.out / "data.json").exists() else {}
         data["localization_rule"] = run_facts.LOCALIZATION_RULE
