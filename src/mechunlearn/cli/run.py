@@ -100,14 +100,12 @@ def plan(
     """How many seeds each primary comparison needs for its minimum detectable effect to reach delta."""
     from dataclasses import replace
 
-    from mechunlearn.io import read_json
     from mechunlearn.report.analysis import AnalysisSpec
     from mechunlearn.report.planner import lines, plan
 
     if not (run_dir / "cells").is_dir():
         raise typer.BadParameter(f"{run_dir} is not a run folder (no cells/)")
-    spec = AnalysisSpec.from_json(read_json(run_dir / "config.json").get("analysis")
-                                  if (run_dir / "config.json").exists() else None)
+    spec = AnalysisSpec.of_run(run_dir)
     if delta is not None:
         if not delta > 0:
             raise typer.BadParameter(f"--delta must be > 0, got {delta}")

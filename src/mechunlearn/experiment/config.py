@@ -240,12 +240,7 @@ def check(config: RunConfig) -> None:
     for method, params in loc.params.items():
         if method not in loc.methods:
             raise ConfigError(f"config key 'localization.params.{method}' names a method that is not run")
-        known = list(getattr(METHODS[method], "defaults", {}))
-        for key in params:
-            if key not in known:
-                near = difflib.get_close_matches(str(key), known, n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else f"; {method} takes {', '.join(known) or 'none'}"
-                raise ConfigError(f"config key 'localization.params.{method}.{key}' is not a parameter of {method}{hint}")
+        _check_params(method, params, f"localization.params.{method}", list(getattr(METHODS[method], "defaults", {})))
     if loc.budget.match is not None and loc.budget.params is None and loc.budget.match not in loc.methods:
         raise ConfigError(f"config key 'localization.budget.match' is {loc.budget.match!r}, which is not "
                           f"among the methods {list(loc.methods)}")
@@ -328,11 +323,15 @@ def _check_variants(config: RunConfig) -> None:
     for name, params in loc.variants.items():
         if not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)):
             raise ConfigError(f"config key 'localization.variants.{name}': a variant's name is letters, digits, _ or -")
-        for key in params:
-            if key not in known:
-                near = difflib.get_close_matches(str(key), known, n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else f"; {OURS} takes {', '.join(known)}"
-                raise ConfigError(f"config key 'localization.variants.{name}.{key}' is not a parameter of {OURS}{hint}")
+        _check_params(OURS, params, f"localization.variants.{name}", known)
+
+
+def _check_params(method: str, params: dict, path: str, known: list[str]) -> None:
+    for key in params:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else f"; {method} takes {', '.join(known) or 'none'}"
+            raise ConfigError(f"config key '{path}.{key}' is not a parameter of {method}{hint}")
 
 
 def _check_analysis(config: RunConfig) -> None:

@@ -58,6 +58,10 @@ def run_on_ray(config: RunConfig, out: str | Path, workers: int, address: str | 
     Worker = _worker(threads=cpus)
     options = {"num_gpus": 1, "num_cpus": 1} if cuda else {"num_cpus": cpus}
     every = {f"{s}__{m}__s{seed}" for s, m, seed in plan(config)["cells"]}
+
+    def missing() -> list[str]:
+        return sorted(every - {p.stem for p in (out / "cells").glob("*.json")})
+
     errors: set[str] = set()
     for _ in range(ROUNDS):
         actors = [Worker.options(**options).remote() for _ in range(workers)]
@@ -68,13 +72,13 @@ def run_on_ray(config: RunConfig, out: str | Path, workers: int, address: str | 
                 errors.update([result["error"]] if result["error"] else [])
             except ray.exceptions.RayError as e:  # a worker died: its cells go to the others or the next round
                 console.print(f"[yellow]a worker stopped: {str(e).splitlines()[0]}[/yellow]")
-        if errors or every <= {p.stem for p in (out / "cells").glob("*.json")}:
+        if errors or not missing():
             break
-    missing = sorted(every - {p.stem for p in (out / "cells").glob("*.json")})
+    left = missing()
     report = write_report(out) if any((out / "cells").glob("*.json")) else None
     if report:
         console.print(f"report: {report}")
-    if errors or missing:
-        raise MechunlearnError("; ".join(sorted(errors)) or f"{len(missing)} cell(s) not computed "
-                               f"({', '.join(missing[:5])}); the report covers the others; rerun to compute them")
+    if errors or left:
+        raise MechunlearnError("; ".join(sorted(errors)) or f"{len(left)} cell(s) not computed "
+                               f"({', '.join(left[:5])}); the report covers the others; rerun to compute them")
     return report

@@ -17,7 +17,9 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from mechunlearn.io import read_json
 from mechunlearn.report.methods import COMPARED, OURS, VARIANT
 
 # the paper's claims: the edit or unlearning generalises to the other prompt formats, resists
@@ -46,6 +48,12 @@ class AnalysisSpec:
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
         return cls(**data)
+
+    @classmethod
+    def of_run(cls, run_dir: Path) -> AnalysisSpec:
+        """The analysis a run folder's config declares (defaults where it declares none)."""
+        config = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
+        return cls.from_json(config.get("analysis"))
 
     def delta_for(self, metric: str) -> float:
         return self.delta_per_metric.get(metric, self.delta)

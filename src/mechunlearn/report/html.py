@@ -72,7 +72,7 @@ def write_report(run_dir: str | Path) -> Path:
     cells = load_cells(run_dir)  # a folder that is not a run is refused before anything is written
     config = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
     data = read_json(run_dir / "data.json") if (run_dir / "data.json").exists() else {}
-    spec = AnalysisSpec.from_json(config.get("analysis"))
+    spec = AnalysisSpec.of_run(run_dir)
     out_dir = run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     table = results_table(cells)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from mechunlearn.io import read_json
 from mechunlearn.report.analysis import AnalysisSpec
 from mechunlearn.report.html import load_cells
 from mechunlearn.report.methods import BASE, label
@@ -16,9 +15,7 @@ from mechunlearn.report.verdicts import verdicts
 def plan(run_dir: str | Path, spec: AnalysisSpec | None = None) -> dict:
     run_dir = Path(run_dir)
     cells = load_cells(run_dir)
-    if spec is None:
-        config = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
-        spec = AnalysisSpec.from_json(config.get("analysis"))
+    spec = spec or AnalysisSpec.of_run(run_dir)
     rows = [v for v in verdicts(cells, spec) if v["primary"]]
     settings = {}
     for setting in sorted({r["setting"] for r in rows}):
