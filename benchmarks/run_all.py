@@ -10,6 +10,7 @@ import json
 import platform
 import time
 
+import bench_cell
 import bench_edit
 import bench_evaluate
 import bench_localize
@@ -31,10 +32,14 @@ def main() -> None:
     steps = bench_edit.run(args.model, args.repeats, args.threads)
     print("\n== fact scoring: shared-prefix paths vs the plain forward")
     scoring = bench_evaluate.run(args.model, args.repeats, args.threads)
+    cell = None
+    if args.model == "default":
+        print("\n== one cell of the demo (fact_lookup, seed 0), stage by stage")
+        cell = bench_cell.run("demo", [], None, "fact_lookup", 0, args.threads, bench_cell.DEFAULT_WORK / "demo")
     result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "torch": torch.__version__, "threads": args.threads},
               "seconds": time.perf_counter() - start, "localize": localize, "steps": steps,
-              "scoring": scoring}
+              "scoring": scoring, "cell": cell}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     print(f"\nwrote {args.out} ({result['seconds']:.0f} s)")

@@ -1,4 +1,5 @@
-"""The issue's targets on the embedded Gemma 3 270M, with the default EditConfig: 16 known
+"""The issue's targets on the embedded Gemma 3 270M, with the default EditConfig at a fixed 10 steps
+(the default cap is 30, for training to a target; these tests train a fixed number): 16 known
 built-in athletes (random split, seed 0), early/middle MLP layers 2-7 (6 x 3.9 M parameters).
 
 * edit: P(edit target) >= 0.9 in the training format, maintain-test P(true) drops <= 0.05;
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.integration  # the embedded model: every core helps (no
 
 COMPONENTS = "blocks.2..7.mlp"
 MAINTAIN_DROP = 0.05
+STEPS = 10  # what these targets were set at (EditConfig's default before the shared cap of 30)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,7 @@ def _probs(lm, split):
 def test_edit_reaches_the_target_and_saves_a_small_exact_diff(gemma, split, tmp_path):
     with restored(gemma, COMPONENTS) as originals:
         p0_true, p0_new, keep0 = _probs(gemma, split)
-        result = train(gemma, COMPONENTS, split, EditConfig(objective="edit"), progress=False)
+        result = train(gemma, COMPONENTS, split, EditConfig(objective="edit", steps=STEPS), progress=False)
         p_true, p_new, keep = _probs(gemma, split)
         print(f"\nedit: P(new) {p0_new.mean():.3f} -> {p_new.mean():.3f} (min {p_new.min():.3f}), P(true) "
               f"{p0_true.mean():.3f} -> {p_true.mean():.3f}, maintain {keep0.mean():.3f} -> {keep.mean():.3f}, "
@@ -79,7 +81,7 @@ def test_edit_reaches_the_target_and_saves_a_small_exact_diff(gemma, split, tmp_
 def test_log1m_unlearns_16_athletes(gemma, split):
     with restored(gemma, COMPONENTS):
         p0_true, _, keep0 = _probs(gemma, split)
-        result = train(gemma, COMPONENTS, split, EditConfig(objective="log1m"), progress=False)
+        result = train(gemma, COMPONENTS, split, EditConfig(objective="log1m", steps=STEPS), progress=False)
         p_true, _, keep = _probs(gemma, split)
         print(f"\nlog1m: P(true) {p0_true.mean():.3f} -> {p_true.mean():.3f} (max {p_true.max():.3f}), "
               f"maintain {keep0.mean():.3f} -> {keep.mean():.3f}, {result.seconds:.0f} s")

@@ -2,19 +2,16 @@
 torch.autocast on the CPU), the memory guard's CUDA accounting (torch.cuda.mem_get_info stubbed),
 and training under a device_map's dispatch hooks."""
 
-import contextlib
 import random
 
 import pytest
 import torch
 
-import mechunlearn.edit.step as step
-import mechunlearn.edit.trainer as trainer
 from mechunlearn.edit import EditConfig, train
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.facts import load_facts
 from mechunlearn.facts.splits import split_facts
-from mechunlearn.models import memory_guard
+from mechunlearn.models import memory_guard, precision
 from mechunlearn.models.loading import from_model
 from mechunlearn.models.memory import Stage
 from mechunlearn.models.tiny import tiny_model
@@ -41,15 +38,12 @@ def test_training_under_bf16_autocast_keeps_fp32_weights_and_optimizer_state(spl
     plain = tiny_model("llama", n_layers=4)
     train(plain, COMPONENTS, split, _config(), progress=False)
 
-    def cpu_autocast(device, enabled):  # what the trainer does on CUDA, on the CPU
-        return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
-
-    monkeypatch.setattr(step, "autocast", cpu_autocast)
-    monkeypatch.setattr(trainer, "autocast", cpu_autocast)
+    # the CPU path of the autocast the trainer uses on CUDA (emulated bf16 is fine on a tiny model)
+    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: True)
     lm = tiny_model("llama", n_layers=4)
     seen = []
     hook = lm.model.model.layers[1].mlp.down_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    result = train(lm, COMPONENTS, split, _config(), progress=False)
+    result = train(lm, COMPONENTS, split, _config(cpu_bf16=True), progress=False)
     hook.remove()
     assert torch.bfloat16 in seen  # the forward ran under autocast
     assert all(p.dtype == torch.float32 for p in lm.model.parameters())
@@ -105,3 +99,12 @@ def test_a_model_offloaded_to_disk_is_refused_by_name(split, tmp_path):
                                                  dtype=torch.float32)
     with pytest.raises(MechunlearnError, match="offloaded to disk"):
         train(from_model(model, lm.tokenizer, "tiny-offloaded"), COMPONENTS, split, _config(), progress=False)
+
+
+def test_cpu_bf16_on_a_cpu_without_native_bf16_is_refused_before_any_step(split, monkeypatch, one_thread):
+    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: False)
+    lm = tiny_model("llama", n_layers=4)
+    before = _trained(lm)
+    with pytest.raises(MechunlearnError, match="no native bf16.*turn cpu_bf16 off"):
+        train(lm, COMPONENTS, split, _config(cpu_bf16=True), progress=False)
+    assert all(torch.equal(before[n], p) for n, p in lm.model.named_parameters())

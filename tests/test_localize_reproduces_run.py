@@ -68,7 +68,7 @@ def test_localize_command_reproduces_the_runs_localization_files(tiny_dir, tmp_p
     # the cut to FLU's size: the same rule (the run's default) and the same components
     ap_sel = json.loads((tmp_path / "ap.selection.json").read_text())
     run_sel = json.loads((folder / f"attribution_patching__s{SEED}.selection.json").read_text())
-    assert ap_sel["rule"] == run_sel["rule"] == BudgetSpec.rule == "closest"
+    assert ap_sel["rule"] == run_sel["rule"] == BudgetSpec.rule == "within"
     assert ap_sel["components"] == run_sel["components"] and ap_sel["n_params"] == run_sel["n_params"]
 
 

@@ -68,7 +68,8 @@ def test_edit_step_parts_follow_the_batch_sizes_and_grad_accum(tiny_llama):
     assert step.parts["fact activations"] == 16 * 10 * s.n_layers * per_token * 4
     assert step.parts["fact logits"] == 16 * s.vocab * 4 * 3
     assert step.parts["general logits"] == 2 * 15 * s.vocab * 4 * 3
-    assert step.passes == {"forward": 20, "backward": 10}  # 10 steps: fact and general forwards, one backward
+    # the default cap of 30 steps (edit/config.py DEFAULT_STEPS): fact and general forwards, one backward each
+    assert cfg.steps == 30 and step.passes == {"forward": 60, "backward": 30}
     halved = memory.edit_step_stage(s, EditConfig(forget_batch_size=8, maintain_batch_size=8, general_batch_size=2,
                                                   general_length=16, grad_accum=2).resolved(False), 1000, 0, 10)
     assert halved.parts["fact logits"] == step.parts["fact logits"] // 2

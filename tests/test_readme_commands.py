@@ -93,7 +93,7 @@ def test_readme_commands_run_from_a_clone(tmp_path, monkeypatch, capsys):
     assert known_csv == [(builtin, builtin), (1559, 1559)]  # the built-in athletes, then the published list
     flu, ct = (json.loads(Path(name).read_text()) for name in ("flu.json", "ct.json"))
     assert len(flu["fact_ids"]) == len(ct["fact_ids"]) == 32 and flu["chosen"]
-    assert json.loads(Path("ct.selection.json").read_text())["rule"] == "closest"
+    assert json.loads(Path("ct.selection.json").read_text())["rule"] == "within"
     for folder in ("edits/flu", "edits/flu-unlearn"):
         assert {p.name for p in Path(folder).iterdir()} >= {"model", "diff.safetensors", "train_log.json"}
     assert len(json.loads(Path("edits/flu/train_log.json").read_text())["split"]["forget"]) == 16

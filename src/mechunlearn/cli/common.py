@@ -7,14 +7,18 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from mechunlearn.errors import MechunlearnError
-from mechunlearn.facts import FactSet, filter_known, load_facts
-from mechunlearn.facts.known import KnownReport
 from mechunlearn.io import load_json_file
-from mechunlearn.models.loading import LoadedModel, check_model_source, load_model, resolve_device
+from mechunlearn.models.sources import check_model_source, resolve_device
+
+if TYPE_CHECKING:  # the command line imports torch only where a command needs a model
+    from mechunlearn.facts import FactSet
+    from mechunlearn.facts.known import KnownReport
+    from mechunlearn.models.loading import LoadedModel
 
 MODEL = typer.Option("default", "--model", help="'default' (embedded Gemma 3 270M), a Hub id, a local HF folder or a .gguf file.")
 DATASET = typer.Option("sports", "--dataset", help="sports | counterfact | table | hub")
@@ -40,11 +44,15 @@ def pick_device(device: str | None) -> str:
 
 
 def open_model(model: str, dtype: str = "float32", device: str | None = None) -> LoadedModel:
+    from mechunlearn.models.loading import load_model
+
     return load_model(model, dtype=dtype, device=pick_device(device))
 
 
 def known_facts(lm: LoadedModel, dataset: str, data: str | None, seed: int = 0, threshold: float | None = None,
                 progress: bool = True, facts: FactSet | None = None) -> tuple[FactSet, KnownReport]:
+    from mechunlearn.facts import filter_known, load_facts
+
     facts = facts if facts is not None else load_facts(dataset, data, seed=seed)
     report = filter_known(lm.model, lm.tokenizer, facts, threshold=threshold, progress=progress)
     return report.known, report

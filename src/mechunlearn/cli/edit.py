@@ -33,23 +33,26 @@ from mechunlearn.cli.common import (
     read_localization,
     resolved_path,
 )
-from mechunlearn.edit import EditConfig, apply_diff, expand_components, read_diff, save_edit, train
-from mechunlearn.edit.saving import DIFF_FILE, LOG_FILE, check_output_dir, save_model, weights_hash
+from mechunlearn.edit.config import DEFAULT_STEPS, EditConfig
+from mechunlearn.edit.files import DIFF_FILE, LOG_FILE, diff_file
 from mechunlearn.errors import MechunlearnError, TrainingDivergedError
-from mechunlearn.facts import answer_probs, load_facts, split_facts
 from mechunlearn.io import atomic_dir
-from mechunlearn.models.loading import DEVICE_MAPS, load_model
-from mechunlearn.models.memory_guard import (
-    check_all,
-    check_stage,
-    edit_command_estimate,
-    print_estimate,
-)
+from mechunlearn.models.sources import DEVICE_MAPS
+
+# torch, transformers and the pipeline are imported inside the commands, after the cheap checks:
+# --help and a one-line error about a bad input answer at once
 
 DEFAULTS = EditConfig()
-# the command trains to a strength by default: --steps is then the cap, with the cosine schedule
-# laid over it (so a raised cap also keeps the lr high for longer)
-CLI_TARGET, CLI_STEPS = 0.9, 100
+# the command trains to a strength by default: --steps is then the cap (the one a run and the demo
+# use), with the cosine schedule laid over it (so a raised cap also keeps the lr high for longer)
+CLI_TARGET, CLI_STEPS = 0.9, DEFAULT_STEPS
+
+
+def train(*args, **kwargs):
+    """``mechunlearn.edit.train``, imported when the command trains (tests replace this name)."""
+    from mechunlearn.edit.trainer import train as train_components
+
+    return train_components(*args, **kwargs)
 
 
 def _read_selection_args(localization: Path | None, components: str | None, budget: int | None,
@@ -70,6 +73,8 @@ def _read_selection_args(localization: Path | None, components: str | None, budg
 
 def _components(lm, loc, match_item, components: str | None, budget: int | None,
                 force: bool = False) -> tuple[list[str], str]:
+    from mechunlearn.edit.selection import expand_components
+
     if components is not None:
         return expand_components(lm.arch, components), "--components"
     for item, option in ((loc, "--localization"), (match_item, "--match")):
@@ -79,10 +84,22 @@ def _components(lm, loc, match_item, components: str | None, budget: int | None,
     return expand_components(lm.arch, selection.components), f"{loc.path} ({selection.n_params} parameters)"
 
 
-def _check_split_args(facts, forget: int, mode: str, category: str | None, new_target: str | None) -> None:
+def _check_split_args(facts, forget: int, mode: str, category: str | None, new_target: str | None,
+                      relation: str | None = None) -> None:
     """What the split needs from the fact file, checked before the model scores it."""
     if mode not in ("random", "first", "category"):
         raise MechunlearnError(f"unknown --mode {mode!r}: random, first or category")
+    if relation is not None:
+        try:
+            edited = facts.of_relation(relation)
+        except MechunlearnError as e:
+            raise MechunlearnError(f"--relation: {e}") from None
+        if mode != "category" and forget > len(edited):
+            raise MechunlearnError(f"--forget {forget}: the relation {relation!r} has only {len(edited)} facts; "
+                                   "forget fewer")
+        facts_of_answer = edited
+    else:
+        facts_of_answer = facts
     if mode != "category":
         if category is not None or new_target is not None:
             raise MechunlearnError("--category and --new-target apply to --mode category only")
@@ -93,7 +110,7 @@ def _check_split_args(facts, forget: int, mode: str, category: str | None, new_t
         return
     if not category or not category.strip():
         raise MechunlearnError("--mode category needs --category ANSWER (the true answer to edit, e.g. basketball)")
-    answers = facts.count_by_answer()
+    answers = facts_of_answer.count_by_answer()
     if category.strip() not in answers:
         raise MechunlearnError(f"--category {category!r}: no fact has this answer; the answers are "
                                f"{', '.join(list(answers)[:10])}")
@@ -112,6 +129,8 @@ def _accelerator(device: str | None):
 
 
 def _probs(lm, split) -> dict[str, float]:
+    from mechunlearn.facts import answer_probs
+
     p_true, p_new = answer_probs(lm.model, lm.tokenizer, split.forget_eval)
     keep, _ = answer_probs(lm.model, lm.tokenizer, split.maintain_test)
     out = {"forget P(true)": float(p_true.mean()), "maintain-test P(true)": float(keep.mean())}
@@ -146,6 +165,9 @@ def edit(
     mode: str = typer.Option("random", "--mode", help="random | first | category"),
     category: str = typer.Option(None, "--category", help="With --mode category: the true answer to edit (e.g. basketball)."),
     new_target: str = typer.Option(None, "--new-target", help="With --mode category: the new answer (e.g. golf)."),
+    relation: str = typer.Option(None, "--relation", help="Edit only facts of this relation (the table's "
+                                 "'relation' column); the other relations' facts are maintained, and reported "
+                                 "as unrelated by 'mechunlearn evaluate'."),
     objective: str = typer.Option(DEFAULTS.objective, "--objective", help="edit | log1m | grad_ascent | npo"),
     steps: int = typer.Option(CLI_STEPS, "--steps", help="The step cap (with --target) or the exact number of "
                               "steps (--target 0)."),
@@ -204,8 +226,20 @@ def edit(
     if device_map is not None and device_map not in DEVICE_MAPS:
         raise typer.BadParameter(f"--device-map {device_map!r}: use one of {', '.join(DEVICE_MAPS)}")
     check_model_args({"--model": model}, dtype, None if device_map else device)
+    from mechunlearn.facts import load_facts
+
     all_facts = load_facts(dataset, data, seed=seed)
-    _check_split_args(all_facts, forget, mode, category, new_target)
+    _check_split_args(all_facts, forget, mode, category, new_target, relation)
+    from mechunlearn.edit.saving import check_output_dir, save_edit, weights_hash
+    from mechunlearn.facts import split_facts
+    from mechunlearn.models.loading import load_model
+    from mechunlearn.models.memory_guard import (
+        check_all,
+        check_stage,
+        edit_command_estimate,
+        print_estimate,
+    )
+
     estimate = edit_command_estimate(model, dtype, None if device_map else device, config, all_facts, forget,
                                      lambda arch: _components(SimpleNamespace(arch=arch, source=model), loc,
                                                               match_item, components, budget, force)[0])
@@ -235,7 +269,8 @@ def edit(
         raise MechunlearnError(f"--forget {forget}: the model knows only {len(known)} of the {report.total} facts "
                                f"at P(true) > {report.threshold} and some must be left to maintain; forget fewer "
                                "or lower --threshold")
-    split = split_facts(known, forget=forget, mode=mode, category=category, new_target=new_target, seed=seed)
+    split = split_facts(known, forget=forget, mode=mode, category=category, new_target=new_target, seed=seed,
+                        relation=relation)
     before = _probs(lm, split)
     if not device_map:
         check_stage(estimate.stage("edit step"), lm.device, loaded=True)
@@ -248,7 +283,7 @@ def edit(
         raise TrainingDivergedError(f"the edited model's quick evaluation is not a number ({after}): the edit "
                                     "diverged; nothing was written")
     facts_info = {"dataset": dataset, "data": resolved_path(data), "seed": seed, "threshold": report.threshold,
-                  "known": len(known), "total": report.total}
+                  "known": len(known), "total": report.total, **({"relation": relation} if relation is not None else {})}
     save_edit(lm, result, out, base_spec=resolved_path(model), facts=facts_info,
               extra={"selection": source, "quick_eval": {"before": before, "after": after}})
 
@@ -276,6 +311,10 @@ def apply_diff_cmd(
     device: str = DEVICE,
 ):
     """Rebuild an edited model from its base model and the small diff (the base's hash is checked)."""
+    diff_file(diff)  # a missing diff is refused before torch is imported
+    from mechunlearn.edit.saving import apply_diff, check_output_dir, read_diff, save_model
+    from mechunlearn.models.loading import load_model
+
     record = read_diff(diff)
     check_out_folder(out, "--out", ("config.json",))
     check_model_args({"--model" if model else "the diff's base model": model or record.base_model},

@@ -22,9 +22,6 @@ from mechunlearn.cli.common import (
     open_model,
 )
 from mechunlearn.errors import MechunlearnError
-from mechunlearn.evaluate.mmlu import describe
-from mechunlearn.evaluate.run import EvalConfig, compare_runs, evaluate_run, write_results
-from mechunlearn.facts import load_facts, split_facts, split_from_facts
 from mechunlearn.io import load_json_file
 
 HEADLINE_SKIP = (".n", ".n_missing", ".err")
@@ -144,6 +141,8 @@ def evaluate(
             settings.setdefault("relearn", {})
             if isinstance(settings["relearn"], dict):
                 settings["relearn"][key] = value
+    from mechunlearn.evaluate.config import EvalConfig
+
     try:
         eval_config = EvalConfig.from_dict(settings)
     except (TypeError, ValueError) as e:
@@ -153,6 +152,7 @@ def evaluate(
     base = base or (log.get("model") if log else None) or "default"
     base = None if str(base).lower() == "none" else str(base)
     check_model_args({"--model": model, "--base": base}, dtype, device)
+    from mechunlearn.facts import load_facts, split_facts, split_from_facts
 
     if log:
         spec = log.get("facts") or {}
@@ -160,6 +160,15 @@ def evaluate(
         split = split_from_facts(facts, log["split"])
     else:
         facts = load_facts(dataset or "sports", data, seed=seed)
+    from mechunlearn.evaluate.formats import skipped_line, unaskable
+
+    skipped = unaskable(facts, eval_config.formats)  # e.g. qa and mcq on a table without questions
+    if skipped:
+        console.print(skipped_line("the facts", skipped), style="yellow", soft_wrap=True, markup=False)
+        eval_config.formats = tuple(f for f in eval_config.formats if f not in skipped)
+    from mechunlearn.evaluate.mmlu import describe
+    from mechunlearn.evaluate.run import compare_runs, evaluate_run, write_results
+
     base_lm = open_model(base, dtype, device) if base else None
     model_lm = None
     if not log:

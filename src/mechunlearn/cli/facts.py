@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import typer
 from rich.table import Table
 
@@ -21,8 +20,6 @@ from mechunlearn.cli.common import (
     known_facts,
     open_model,
 )
-from mechunlearn.facts import load_facts
-from mechunlearn.facts.known import FEW_KNOWN_REMEDY, NoFactsKnownError
 from mechunlearn.io import write_text_atomic
 
 facts_app = typer.Typer(no_args_is_help=True, help="Fact sets: which facts a model knows.")
@@ -42,7 +39,13 @@ def known(
     check_out_file(out)
     check_threshold(threshold)
     check_model_args({"--model": model}, dtype, device)
+    import pandas as pd
+
+    from mechunlearn.facts import load_facts
+
     facts = load_facts(dataset, data, seed=seed)
+    from mechunlearn.facts.known import FEW_KNOWN_REMEDY, NoFactsKnownError
+
     lm = open_model(model, dtype, device)
     try:
         kept, report = known_facts(lm, dataset, data, seed, threshold, facts=facts)

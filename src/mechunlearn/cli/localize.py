@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -28,15 +29,17 @@ from mechunlearn.cli.common import (
     total_params,
 )
 from mechunlearn.errors import MechunlearnError
-from mechunlearn.facts import FactSet, filter_known, load_facts
-from mechunlearn.localize import GRANULARITIES, METHODS, RULES, localize
-from mechunlearn.localize.plots import plot_heatmap, plot_probe_curves
-from mechunlearn.localize.scores import candidates
+from mechunlearn.localize.budget import RULES
+from mechunlearn.localize.catalog import METHOD_NAMES, method_defaults
+from mechunlearn.localize.scores import GRANULARITIES, candidates
+
+if TYPE_CHECKING:
+    from mechunlearn.facts import FactSet
 
 
 def _params(items: list[str], method: str) -> dict:
     """``KEY=VALUE`` items, each a parameter of ``method`` with a value of its default's type."""
-    defaults = getattr(METHODS[method], "defaults", {})
+    defaults = method_defaults(method)
     settable = sorted(k for k in defaults if k not in ("probe_facts", "progress"))
     params = {}
     for item in items:
@@ -84,6 +87,7 @@ def _choose_facts(lm, facts: FactSet, n: int | None, n_probe: int, seed: int,
     so that ``--facts N --seed S`` reproduces a run's localization; all known facts when ``n``
     is None."""
     from mechunlearn.experiment.facts import draw_localization
+    from mechunlearn.facts import filter_known
 
     known = filter_known(lm.model, lm.tokenizer, facts, threshold, progress=True).known
     if n is None:
@@ -99,7 +103,7 @@ def _choose_facts(lm, facts: FactSet, n: int | None, n_probe: int, seed: int,
 
 @app.command("localize")
 def localize_command(
-    method: str = typer.Option(..., "--method", help="One of: " + ", ".join(METHODS)),
+    method: str = typer.Option(..., "--method", help="One of: " + ", ".join(METHOD_NAMES)),
     out: Path = typer.Option(..., "--out", help="Localization JSON to write (heatmap PNG beside it)."),
     model: str = MODEL, dataset: str = DATASET, data: str = DATA, dtype: str = DTYPE, device: str = DEVICE,
     seed: int = SEED, threshold: float = THRESHOLD,
@@ -110,7 +114,8 @@ def localize_command(
     budget: int = typer.Option(None, "--budget", help="Trainable-parameter budget for the selection."),
     match: Path = typer.Option(None, "--match", help="Use this localization's (or selection's) parameter count."),
     granularity: str = typer.Option(None, "--granularity", help=" | ".join(GRANULARITIES) + " (default: the method's)"),
-    rule: str = typer.Option(None, "--rule", help="closest (default, as a run): may overshoot by < 1 unit; "
+    rule: str = typer.Option(None, "--rule", help="within (default, as a run): within 10% of the budget, "
+                             "mixing matrix sizes where whole layers cannot; closest: may overshoot by < 1 unit; "
                              "under: never exceed the budget"),
     limit: int = typer.Option(None, "--limit", help="Check a seeded sample of N facts for knowing (a run's "
                               "facts.limit)."),
@@ -122,8 +127,8 @@ def localize_command(
     from mechunlearn.experiment.facts import limit_facts
 
     rule = BudgetSpec.rule if rule is None else rule
-    if method not in METHODS:
-        raise MechunlearnError(f"unknown method {method!r}: {', '.join(METHODS)}")
+    if method not in METHOD_NAMES:
+        raise MechunlearnError(f"unknown method {method!r}: {', '.join(METHOD_NAMES)}")
     if budget is not None and match is not None:
         raise MechunlearnError("give --budget or --match, not both")
     if rule not in RULES:
@@ -140,10 +145,15 @@ def localize_command(
         check_out_file(path)
     match_item = read_localization(match, "--match") if match is not None else None
     params = _params(param, method)
-    if "progress" in getattr(METHODS[method], "defaults", {}):
+    if "progress" in method_defaults(method):
         params.setdefault("progress", True)
     check_model_args({"--model": model}, dtype, device)
+    from mechunlearn.facts import load_facts
+
     all_facts = limit_facts(load_facts(dataset, data), limit)  # as a run reads its facts
+    from mechunlearn.localize import localize
+    from mechunlearn.localize.plots import plot_heatmap, plot_probe_curves
+
     lm = open_model(model, dtype, device)
     if budget is not None and budget > total_params(lm.arch):
         raise MechunlearnError(f"--budget {budget:,} exceeds the {total_params(lm.arch):,} parameters of all the "

@@ -38,7 +38,7 @@ def run(
                                        "a local one)."),
 ):
     """The paper's comparison: localize with every method, edit at the same budget, evaluate, report."""
-    from mechunlearn.experiment import Experiment, load_config, only_settings, parse_overrides
+    from mechunlearn.experiment.config import load_config, only_settings, parse_overrides
 
     resolved = load_config(config, parse_overrides(set_))
     if settings:
@@ -58,6 +58,8 @@ def run(
         run_on_ray(resolved, out, workers, address, console)
         console.print(f"finished in {time.perf_counter() - start:.0f} s")
         return
+    from mechunlearn.experiment.runner import Experiment
+
     experiment = Experiment(resolved, out, console)
     experiment.stop_on_failure = stop_on_failure
     experiment.locs.force = force
@@ -73,21 +75,24 @@ def demo(
     """The default comparison on the embedded Gemma 3 270M and the built-in athletes: FLU, causal
     tracing, attribution patching, random and all-MLPs at FLU's budget; edit 16 athletes;
     evaluate formats, maintain, LM loss, relearning and probes; write the report."""
-    from mechunlearn.experiment import Experiment, load_config
+    from mechunlearn.experiment.config import load_config
 
     _resumable(out)
+    config = load_config("quick" if quick else "demo")
+    from mechunlearn.experiment.runner import Experiment
+
     start = time.perf_counter()
-    Experiment(load_config("quick" if quick else "demo"), out, console).run()
+    Experiment(config, out, console).run()
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s")
 
 
 @app.command("report")
 def report(run_dir: Path = typer.Argument(..., help="A run folder written by 'run' or 'demo'.")):
     """(Re)write the HTML report, results.csv and verdicts.json of a run folder."""
-    from mechunlearn.report import write_report
-
     if not (run_dir / "cells").is_dir():
         raise typer.BadParameter(f"{run_dir} is not a run folder (no cells/)")
+    from mechunlearn.report import write_report
+
     console.print(f"wrote {write_report(run_dir)}")
 
 
@@ -100,11 +105,11 @@ def plan(
     """How many seeds each primary comparison needs for its minimum detectable effect to reach delta."""
     from dataclasses import replace
 
+    if not (run_dir / "cells").is_dir():
+        raise typer.BadParameter(f"{run_dir} is not a run folder (no cells/)")
     from mechunlearn.report.analysis import AnalysisSpec
     from mechunlearn.report.planner import lines, plan
 
-    if not (run_dir / "cells").is_dir():
-        raise typer.BadParameter(f"{run_dir} is not a run folder (no cells/)")
     spec = AnalysisSpec.of_run(run_dir)
     if delta is not None:
         if not delta > 0:

@@ -23,15 +23,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from mechunlearn.edit.files import DIFF_FILE, LOG_FILE, MODEL_DIR, diff_file  # noqa: F401  (re-exported)
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.io import atomic_dir, write_json_atomic
 from mechunlearn.models.components import ParamSlice
 from mechunlearn.models.loading import LoadedModel
 
 DIFF_FORMAT = "mechunlearn-diff/1"
-DIFF_FILE = "diff.safetensors"
-LOG_FILE = "train_log.json"
-MODEL_DIR = "model"
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -127,11 +125,7 @@ class EditDiff:
 
 
 def read_diff(path: str | Path) -> EditDiff:
-    path = Path(path)
-    if path.is_dir():
-        path = path / DIFF_FILE
-    if not path.is_file():
-        raise MechunlearnError(f"no such diff file: {path}")
+    path = diff_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})

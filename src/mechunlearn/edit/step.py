@@ -4,7 +4,6 @@ a micro-batch the terms share one projection to the vocabulary and one backward 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,17 +14,11 @@ from mechunlearn.edit.config import EditConfig
 from mechunlearn.edit.data import FactTerm, micro_batches
 from mechunlearn.edit.objectives import FactLogits, FactObjective
 from mechunlearn.edit.objectives.lm import lm_hidden, window_losses
+from mechunlearn.models.precision import step_autocast
 from mechunlearn.models.prefix import final_hidden_shared
 from mechunlearn.models.scoring import encode, unembed_together
 
 TERMS = ("forget", "maintain", "general")
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA; nothing on CPU (bf16 matmuls are emulated there)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def fact_logits(logits: torch.Tensor, term: FactTerm, rows: list[int]) -> FactLogits:
@@ -78,7 +71,7 @@ class LossTerms:
         g_rows = g_rows if self.windows is not None else []
         terms: list[tuple[int, torch.Tensor, list[int] | None]] = []  # (term index, hidden rows, columns)
         labels = None
-        with autocast(self.device, self.config.autocast):
+        with step_autocast(self.device, self.config.autocast, self.config.cpu_bf16):
             if f_rows or m_rows:
                 prompts = [self.forget.prompts[i] for i in f_rows] + [self.keep.prompts[i] for i in m_rows]
                 hidden = final_hidden_shared(self.model, encode(self.tokenizer, prompts, device=self.device))

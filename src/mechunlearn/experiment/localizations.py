@@ -14,6 +14,7 @@ from mechunlearn.experiment.facts import SeedFacts
 from mechunlearn.localize import Localization, Selection, localize, select
 from mechunlearn.localize.base import model_mismatch
 from mechunlearn.models.loading import LoadedModel
+from mechunlearn.profiling import stage
 from mechunlearn.report.methods import OURS, VARIANT, split_arm
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ class Localizations:
         params = self.config.localization_params(arm)
         if method == OURS and len(facts.probes) > len(facts.localization):
             params.setdefault("probe_facts", facts.probes)
-        loc = localize(lm, facts.localization, method, seed=seed, **params)
+        with stage(f"localization: {method}", absorb=True):
+            loc = localize(lm, facts.localization, method, seed=seed, **params)
         if path is not None:
             loc.save(path)
             _try_heatmap(loc, path.with_suffix(".png"))
@@ -58,7 +60,8 @@ class Localizations:
         matches = {}
         for variant in ["", *self.config.localization.variants]:
             matching = budget.match + (VARIANT + variant if variant else "") if budget.match else None
-            matches[variant] = (select(locs[matching], lm.arch, granularity=budget.granularity, rule=budget.rule)
+            matches[variant] = (select(locs[matching], lm.arch, granularity=budget.granularity, rule=budget.rule,
+                                       tolerance=budget.tolerance)
                                 if budget.params is None and matching else None)
         chosen = {}
         for arm in self.config.arms():
@@ -72,7 +75,18 @@ class Localizations:
         method = split_arm(arm)[0]
         own_size = method == budget.match or method in budget.exempt
         return select(loc, lm.arch, budget=None if own_size else budget.params, match=None if own_size else match,
-                      granularity=budget.granularity, rule=budget.rule)
+                      granularity=budget.granularity, rule=budget.rule, tolerance=budget.tolerance)
+
+    def budget_record(self, arm: str, selection: Selection | None) -> dict | None:
+        """What a cell records of the budget its arm was cut to (None: an arm of its own size, FLU
+        or an exempt baseline): the report flags an arm outside the tolerance."""
+        budget = self.config.localization.budget
+        method, variant = split_arm(arm)
+        if selection is None or method == budget.match or method in budget.exempt:
+            return None
+        matched = budget.match + (VARIANT + variant if variant else "") if budget.match and budget.params is None else None
+        return {"params": selection.budget, "matched_to": matched, "rule": selection.rule,
+                "tolerance": budget.tolerance}
 
     def reselect(self, lm: LoadedModel, arm: str, facts: SeedFacts, seed: int, first: dict[str, Selection]
                  ) -> Selection:

@@ -26,7 +26,13 @@ from mechunlearn.edit import EditConfig, TrainResult, train
 from mechunlearn.edit.saving import weights_hash
 from mechunlearn.errors import FactDataError, MechunlearnError, TrainingDivergedError
 from mechunlearn.evaluate import evaluate_run
-from mechunlearn.evaluate.formats import format_templates
+from mechunlearn.evaluate.formats import (
+    EXAMPLE_PLACEHOLDER,
+    format_templates,
+    qa_examples_record,
+    skipped_line,
+    unaskable,
+)
 from mechunlearn.evaluate.headline import curves, for_objective
 from mechunlearn.experiment import claims
 from mechunlearn.experiment import facts as run_facts
@@ -36,11 +42,13 @@ from mechunlearn.experiment.schema import ConfigError
 from mechunlearn.experiment.summary import summary_table
 from mechunlearn.experiment.sweep import LADDER_RULE, sweep
 from mechunlearn.facts import FactSet, filter_known
-from mechunlearn.facts.splits import Split
+from mechunlearn.facts.splits import EXAMPLE_RULE, Split
 from mechunlearn.io import read_json, remove_partial_writes, write_json_atomic
 from mechunlearn.localize import Selection
 from mechunlearn.models.loading import LoadedModel, load_model
 from mechunlearn.models.memory_guard import run_guard
+from mechunlearn.models.precision import check_cpu_bf16
+from mechunlearn.profiling import stage
 from mechunlearn.report import write_report
 from mechunlearn.report.html import read_cell
 from mechunlearn.report.methods import BASE
@@ -59,6 +67,7 @@ class Experiment:
         self.memory = None  # the memory guard, set when a run starts
         self.computed: list[str] = []  # the cells this process computed
         self.stop_on_failure = False  # a failed cell stops the run (else it is named and the run goes on)
+        self.skipped_formats: dict[str, dict[str, str]] = {}  # setting -> format -> what no fact has (check())
 
     # --- model, reset to its original weights before every cell --------------------------
     @property
@@ -73,7 +82,8 @@ class Experiment:
 
     def fresh_model(self) -> LoadedModel:
         lm = self.lm
-        lm.model.load_state_dict(self._pristine)
+        with stage("model reset"):
+            lm.model.load_state_dict(self._pristine)
         lm.model.eval()
         for p in lm.model.parameters():
             p.requires_grad_(True)
@@ -111,10 +121,20 @@ class Experiment:
                 answers = ", ".join(list(facts.count_by_answer())[:10])
                 raise ConfigError(f"{where}: category {setting.category!r} is no fact's answer; the answers are "
                                   f"{answers}")
+            skipped = unaskable(facts, self.config.evaluation_for(setting).formats)
+            if skipped:
+                self.skipped_formats[setting.name] = skipped
+                self.console.print(f"[yellow]{escape(skipped_line(where, skipped))}[/yellow]", soft_wrap=True)
+            if setting.relation is not None:
+                try:
+                    facts = facts.of_relation(setting.relation)
+                except FactDataError as e:
+                    raise ConfigError(f"{where}: {e}") from None
             needed = (setting.forget or 0) * (setting.blocks or 1)
             if setting.split_mode != "category" and needed >= len(facts):
+                of = f"the relation {setting.relation!r}" if setting.relation is not None else "the data"
                 raise ConfigError(f"{where}: forget {setting.forget}{f' x {setting.blocks} blocks' if setting.blocks else ''}"
-                                  f" needs more than the {len(facts)} facts of the data; forget fewer")
+                                  f" needs more than the {len(facts)} facts of {of}; forget fewer")
 
     # --- cells ---------------------------------------------------------------------------
     def cell_path(self, setting: str, method: str, seed: int) -> Path:
@@ -155,7 +175,9 @@ class Experiment:
                 train_info["lr_rule"] = LADDER_RULE.format(ladder=", ".join(f"{lr:g}" for lr in ladder))
                 if not all(r.target["reached"] for r in results):
                     train_info["first_attempt"] = first_attempt(results)
-                    cfg, train_info["sweep"] = self.sweep_on_carve(cfg, {"lr": list(ladder)}, selection, facts.splits[0])
+                    with stage("lr ladder", absorb=True):
+                        cfg, train_info["sweep"] = self.sweep_on_carve(cfg, {"lr": list(ladder)}, selection,
+                                                                       facts.splits[0])
                     lm, results, selections = self.train_blocks(cfg, setting, method, seed, facts, selection, first)
             components = sorted({c for s in selections for c in s.components})
             train_info.update({"config": results[0].config.to_json(), "history": [r.history for r in results],
@@ -170,6 +192,7 @@ class Experiment:
         return {
             "setting": setting.name, "method": method, "seed": seed, "objective": setting.objective,
             "n_params": selection.n_params if selection else 0,
+            "budget": self.locs.budget_record(method, selection),  # the report flags an arm outside its tolerance
             "components": components,
             "metrics": for_objective(evaluated, setting.objective),
             "curves": curves(evaluated),
@@ -199,13 +222,16 @@ class Experiment:
         # relearning the truth into a model that never lost it measures nothing: the unedited
         # model is not attacked by relearning (its P(true) is the "before" of every other cell)
         attacks = ev.attacks if edited else [a for a in ev.attacks if a != "relearn"]
-        return evaluate_run(lm, run_facts.union(splits), formats=ev.formats, attacks=attacks,
+        formats = [f for f in ev.formats if f not in self.skipped_formats.get(setting.name, {})]
+        return evaluate_run(lm, run_facts.union(splits), formats=formats, attacks=attacks,
                             config=self.config.eval_config(setting, seed), progress=True)
 
     def record_formats(self, data: dict, setting: SettingSpec, known: FactSet) -> None:
         config = self.config.eval_config(setting, 0)
         formats = self.config.evaluation_for(setting).formats
-        data.setdefault("templates", {})[setting.name] = format_templates(known, formats, config.style)
+        # the solved example of a QA prompt varies by relation and seed: data.json's qa_examples has each
+        data.setdefault("templates", {})[setting.name] = format_templates(known, formats, config.style,
+                                                                          example=EXAMPLE_PLACEHOLDER)
         data.setdefault("formats", {})[setting.name] = {"qa_template": config.qa_template,
                                                         "mcq_format": config.mcq_format}
         used = {f["mcq_format"] for name, f in data["formats"].items()
@@ -251,9 +277,10 @@ class Experiment:
         """One pass over the grid: every unfinished cell that no live process holds is computed."""
         for seed in self.config.seeds:
             for setting in self.config.settings:
-                tag = "" if not setting.facts else f"{setting.name}__"
+                tag = run_facts.setting_tag(setting)
                 try:
-                    known, known_info = self.known_facts(setting)
+                    with stage("known-facts filter", absorb=True):
+                        known, known_info = self.known_facts(setting)
                     facts = run_facts.seed_facts(self.config, known, setting, seed)
                 except FactDataError as e:  # e.g. the model knows too few facts for this setting
                     skipped[setting.name] = str(e)
@@ -265,6 +292,14 @@ class Experiment:
                 data.setdefault("splits", {}).setdefault(setting.name, {})[str(seed)] = run_facts.split_record(
                     facts.splits)
                 self.record_formats(data, setting, known)
+                if {"qa", "mcq"} & set(self.config.evaluation_for(setting).formats):
+                    whole = run_facts.union(facts.splits)  # the solved example each evaluated relation's prompts show
+                    evaluated = whole.forget_eval.subset([*whole.forget_eval, *whole.maintain_test])
+                    data["qa_example_rule"] = EXAMPLE_RULE
+                    data.setdefault("qa_examples", {}).setdefault(setting.name, {})[str(seed)] = qa_examples_record(
+                        evaluated, {f.id for f in facts.probes})
+                if setting.name in self.skipped_formats:
+                    data.setdefault("skipped_formats", {})[setting.name] = self.skipped_formats[setting.name]
                 write_json_atomic(self.out / "data.json", data)
                 methods = [BASE, *self.config.arms()]
                 todo = [m for m in methods if not self.cell_done(self.cell_path(setting.name, m, seed))]
@@ -282,6 +317,8 @@ class Experiment:
         self.memory = run_guard(self.config)
         self.memory.before_load()  # refuse a run that would not fit before anything is loaded or written
         _ = self.lm  # a model that does not load fails before the run folder is written
+        if self.config.cpu_bf16:
+            check_cpu_bf16(self.lm.device)
         self.out.mkdir(parents=True, exist_ok=True)
         with claims.presence(self.out / "running") as alone:
             if alone:  # what a run killed while writing left behind; never another live process's files
@@ -310,7 +347,8 @@ class Experiment:
                                "process to finish writes the report")
             return None
         else:
-            written = write_report(self.out) if any((self.out / "cells").glob("*.json")) else None
+            with stage("report", absorb=True):
+                written = write_report(self.out) if any((self.out / "cells").glob("*.json")) else None
             if written:
                 self.console.print(summary_table(self.out))
                 self.console.print(f"report: {written}")
@@ -329,7 +367,7 @@ def plan(config: RunConfig) -> dict:
                          "training": {m: config.edit_config(m, s, seed0) for m in config.arms()},
                          "formats": config.evaluation_for(s).formats, "attacks": config.evaluation_for(s).attacks,
                          "eval_config": config.eval_config(s, seed0)} for s in config.settings}
-    localizations = {(m, seed, s.name if s.facts else "") for seed in config.seeds for s in config.settings
+    localizations = {(m, seed, run_facts.setting_tag(s)[:-2]) for seed in config.seeds for s in config.settings
                      for m in config.localized()}
     relocalized = [(m, seed, s.name) for seed in config.seeds for s in config.settings if s.blocks and
                    s.localize == "per_block" for m in config.localized() for _ in range(s.blocks - 1)]

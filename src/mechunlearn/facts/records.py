@@ -34,6 +34,9 @@ class FactSet:
     system: str = ""  # system line of the question/answer format
     source: str = ""  # where the facts came from
     notes: tuple[str, ...] = field(default=())  # e.g. "answers scored by their first token"
+    # facts no one evaluates (a run's localization facts, else maintain-train facts), at most one per
+    # relation: the solved example a question/answer prompt shows for a fact of that relation
+    examples: tuple[Fact, ...] = ()
 
     def __post_init__(self):
         if not self.facts:
@@ -60,6 +63,31 @@ class FactSet:
 
     def subset(self, facts, name: str | None = None) -> FactSet:
         return replace(self, facts=tuple(facts), name=name or self.name)
+
+    def with_examples(self, examples) -> FactSet:
+        return replace(self, examples=tuple(examples))
+
+    def example_for(self, relation: str) -> Fact | None:
+        """The solved example of ``relation`` (a fact with a question), never one of these facts."""
+        own = {f.id for f in self.facts}
+        return next((e for e in self.examples if e.relation == relation and e.question and e.id not in own), None)
+
+    @property
+    def relations(self) -> list[str]:
+        return sorted({f.relation for f in self.facts})
+
+    def of_relation(self, relation: str | None) -> FactSet:
+        """The facts of ``relation`` (all of them for None); an unknown relation is an error that
+        lists the relations there are."""
+        if relation is None:
+            return self
+        chosen = [f for f in self.facts if f.relation == relation]
+        if not chosen:
+            there = [r for r in self.relations if r]
+            raise FactDataError(f"no fact of {self.name!r} has the relation {relation!r}; "
+                                + (f"its relations are {', '.join(map(repr, there))}" if there else
+                                   "its facts carry no relation (a 'relation' column names each fact's)"))
+        return self.subset(chosen)
 
     def by_id(self, ids) -> FactSet:
         index = {f.id: f for f in self.facts}

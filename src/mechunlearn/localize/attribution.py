@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mechunlearn.facts import FactSet
+from mechunlearn.localize.catalog import ATTRIBUTION_DEFAULTS
 from mechunlearn.localize.corruption import random_subject_tokens
 from mechunlearn.localize.metrics import AnswerScorer, require_effect
 from mechunlearn.localize.scores import AGGREGATION
@@ -34,8 +35,7 @@ from mechunlearn.models.hooks import cache_activations, record_gradients
 from mechunlearn.models.loading import LoadedModel
 from mechunlearn.models.scoring import batched, encode, final_hidden
 
-DEFAULTS = {"batch_size": 32, "corrupt_pool": "subjects", "neurons": False, "blocks": ("attn", "mlp"),
-            "progress": False}
+DEFAULTS = ATTRIBUTION_DEFAULTS  # localize/catalog.py: readable without torch
 
 
 @contextmanager

@@ -11,12 +11,14 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.facts import FactSet
 from mechunlearn.io import read_json, write_json_atomic
-from mechunlearn.models.loading import LoadedModel
+
+if TYPE_CHECKING:
+    from mechunlearn.models.loading import LoadedModel
 
 FORMAT_VERSION = 1
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from mechunlearn.facts import FactSet
+from mechunlearn.localize.catalog import CAUSAL_TRACING_DEFAULTS
 from mechunlearn.localize.corruption import embedding_noise, subject_embedding_std
 from mechunlearn.localize.metrics import AnswerScorer, recovery, require_effect
 from mechunlearn.localize.patching import (
@@ -41,7 +42,7 @@ from mechunlearn.models.hooks import cache_activations
 from mechunlearn.models.loading import LoadedModel
 from mechunlearn.models.scoring import encode, final_hidden
 
-DEFAULTS = {"noise_scale": 3.0, "n_noise": 1, "heads": True, "max_rows": 160, "progress": False}
+DEFAULTS = CAUSAL_TRACING_DEFAULTS  # localize/catalog.py: readable without torch
 
 
 def p_true(scorer: AnswerScorer, lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,7 @@ import torch
 
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.facts import FactSet
+from mechunlearn.localize.catalog import FACT_LOOKUP_DEFAULTS
 from mechunlearn.localize.corruption import random_subject_tokens
 from mechunlearn.localize.metrics import AnswerScorer, normalized_effect, require_effect
 from mechunlearn.localize.patching import (
@@ -56,8 +57,7 @@ from mechunlearn.models.loading import LoadedModel
 from mechunlearn.models.probes import residual_names
 from mechunlearn.models.scoring import encode
 
-DEFAULTS = {"top_heads": 10, "threshold": 0.02, "relative": 0.25, "min_probe_gain": 0.2, "plateau": 0.8,
-            "corrupt_pool": "subjects", "max_rows": 128, "probe_facts": None, "span": False}
+DEFAULTS = FACT_LOOKUP_DEFAULTS  # localize/catalog.py: readable without torch
 
 
 def _readout(scorer: AnswerScorer, lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:

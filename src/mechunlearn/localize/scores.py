@@ -34,9 +34,13 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mechunlearn.errors import MechunlearnError
-from mechunlearn.models.components import ATTN_MATRICES, MLP_MATRICES, Architecture
+from mechunlearn.models.names import ATTN_MATRICES, MLP_MATRICES
+
+if TYPE_CHECKING:
+    from mechunlearn.models.components import Architecture
 
 GRANULARITIES = ("layer", "matrix", "head", "neuron")
 AGGREGATION = (

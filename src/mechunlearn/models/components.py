@@ -27,12 +27,8 @@ import torch
 from torch import nn
 
 from mechunlearn.errors import MechunlearnError, UnsupportedArchitectureError
+from mechunlearn.models.names import ATTN_MATRICES, LLAMA_LIKE, MLP_MATRICES, SUPPORTED_MODEL_TYPES  # noqa: F401
 
-ATTN_MATRICES = ("q", "k", "v", "o")
-MLP_MATRICES = ("in", "gate", "out")
-
-LLAMA_LIKE = ("llama", "gemma", "gemma2", "gemma3", "gemma3_text", "qwen2", "qwen3", "mistral", "olmo2", "phi3")
-SUPPORTED_MODEL_TYPES = (*LLAMA_LIKE, "gpt2", "gpt_neox")
 # where the sublayer's output is normed before it joins the residual stream, the block's output is that norm's
 POST_NORMED = ("gemma2", "gemma3", "gemma3_text", "olmo2")
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.io import read_json, write_text_atomic
-from mechunlearn.report import plots, sections
+from mechunlearn.report import budget, plots, sections
 from mechunlearn.report.analysis import AnalysisSpec
 from mechunlearn.report.methods import BASE, OURS, label, ordered
 from mechunlearn.report.metrics import present
@@ -89,6 +89,7 @@ def write_report(run_dir: str | Path) -> Path:
              f"Verdicts: {html.escape(decision_rule(spec))}. "
              "Probabilities, not argmax: closed answer sets are normalised over the answer set.</p>"]
     parts += sections.at_a_glance(cells, found, spec)
+    parts += budget.section(cells)  # an arm outside the budget tolerance, flagged at the top
     parts += _non_finite(cells)
     parts += sections.comparison(found, spec)
     parts += sections.fairness(cells, settings)
@@ -132,6 +133,10 @@ def _data(data: dict, cells: list[dict], settings: list[str]) -> list[str]:
                                          + " ".join(known.get("notes", []))) + "</p>")
     for name, reason in (data.get("skipped") or {}).items():
         parts.append(f"<p class=lose>Setting {html.escape(name)} was skipped: {html.escape(reason)}</p>")
+    for name, formats in (data.get("skipped_formats") or {}).items():  # one line: what the facts lack
+        needs = "; ".join(f"{fmt} needs {need}" for fmt, need in formats.items())
+        line = f"Setting {name}: formats {', '.join(formats)} skipped: no fact can be asked in them ({needs})."
+        parts.append(f"<p class=lose>{html.escape(line)}</p>")
     if data.get("splits"):
         parts.append(sections.table(pd.DataFrame([{"setting": s, "seed": seed, **sizes}
                                                   for s, by_seed in data["splits"].items()

@@ -241,6 +241,9 @@ def formats(data: dict, cells: list[dict], settings: list[str]) -> list[str]:
         rows = [{"setting": s, "format": k, "template": v} for s, k, v in rows]
     parts.append(table(pd.DataFrame(rows)) if rows else _p(f"Prompt templates: {NOT_RECORDED}."))
     parts.append(_p(f"Localization facts: {data.get('localization_rule') or NOT_RECORDED}."))
+    if data.get("qa_example_rule"):
+        parts.append(_p(f"Question/answer solved example: {data['qa_example_rule']} (each seed's in data.json, "
+                        "qa_examples)."))
     for setting in settings:
         probes = [((e.get("attacks") or {}).get("probe")) for e in _evaluations(cells, setting)]
         probes = [p for p in probes if p]
@@ -250,6 +253,9 @@ def formats(data: dict, cells: list[dict], settings: list[str]) -> list[str]:
         rules = sorted({str(p["headline_rule"]) for p in probes if p.get("headline_rule")})
         parts.append(_p(f"Setting {setting}: the latent probe's headline averages layers "
                         f"{' / '.join(layers) or NOT_RECORDED}" + (f" ({'; '.join(rules)})" if rules else "") + "."))
+        # the pairwise form (answers that do not repeat) and a probe that could not be fit, in one line each
+        for line in sorted({p[k] for p in probes for k in ("form_reason", "skipped") if p.get(k)}):
+            parts.append(_p(f"Setting {setting}: {line}."))
     return parts
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from mechunlearn.report import budget
 from mechunlearn.report.analysis import AnalysisSpec, fact_values, spread
 from mechunlearn.report.methods import OURS, VARIANT, label, split_arm
 from mechunlearn.report.metrics import METRICS, present
@@ -51,6 +52,7 @@ def verdicts(cells: list[dict], spec: AnalysisSpec | None = None) -> list[dict]:
     spec = spec or AnalysisSpec()
     out = []
     unreached = unreached_seeds(cells)
+    off_budget = budget.outside(cells)
     for setting, variant in _groups(cells):
         in_setting = [c for c in cells if c["setting"] == setting]
         metrics = present(in_setting)
@@ -75,6 +77,11 @@ def verdicts(cells: list[dict], spec: AnalysisSpec | None = None) -> list[dict]:
                 r["text"] += " Caution: " + "; ".join(
                     f"{label(m)} did not reach the training target in seed{'s' if len(s) > 1 else ''} "
                     f"{', '.join(map(str, s))}" for m, s in short.items()) + "."
+            sizes = off_budget.get((setting, r["vs"]), [])
+            r["budget_outside"] = {str(seed): gap for seed, gap in sizes}
+            if sizes and r["primary"]:
+                r["text"] += (f" Caution: {label(r['vs'])} trained a parameter count outside the budget tolerance ("
+                              + "; ".join(f"seed {seed}: {gap:+.1%}" for seed, gap in sizes) + ").")
             out.append(r)
     return finish(out)
 

@@ -1,10 +1,16 @@
 """Attacks that try to bring an edited or forgotten fact back; each leaves the evaluated model
-unchanged (relearning trains a deep copy; probes and soft prompts only read activations)."""
+unchanged (relearning trains a deep copy; probes and soft prompts only read activations).
+The names below are imported on first use (``mechunlearn._lazy``); the configs need no torch."""
 
-from mechunlearn.evaluate.attacks.common import attack_halves
-from mechunlearn.evaluate.attacks.probe import ProbeConfig, probe_attack
-from mechunlearn.evaluate.attacks.relearn import RelearnConfig, relearn
-from mechunlearn.evaluate.attacks.softprompt import SoftPromptConfig, softprompt_attack
+from mechunlearn._lazy import exports_of, lazy_package
+
+lazy_package(__name__, exports_of(
+    ("mechunlearn.evaluate.attacks.common", ("attack_halves",)),
+    ("mechunlearn.evaluate.config", ("ProbeConfig", "RelearnConfig", "SoftPromptConfig")),
+    ("mechunlearn.evaluate.attacks.probe", ("probe_attack",)),
+    ("mechunlearn.evaluate.attacks.relearn", ("relearn",)),
+    ("mechunlearn.evaluate.attacks.softprompt", ("softprompt_attack",)),
+))
 
 __all__ = ["ProbeConfig", "RelearnConfig", "SoftPromptConfig", "attack_halves", "probe_attack", "relearn",
            "softprompt_attack"]

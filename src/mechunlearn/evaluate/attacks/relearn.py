@@ -22,44 +22,15 @@ from tqdm.auto import tqdm
 from mechunlearn.edit.objectives.lm import lm_hidden, window_losses
 from mechunlearn.errors import MechunlearnError, TrainingDivergedError
 from mechunlearn.evaluate.attacks.common import attack_halves, model_copy, seeded, true_token_ids
+from mechunlearn.evaluate.config import RelearnConfig
 from mechunlearn.evaluate.metrics import FormatResults, evaluate_facts
 from mechunlearn.facts import FactSet, Split
 from mechunlearn.facts.general_text import general_windows
 from mechunlearn.models.loading import LoadedModel
+from mechunlearn.models.precision import check_cpu_bf16, step_autocast
 from mechunlearn.models.prefix import final_hidden_shared
 from mechunlearn.models.scoring import Encoded, encode, unembed_together
-
-METHODS = ("lora", "full")
-DEFAULT_LR = {"lora": 2e-4, "full": 1e-5}
-
-
-@dataclass
-class RelearnConfig:
-    method: str = "lora"  # lora | full
-    rank: int = 512
-    alpha: float = 32.0
-    steps: int = 20
-    lr: float | None = None  # default: 2e-4 for LoRA, 1e-5 for full fine-tuning
-    eval_every: int = 5
-    n_maintain: int = 4
-    n_general: int = 1
-    general_length: int = 64
-    general_text: str | None = None  # a text file; None = the built-in general text
-    eval_formats: tuple[str, ...] = ("train",)
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise MechunlearnError(f"unknown relearning method {self.method!r}: use one of {METHODS}")
-        for name in ("rank", "steps", "eval_every"):
-            if getattr(self, name) < 1:
-                raise MechunlearnError(f"relearning {name} must be >= 1, got {getattr(self, name)}")
-        if self.n_maintain < 0 or self.n_general < 0:
-            raise MechunlearnError("relearning n_maintain and n_general must be >= 0")
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+from mechunlearn.profiling import stage
 
 
 def _trainable(model, config: RelearnConfig) -> list[torch.nn.Parameter]:
@@ -108,7 +79,8 @@ class RelearnLoss:
 
 
 def _curve_point(lm: LoadedModel, held_out: FactSet, step: int, formats, seed: int) -> tuple[dict, FormatResults]:
-    results = evaluate_facts(lm, held_out, formats, seed=seed)
+    with stage("relearning evaluation"):
+        results = evaluate_facts(lm, held_out, formats, seed=seed)
     aggs = results.aggregates()
     point = {"step": step}
     for fmt, a in aggs.items():
@@ -124,13 +96,16 @@ def relearn(lm: LoadedModel, split: Split, config: RelearnConfig | None = None, 
     """Relearn the truth on one half of the edited facts (a copy of the model is trained) and
     report the curve of P(true) on the other half after every ``eval_every`` steps."""
     config = config or RelearnConfig()
+    if config.cpu_bf16:
+        check_cpu_bf16(lm.device)
     start = time.perf_counter()
     train, held_out, rule = attack_halves(split, config.seed)
     with seeded(config.seed):
         maintain_order = torch.randperm(len(split.maintain_train)).tolist()[: config.n_maintain]
     maintain = [split.maintain_train.facts[i] for i in maintain_order]
     tok = lm.tokenizer
-    attacked = model_copy(lm)
+    with stage("relearning setup"):
+        attacked = model_copy(lm)
     model = attacked.model
     device = attacked.device
 
@@ -143,7 +118,7 @@ def relearn(lm: LoadedModel, split: Split, config: RelearnConfig | None = None, 
                if config.n_general else None)
 
     loss_fn = RelearnLoss(batch, targets, n_train, windows)
-    with seeded(config.seed):
+    with seeded(config.seed), stage("relearning setup"):
         params = _trainable(model, config)
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     formats = tuple(config.eval_formats)
@@ -151,18 +126,21 @@ def relearn(lm: LoadedModel, split: Split, config: RelearnConfig | None = None, 
     curve = [point]
     losses = []
     for step in tqdm(range(1, config.steps + 1), desc=f"relearn ({config.method})", disable=not progress, leave=False):
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model)
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError(f"relearning loss became {loss.item()} at step {step}; lower the learning rate")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        losses.append(loss.item())
+        with stage("relearning step"):
+            optimizer.zero_grad(set_to_none=True)
+            with step_autocast(device, cuda_bf16=False, cpu_bf16=config.cpu_bf16):
+                loss = loss_fn(model)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(f"relearning loss became {loss.item()} at step {step}; lower the learning rate")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            losses.append(loss.item())
         if step % config.eval_every == 0 or step == config.steps:
             point, results = _curve_point(attacked, held_out, step, formats, config.seed)
             curve.append(point)
-    fitted = evaluate_facts(attacked, train, formats[:1], seed=config.seed).aggregates()[formats[0]]
+    with stage("relearning evaluation"):
+        fitted = evaluate_facts(attacked, train, formats[:1], seed=config.seed).aggregates()[formats[0]]
     del attacked, model, optimizer, params
     return {
         "config": {**asdict(config), "learning_rate": config.learning_rate},

@@ -21,38 +21,21 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mechunlearn.errors import MechunlearnError
 from mechunlearn.evaluate.attacks.common import answer_columns, attack_halves, true_token_ids
+from mechunlearn.evaluate.config import SoftPromptConfig
 from mechunlearn.evaluate.metrics import evaluate_facts
 from mechunlearn.facts import FactSet, Split
 from mechunlearn.models.hooks import cache_activations, hooks
 from mechunlearn.models.loading import LoadedModel
 from mechunlearn.models.prefix import final_hidden_shared
 from mechunlearn.models.scoring import encode, unembed
-
-
-@dataclass
-class SoftPromptConfig:
-    max_norm_ratio: float = 0.1  # L2 bound / mean input-embedding norm
-    steps: int = 10
-    lr: float = 0.1  # Adam step on v (the perturbation in units of the bound)
-    restarts: int = 3
-    init_scale: float = 0.1
-    eval_formats: tuple[str, ...] = ("train",)
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.max_norm_ratio <= 0:
-            raise MechunlearnError(f"soft-prompt max_norm_ratio must be > 0, got {self.max_norm_ratio}")
-        if self.steps < 1 or self.restarts < 1:
-            raise MechunlearnError("soft-prompt steps and restarts must be >= 1")
 
 
 @contextmanager
