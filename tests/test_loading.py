@@ -3,7 +3,7 @@ import time
 import pytest
 import torch
 
-from mechunlearn.errors import ModelLoadError, UnsupportedArchitectureError
+from mechunlearn.errors import MechunlearnError, ModelLoadError, UnsupportedArchitectureError
 from mechunlearn.models.loading import load_model
 from mechunlearn.models.tiny import tiny_model
 
@@ -92,3 +92,21 @@ def test_gguf_files_are_checked_before_loading(tmp_path):
     short.write_bytes(b"GGUF\x03\x00")
     with pytest.raises(ModelLoadError, match="truncated"):
         load_model(str(short))
+
+
+def test_a_run_config_and_the_command_line_accept_the_same_dtype_names():
+    from mechunlearn.cli.common import check_model_args
+    from mechunlearn.experiment import load_config
+    from mechunlearn.experiment.schema import ConfigError
+    from mechunlearn.models.loading import _dtype
+    from mechunlearn.models.names import DTYPES
+
+    widths = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+    for name, canonical in DTYPES.items():
+        assert load_config("quick", {"dtype": name}).dtype == name
+        check_model_args({}, name)
+        assert widths[_dtype(name, "cpu")] == (canonical if canonical != "auto" else "float32")
+    with pytest.raises(ConfigError, match="'int8'"):
+        load_config("quick", {"dtype": "int8"})
+    with pytest.raises(MechunlearnError, match="--dtype 'int8'"):
+        check_model_args({}, "int8")

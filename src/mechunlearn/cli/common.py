@@ -13,6 +13,7 @@ import typer
 
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.io import load_json_file
+from mechunlearn.models.names import DTYPES
 from mechunlearn.models.sources import check_model_source, resolve_device
 
 if TYPE_CHECKING:  # the command line imports torch only where a command needs a model
@@ -36,7 +37,6 @@ def check_seed(value: int | None) -> int | None:
 
 SEED = typer.Option(0, "--seed", callback=check_seed)
 THRESHOLD = typer.Option(None, "--threshold", help="Known-fact threshold (default 0.7 closed answer sets, 0.5 open).")
-DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "auto")
 
 
 def pick_device(device: str | None) -> str:

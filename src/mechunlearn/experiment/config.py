@@ -17,11 +17,11 @@ from mechunlearn.errors import MechunlearnError
 from mechunlearn.evaluate import EvalConfig
 from mechunlearn.experiment.schema import ConfigError, read, read_fields
 from mechunlearn.localize.budget import BUDGET_TOLERANCE
+from mechunlearn.models.names import DTYPES
 from mechunlearn.report.analysis import AnalysisSpec
 from mechunlearn.report.methods import OURS, VARIANT, split_arm
 
 PACKAGED = Path(__file__).resolve().parents[1] / "configs"
-DTYPES = ("float32", "bfloat16", "float16", "auto")
 MODES = ("random", "first", "category")
 LOCALIZE_BLOCKS = ("per_block", "once")
 # an arm that misses the target at lr 1e-4 (EditConfig's) is trained again at the one of these the

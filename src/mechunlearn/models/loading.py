@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from mechunlearn.errors import ModelLoadError
 from mechunlearn.models.components import Architecture, architecture
+from mechunlearn.models.names import DTYPES
 from mechunlearn.models.sources import (  # noqa: F401  (re-exported: the cheap checks need no torch)
     DEFAULT_MODEL,
     DEFAULT_MODEL_NAME,
@@ -51,13 +52,11 @@ class LoadedModel:
 def _dtype(name: str | torch.dtype, device: str | None) -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name
-    if name == "auto":
+    if name not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {name!r}: use one of {', '.join(DTYPES)}")
+    if DTYPES[name] == "auto":
         return torch.bfloat16 if device and device.startswith("cuda") else torch.float32
-    try:
-        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-                "float16": torch.float16, "fp16": torch.float16}[name]
-    except KeyError:
-        raise ModelLoadError(f"unknown dtype {name!r}: use float32, bfloat16, float16 or auto") from None
+    return getattr(torch, DTYPES[name])
 
 
 def _clear_gguf_markers(model: PreTrainedModel) -> None:

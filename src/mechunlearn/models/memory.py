@@ -33,7 +33,6 @@ from mechunlearn.errors import MechunlearnError
 MiB = 2**20
 TOKENIZER_FACTOR = 10
 LOGIT_COPIES_GRAD, LOGIT_COPIES_NO_GRAD = 3, 2
-DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
 GUARD_ENV = "MECHUNLEARN_MEMORY_GUARD"  # "0" switches the guard off (the estimate may be too cautious)
 RESIDENT = ("weights", "tokenizer", "pristine copy")  # parts still held from an earlier stage
 
