@@ -13,6 +13,7 @@ only the cell is measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
@@ -45,12 +46,8 @@ def measure_cell(experiment, setting, method: str, seed: int, facts, selections,
     counter = FlopCounterMode(display=False) if flops else None
     recorder = StageRecorder(counter)
     start = time.perf_counter()
-    with recorder.recording():
-        if counter is not None:
-            with counter:
-                cell = experiment.run_cell(setting, method, seed, facts, selections.get(method), selections)
-        else:
-            cell = experiment.run_cell(setting, method, seed, facts, selections.get(method), selections)
+    with recorder.recording(), counter or contextlib.nullcontext():
+        cell = experiment.run_cell(setting, method, seed, facts, selections.get(method), selections)
     return recorder, time.perf_counter() - start, cell
 
 

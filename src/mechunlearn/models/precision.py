@@ -37,12 +37,11 @@ def check_cpu_bf16(device: torch.device | str) -> None:
 
 def step_autocast(device: torch.device, cuda_bf16: bool = True, cpu_bf16: bool = False):
     """bf16 autocast for a training step's forward pass on ``device``, or nothing."""
-    if device.type == "cuda" and cuda_bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cpu" and cpu_bf16:
+    if not autocasts(device, cuda_bf16, cpu_bf16):
+        return contextlib.nullcontext()
+    if device.type == "cpu":
         check_cpu_bf16(device)
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def autocasts(device: torch.device, cuda_bf16: bool = True, cpu_bf16: bool = False) -> bool:
