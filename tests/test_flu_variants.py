@@ -82,7 +82,7 @@ def test_a_run_holds_each_variant_beside_the_run_s_flu_with_arms_at_its_budget(t
     import json
 
     from mechunlearn.experiment import Experiment, load_config
-    from mechunlearn.experiment.runner import plan
+    from mechunlearn.experiment.plan import plan
     from mechunlearn.models.tiny import tiny_model
 
     model = tmp_path / "tiny"
@@ -114,5 +114,5 @@ def test_a_run_holds_each_variant_beside_the_run_s_flu_with_arms_at_its_budget(t
     assert cells["edit4__random@wide__s0.json"]["n_params"] == sel["random@wide"]["n_params"]
     assert sel["random@wide"]["budget"] == sel["fact_lookup@wide"]["n_params"]  # cut to the variant's budget
     assert sel["random"]["budget"] == sel["fact_lookup"]["n_params"]
-    assert [c for c in plan(config)["cells"] if "@" in c[1]] == [("edit4", "fact_lookup@wide", 0),
+    assert [c for c in plan(config).cells if "@" in c[1]] == [("edit4", "fact_lookup@wide", 0),
                                                                  ("edit4", "random@wide", 0)]

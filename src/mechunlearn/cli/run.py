@@ -44,7 +44,8 @@ def run(
     if settings:
         resolved = only_settings(resolved, [s.strip() for s in settings.split(",") if s.strip()])
     if dry_run:
-        from mechunlearn.models.memory_guard import print_estimate, run_guard
+        from mechunlearn.experiment.estimate import run_guard
+        from mechunlearn.models.memory_guard import print_estimate
 
         print_estimate(run_guard(resolved).estimate)
         return

@@ -13,7 +13,6 @@ The weight-mask variant trains an elementwise mask ``M`` in [0, 1] per slice ins
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,57 +20,9 @@ import torch
 from torch import nn
 
 from mechunlearn.errors import MechunlearnError
-from mechunlearn.models.components import Architecture, Component, ParamSlice
+from mechunlearn.models.components import Component, ParamSlice, expand_components, merge_slices
 
-_LAYER_SHORTHAND = re.compile(r"^blocks\.(\d+)(?:\.\.(\d+))?(?:\.(attn|mlp))?$")
-
-
-def expand_components(arch: Architecture, spec: str | Sequence[str]) -> list[str]:
-    """Component names from a comma-separated string or a list. Besides full names
-    (``blocks.3.mlp.in``, ``blocks.2.attn.q.h1``) accepts layer shorthands: ``blocks.4.mlp``
-    (its in/gate/out), ``blocks.4.attn`` (q, k, v, o), ``blocks.4`` (both) and ranges
-    ``blocks.2..7.mlp``."""
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    names: list[str] = []
-    for item in (str(i).strip() for i in items):
-        if not item:
-            continue
-        m = _LAYER_SHORTHAND.match(item)
-        if m:
-            first, last = int(m.group(1)), int(m.group(2) or m.group(1))
-            if not 0 <= first <= last < arch.n_layers:
-                raise MechunlearnError(f"{item}: layers must lie in 0..{arch.n_layers - 1} (and first <= last)")
-            blocks = (m.group(3),) if m.group(3) else ("attn", "mlp")
-            names += [c.name for c in arch.matrices(list(range(first, last + 1)), blocks)]
-        else:
-            names.append(arch.component(item).name)
-    unique = list(dict.fromkeys(names))
-    if not unique:
-        raise MechunlearnError("no components selected")
-    return unique
-
-
-def merge_slices(components: Sequence[Component]) -> list[ParamSlice]:
-    """The union of the components' parameter slices: one run per contiguous span."""
-    spans: dict[tuple[str, int], list[tuple[int, int]]] = {}
-    dims: dict[str, int] = {}
-    for comp in components:
-        for s in comp.slices:
-            if dims.setdefault(s.param, s.dim) != s.dim:
-                raise MechunlearnError(f"{s.param} is selected along two axes; select whole matrices instead")
-            spans.setdefault((s.param, s.dim), []).append((s.start, s.stop))
-    merged: list[ParamSlice] = []
-    for (param, dim), runs in spans.items():
-        runs.sort()
-        current = list(runs[0])
-        for a, b in runs[1:]:
-            if a <= current[1]:
-                current[1] = max(current[1], b)
-            else:
-                merged.append(ParamSlice(param, dim, *current))
-                current = [a, b]
-        merged.append(ParamSlice(param, dim, *current))
-    return merged
+__all__ = ["TrainableWeights", "expand_components", "merge_slices"]
 
 
 @dataclass

@@ -14,7 +14,8 @@ from rich.console import Console
 
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.experiment.config import RunConfig, from_dict
-from mechunlearn.experiment.runner import Experiment, plan
+from mechunlearn.experiment.plan import plan
+from mechunlearn.experiment.runner import Experiment
 from mechunlearn.report import write_report
 
 ROUNDS = 3
@@ -57,7 +58,7 @@ def run_on_ray(config: RunConfig, out: str | Path, workers: int, address: str | 
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
     Worker = _worker(threads=cpus)
     options = {"num_gpus": 1, "num_cpus": 1} if cuda else {"num_cpus": cpus}
-    every = {f"{s}__{m}__s{seed}" for s, m, seed in plan(config)["cells"]}
+    every = {f"{s}__{m}__s{seed}" for s, m, seed in plan(config).cells}
 
     def missing() -> list[str]:
         return sorted(every - {p.stem for p in (out / "cells").glob("*.json")})

@@ -37,6 +37,7 @@ from mechunlearn.evaluate.headline import curves, for_objective
 from mechunlearn.experiment import claims
 from mechunlearn.experiment import facts as run_facts
 from mechunlearn.experiment.config import RunConfig, SettingSpec, from_dict
+from mechunlearn.experiment.estimate import run_guard
 from mechunlearn.experiment.localizations import Localizations
 from mechunlearn.experiment.schema import ConfigError
 from mechunlearn.experiment.summary import summary_table
@@ -46,7 +47,6 @@ from mechunlearn.facts.splits import EXAMPLE_RULE, Split
 from mechunlearn.io import read_json, remove_partial_writes, write_json_atomic
 from mechunlearn.localize import Selection
 from mechunlearn.models.loading import LoadedModel, load_model
-from mechunlearn.models.memory_guard import run_guard
 from mechunlearn.models.precision import check_cpu_bf16
 from mechunlearn.profiling import stage
 from mechunlearn.report import write_report
@@ -356,23 +356,6 @@ class Experiment:
             raise MechunlearnError("settings skipped or cells failed (the other cells are done and reported): "
                                    + "; ".join(f"{k}: {v}" for k, v in {**skipped, **failed}.items()))
         return written
-
-
-def plan(config: RunConfig) -> dict:
-    """The work of a run from its config alone (no model, no data): every cell, every
-    localization, and per setting the training config of each method and the evaluation."""
-    methods = [BASE, *config.arms()]
-    seed0 = config.seeds[0]
-    settings = {s.name: {"forget": s.forget or 16, "blocks": s.blocks or 1,
-                         "training": {m: config.edit_config(m, s, seed0) for m in config.arms()},
-                         "formats": config.evaluation_for(s).formats, "attacks": config.evaluation_for(s).attacks,
-                         "eval_config": config.eval_config(s, seed0)} for s in config.settings}
-    localizations = {(m, seed, run_facts.setting_tag(s)[:-2]) for seed in config.seeds for s in config.settings
-                     for m in config.localized()}
-    relocalized = [(m, seed, s.name) for seed in config.seeds for s in config.settings if s.blocks and
-                   s.localize == "per_block" for m in config.localized() for _ in range(s.blocks - 1)]
-    return {"cells": [(s.name, m, seed) for seed in config.seeds for s in config.settings for m in methods],
-            "localizations": sorted(localizations) + relocalized, "settings": settings}
 
 
 # what may change in a run folder's config once work is in it: added seeds and FLU variants

@@ -57,7 +57,7 @@ class ModelShape:
 
     def component_params(self, names) -> tuple[int, int]:
         """Trained parameters of ``names``, and the whole-shape gradient of each partly selected parameter."""
-        from mechunlearn.edit.selection import expand_components, merge_slices
+        from mechunlearn.models.components import expand_components, merge_slices
 
         comps = [self.arch.component(n) for n in expand_components(self.arch, names)]
         trained = sum(c.n_params for c in comps)

@@ -22,7 +22,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from mechunlearn.errors import MechunlearnError
-from mechunlearn.models.scoring import Encoded, final_hidden
+from mechunlearn.models.encoding import Encoded, final_hidden
 
 MIN_PREFIX = 4  # shorter shared prefixes cost more in the extra call than they save
 

@@ -1,7 +1,6 @@
-"""Tokenize prompts and read logits only where a metric or loss needs them.
+"""Read logits only where a metric or loss needs them, from batches ``encoding.py`` makes.
 
-Batches are right-padded, so every real token keeps its unpadded position and the subject's
-positions are the same with or without batching. The vocabulary projection is applied only to
+The vocabulary projection is applied only to
 each prompt's last real token, and only to the answer tokens when a closed answer set is given
 (Gemma 3 has 262k tokens).
 """
@@ -15,59 +14,15 @@ import torch
 from torch import nn
 
 from mechunlearn.errors import FactDataError
-
-
-@dataclass
-class Encoded:
-    input_ids: torch.Tensor  # [B, T]
-    attention_mask: torch.Tensor  # [B, T]
-    last_index: torch.Tensor  # [B] position of each prompt's last real token
-    subject_mask: torch.Tensor | None = None  # [B, T] bool, tokens overlapping the subject
-
-    def to(self, device) -> Encoded:
-        sm = None if self.subject_mask is None else self.subject_mask.to(device)
-        return Encoded(self.input_ids.to(device), self.attention_mask.to(device), self.last_index.to(device), sm)
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-    def rows(self, index: slice | torch.Tensor) -> Encoded:
-        sm = None if self.subject_mask is None else self.subject_mask[index]
-        return Encoded(self.input_ids[index], self.attention_mask[index], self.last_index[index], sm)
-
-    @property
-    def last_mask(self) -> torch.Tensor:
-        mask = torch.zeros_like(self.attention_mask, dtype=torch.bool)
-        mask[torch.arange(len(self)), self.last_index] = True
-        return mask
-
-
-def encode(tokenizer, prompts: Sequence[str], subjects: Sequence[str] | None = None, device=None) -> Encoded:
-    """Right-padded batch; with ``subjects`` also a mask of the tokens of each prompt's last
-    occurrence of its subject."""
-    if not prompts:
-        raise FactDataError("no prompts to encode")
-    want_offsets = subjects is not None
-    enc = tokenizer(
-        list(prompts), return_tensors="pt", padding=True, padding_side="right", return_offsets_mapping=want_offsets
-    )
-    mask = enc["attention_mask"]
-    last = mask.sum(1) - 1
-    subject_mask = None
-    if want_offsets:
-        offsets = enc["offset_mapping"]
-        subject_mask = torch.zeros_like(mask, dtype=torch.bool)
-        for i, (prompt, subject) in enumerate(zip(prompts, subjects, strict=True)):
-            start = prompt.rfind(subject)
-            if start < 0:
-                raise FactDataError(f"subject {subject!r} does not occur in prompt {prompt!r}")
-            end = start + len(subject)
-            a, b = offsets[i, :, 0], offsets[i, :, 1]
-            subject_mask[i] = (a < end) & (b > start) & (b > a) & mask[i].bool()
-            if not subject_mask[i].any():
-                raise FactDataError(f"no token of subject {subject!r} found in {prompt!r}")
-    out = Encoded(enc["input_ids"], mask, last, subject_mask)
-    return out.to(device) if device is not None else out
+from mechunlearn.models.encoding import Encoded, encode, final_hidden  # noqa: F401 (callers import them from here)
+from mechunlearn.models.prefix import (
+    MIN_PREFIX,
+    PrefixKV,
+    final_hidden_shared,
+    forward_suffix,
+    run_recorded,
+    shared_prefix_length,
+)
 
 
 def answer_token_id(tokenizer, answer: str, what: str = "answer") -> int:
@@ -81,13 +36,6 @@ def answer_token_id(tokenizer, answer: str, what: str = "answer") -> int:
 def _softcap(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
     cap = getattr(model.config, "final_logit_softcapping", None)
     return logits if not cap else torch.tanh(logits / cap) * cap
-
-
-def final_hidden(model: nn.Module, batch: Encoded) -> torch.Tensor:
-    """Final (normed) hidden state at each prompt's last real token: [B, d_model]."""
-    out = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    h = out.last_hidden_state
-    return h[torch.arange(h.shape[0], device=h.device), batch.last_index.to(h.device)]
 
 
 def unembed(model: nn.Module, hidden: torch.Tensor, token_ids: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
@@ -122,8 +70,6 @@ def last_token_logits(model: nn.Module, batch: Encoded, token_ids: Sequence[int]
                       shared: bool = True) -> torch.Tensor:
     """Logits at the last real token: [B, vocab], or [B, len(token_ids)] for a closed set. With
     ``shared`` the prompts' common prefix runs once (``models.prefix``); else one plain forward."""
-    from mechunlearn.models.prefix import final_hidden_shared  # prefix.py imports this module
-
     hidden = final_hidden_shared(model, batch) if shared else final_hidden(model, batch)
     return unembed(model, hidden, token_ids).float()
 
@@ -236,14 +182,6 @@ def scored_hidden_plain(model: nn.Module, enc: Continuations) -> torch.Tensor:
 def scored_hidden_shared(model: nn.Module, enc: Continuations, min_prefix: int | None = None) -> torch.Tensor:
     """Same as :func:`scored_hidden_plain`, running the batch's common prefix once, each distinct
     prompt once on top of it, and only then each continuation on top of its own prompt."""
-    from mechunlearn.models.prefix import (
-        MIN_PREFIX,
-        PrefixKV,
-        forward_suffix,
-        run_recorded,
-        shared_prefix_length,
-    )
-
     min_prefix = MIN_PREFIX if min_prefix is None else min_prefix
     batch, rows, positions = enc.batch, enc.rows.cpu(), enc.positions.cpu()
     ids, mask = batch.input_ids, batch.attention_mask
