@@ -49,7 +49,7 @@ def fact_set(facts, name="made up") -> FactSet:
 
 def make_split(forget, forget_eval, maintain_train, maintain_test) -> Split:
     return Split(fact_set(forget, "forget"), fact_set(forget_eval, "forget eval"), fact_set(maintain_train, "mt"),
-                 fact_set(maintain_test, "mte"), seed=0, rule="test")
+                 fact_set(maintain_test, "mte"), seed=0, rule="test", mode="random")
 
 
 @pytest.fixture(scope="module")

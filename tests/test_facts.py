@@ -117,6 +117,23 @@ def test_category_split_trains_on_half_and_targets_new_answer():
     assert all(f.target_true != " basketball" for f in s.maintain_train)
 
 
+def test_a_split_records_its_mode_for_code_and_its_rule_for_people():
+    from mechunlearn.experiment.sweep import validation_split
+    from mechunlearn.facts.splits import sequential_blocks, split_from_facts
+
+    facts = load_builtin_athletes()
+    category = split_facts(facts, mode="category", category="basketball", new_target="golf", seed=0)
+    assert [split_facts(facts, forget=8, mode=m).mode for m in ("first", "random")] == ["first", "random"]
+    assert category.mode == "category" and category.rule.startswith("category 'basketball'")
+    assert [b.mode for b in sequential_blocks(facts, 2, 4)] == ["sequential", "sequential"]
+    assert split_from_facts(facts, category.to_json()).mode == "category"
+    # the sweep's carve takes the category's edit target from the mode, not from the rule's words
+    carve = validation_split(category)
+    assert carve.mode == "validation" and {f.target_new for f in carve.forget} == {" golf"}
+    worded = replace(category, rule="random 8, not a category edit", mode="random")
+    assert " golf" not in {f.target_new for f in validation_split(worded).forget}
+
+
 def test_split_errors():
     facts = load_builtin_athletes()
     with pytest.raises(FactDataError):

@@ -130,7 +130,7 @@ def two_relation_split() -> Split:
     forget = facts.subset([by_id[f"sport{i}"].with_target(" baseball") for i in range(4)])
     maintain_test = facts.subset([by_id[i] for i in ("sport4", "sport5", "city0", "city1", "city2")])
     maintain_train = facts.subset([f for f in facts if f.id not in {*ids(forget), *ids(maintain_test)}])
-    return Split(forget, forget, maintain_train, maintain_test, 0, "planted")
+    return Split(forget, forget, maintain_train, maintain_test, 0, "planted", "random")
 
 
 def ids(facts: FactSet) -> set[str]:

@@ -69,7 +69,7 @@ def open_split(facts, n_edit=16, n_test=24, edited=None) -> Split:
 
     edit, test, train = facts[:n_edit], facts[n_edit:n_edit + n_test], facts[n_edit + n_test:]
     edit = edited or edit
-    return Split(fs(edit, "forget"), fs(edit, "forget"), fs(train, "mt"), fs(test, "mte"), 0, "planted")
+    return Split(fs(edit, "forget"), fs(edit, "forget"), fs(train, "mt"), fs(test, "mte"), 0, "planted", "random")
 
 
 def test_pairwise_probe_reads_a_planted_cue_in_a_tiny_model(tiny_llama):
@@ -120,7 +120,7 @@ def test_a_probe_that_cannot_be_fit_is_skipped_with_its_reason(tiny_llama):
     # each maintain-test fact is alone in its relation and has no edit target: nothing to tell it from
     lonely = [Fact("t", "Land9", "The capital of Land9 is", " city", None, relation="other")]
     split = Split(FactSet("f", tuple(facts[:2])), FactSet("f", tuple(facts[:2])), FactSet("m", tuple(same[2:])),
-                  FactSet("t", tuple(lonely)), 0, "planted")
+                  FactSet("t", tuple(lonely)), 0, "planted", "random")
     result = probe_attack(tiny_llama, split, ProbeConfig(layers=(1,)))
     assert result["form"] == "pairwise" and result["layers"] == []
     assert result["skipped"] == "latent probe skipped: no maintain-test fact has an answer to tell its own from"

@@ -85,7 +85,7 @@ def planted(lm, facts: list[Fact], label: dict[str, str], layers=UPPER, scale: f
 def world():
     facts = invented(120, seed=3)
     split = Split(fact_set(facts[:24], "forget"), fact_set(facts[:24], "forget eval"), fact_set(facts[24:96], "mt"),
-                  fact_set(facts[96:], "mte"), seed=0, rule="test")
+                  fact_set(facts[96:], "mte"), seed=0, rule="test", mode="random")
     return facts, split
 
 
@@ -162,7 +162,7 @@ def test_probe_on_an_open_relation_uses_the_common_answers(tiny_llama):
               Fact("e1", "Yan", "The mother tongue of Yan is", " German", " Italian")]
     open_set = lambda xs, n: FactSet(n, tuple(xs), None)  # noqa: E731
     split = Split(open_set(edited, "f"), open_set(edited, "f"), open_set(facts[:4] + facts[6:10] + facts[12:], "mt"),
-                  open_set(facts[4:6] + facts[10:12], "mte"), 0, "test")
+                  open_set(facts[4:6] + facts[10:12], "mte"), 0, "test", "random")
     config = ProbeConfig(layers=(1,), min_per_class=2, headline="all")
     with planted(tiny_llama, [*facts, *edited], {f.id: f.target_true for f in [*facts, *edited]}, layers=(1,)):
         result = probe_attack(tiny_llama, split, config)

@@ -103,7 +103,7 @@ def union(splits: list[Split]) -> Split:
     forget = [f for s in splits for f in s.forget]
     first = splits[0]
     return Split(first.forget.subset(forget), first.forget.subset(forget), first.maintain_train, first.maintain_test,
-                 first.seed, f"{len(splits)} sequential blocks")
+                 first.seed, f"{len(splits)} sequential blocks", "sequential")
 
 
 def evaluated_ids(split: Split) -> set[str]:

@@ -37,13 +37,14 @@ def validation_split(split: Split) -> Split:
     if n_edit < 1 or len(ids) - n_edit - n_val < 1:
         raise MechunlearnError(f"the sweep needs a validation carve of the maintain-train facts; only {len(ids)}")
     pool = split.maintain_train
-    category_target = {f.target_new for f in split.forget} if "category" in split.rule else set()
+    category_target = {f.target_new for f in split.forget} if split.mode == "category" else set()
     edit = pool.by_id(ids[:n_edit])
     if len(category_target) == 1:
         target = next(iter(category_target))
         edit = edit.subset([f.with_target(target) for f in edit if f.target_true != target])
     return Split(edit, edit, pool.by_id(ids[n_edit + n_val:]), pool.by_id(ids[n_edit:n_edit + n_val]), split.seed,
-                 f"validation carve of the maintain-train facts ({len(edit)} to edit, {n_val} maintain-validation)")
+                 f"validation carve of the maintain-train facts ({len(edit)} to edit, {n_val} maintain-validation)",
+                 "validation")
 
 
 def strength(lm, facts, objective: str) -> float:

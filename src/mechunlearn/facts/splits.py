@@ -17,12 +17,14 @@ class Split:
     maintain_train: FactSet
     maintain_test: FactSet
     seed: int
-    rule: str
+    rule: str  # for people: how the facts were chosen
+    mode: str  # for code: "first", "random", "category", "sequential" (blocks), "validation" (a sweep's carve)
 
     def with_examples(self, examples) -> Split:
         """The split with ``examples`` (solved QA examples, see :func:`with_examples`) on each fact set."""
         return Split(*(getattr(self, k).with_examples(examples) for k in
-                       ("forget", "forget_eval", "maintain_train", "maintain_test")), self.seed, self.rule)
+                       ("forget", "forget_eval", "maintain_train", "maintain_test")), self.seed, self.rule,
+                     self.mode)
 
     def sizes(self) -> dict[str, int]:
         return {k: len(getattr(self, k)) for k in ("forget", "forget_eval", "maintain_train", "maintain_test")}
@@ -122,6 +124,7 @@ def split_facts(
         maintain_test=facts.subset(test or train_m, f"{facts.name} maintain test"),
         seed=seed,
         rule=rule,
+        mode=mode,
     ))
 
 
@@ -161,7 +164,7 @@ def sequential_blocks(facts: FactSet, n_blocks: int, block_size: int, seed: int 
     for b in range(n_blocks):
         block = whole.forget.subset(chosen[b * block_size:(b + 1) * block_size], f"{facts.name} block {b + 1}")
         blocks.append(Split(block, block, whole.maintain_train, whole.maintain_test, seed,
-                            f"sequential block {b + 1}/{n_blocks} of {block_size} (seed {seed})"))
+                            f"sequential block {b + 1}/{n_blocks} of {block_size} (seed {seed})", "sequential"))
     return blocks
 
 
@@ -181,7 +184,8 @@ def split_from_facts(facts: FactSet, data: dict | list[dict]) -> Split:
         forget = list({f.id: f for b in blocks for f in b.forget}.values())
         forget_eval = list({f.id: f for b in blocks for f in b.forget_eval}.values())
         return Split(first.forget.subset(forget), first.forget_eval.subset(forget_eval), first.maintain_train,
-                     first.maintain_test, first.seed, f"{len(blocks)} sequential blocks: " + "; ".join(b.rule for b in blocks))
+                     first.maintain_test, first.seed, f"{len(blocks)} sequential blocks: " + "; ".join(b.rule for b in blocks),
+                     "sequential")
     targets = dict(data.get("targets") or {})
     if not targets:
         m = _CATEGORY_RULE.match(str(data.get("rule", "")))
@@ -205,4 +209,11 @@ def split_from_facts(facts: FactSet, data: dict | list[dict]) -> Split:
         maintain_test=part("maintain_test", False),
         seed=int(data.get("seed", 0)),
         rule=str(data.get("rule", "")),
+        mode=_recorded_mode(str(data.get("rule", ""))),
     ))
+
+
+def _recorded_mode(rule: str) -> str:
+    """The mode of a split record (records hold the rule only; each mode's rule starts with its name)."""
+    first_word = rule.split(" ", 1)[0]
+    return first_word if first_word in ("first", "random", "category", "sequential") else "recorded"
