@@ -133,7 +133,7 @@ def run(config_name: str, overrides: list[str], setting: str | None, method: str
     peak = max(peak_before, matmul_flops_per_second())
     rows = table(timed, counted, total, total_flops, peak)
     print(f"cell {setting} · {method} · seed {seed}: {len(facts.splits[0].forget)} forget facts, "
-          f"{cell['n_params'] / 1e6:.2f}M parameters trained, {threads} threads")
+          f"{cell.n_params / 1e6:.2f}M parameters trained, {threads} threads")
     print_table(rows, total, peak)
     config_edit = config.edit_config(method, spec, seed) if method in selections else None
     positions = (config_edit.maintain_batch_size + config_edit.general_batch_size * config_edit.general_length
@@ -141,7 +141,7 @@ def run(config_name: str, overrides: list[str], setting: str | None, method: str
     limits = bounds(experiment.lm, positions, 300, peak)
     return {"config": config_name, "setting": setting, "method": method, "seed": seed, "threads": threads,
             "seconds": total, "matmul_peak_gflop_per_s": peak / 1e9, "stages": rows, "bounds": limits,
-            "metrics": cell["metrics"], "train_steps": [t["steps"] for t in cell["train"].get("target", [])]}
+            "metrics": cell.metrics, "train_steps": [t["steps"] for t in cell.train.get("target", [])]}
 
 
 def whole_run(config_name: str, overrides: list[str], threads: int, out: Path) -> dict:

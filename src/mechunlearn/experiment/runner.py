@@ -36,6 +36,7 @@ from mechunlearn.evaluate.formats import (
 from mechunlearn.evaluate.headline import curves, for_objective
 from mechunlearn.experiment import claims
 from mechunlearn.experiment import facts as run_facts
+from mechunlearn.experiment.cell import Cell
 from mechunlearn.experiment.config import RunConfig, SettingSpec, from_dict
 from mechunlearn.experiment.estimate import run_guard
 from mechunlearn.experiment.localizations import Localizations
@@ -50,7 +51,6 @@ from mechunlearn.models.loading import LoadedModel, load_model
 from mechunlearn.models.precision import check_cpu_bf16
 from mechunlearn.profiling import stage
 from mechunlearn.report import write_report
-from mechunlearn.report.html import read_cell
 from mechunlearn.report.methods import BASE
 
 
@@ -146,7 +146,7 @@ class Experiment:
         if not path.exists():
             return False
         try:
-            read_cell(path)
+            Cell.read(path)
             return True
         except MechunlearnError as e:
             aside = path.with_name(path.name + ".corrupt")
@@ -155,7 +155,7 @@ class Experiment:
             return False
 
     def run_cell(self, setting: SettingSpec, method: str, seed: int, facts: run_facts.SeedFacts,
-                 selection: Selection | None, first: dict[str, Selection]) -> dict:
+                 selection: Selection | None, first: dict[str, Selection]) -> Cell:
         start = time.perf_counter()
         train_info: dict = {}
         components = selection.components if selection else []
@@ -189,16 +189,16 @@ class Experiment:
                                         for s in selections]
                 train_info["localize"] = setting.localize
         evaluated = self.evaluate(lm, setting, facts.splits, seed, edited=selection is not None)
-        return {
-            "setting": setting.name, "method": method, "seed": seed, "objective": setting.objective,
-            "n_params": selection.n_params if selection else 0,
-            "budget": self.locs.budget_record(method, selection),  # the report flags an arm outside its tolerance
-            "components": components,
-            "metrics": for_objective(evaluated, setting.objective),
-            "curves": curves(evaluated),
-            "train": train_info, "evaluation": evaluated,
-            "seconds": time.perf_counter() - start,
-        }
+        return Cell(
+            setting=setting.name, method=method, seed=seed, objective=setting.objective,
+            n_params=selection.n_params if selection else 0,
+            budget=self.locs.budget_record(method, selection),  # the report flags an arm outside its tolerance
+            components=components,
+            metrics=for_objective(evaluated, setting.objective),
+            curves=curves(evaluated),
+            train=train_info, evaluation=evaluated,
+            seconds=time.perf_counter() - start,
+        )
 
     def sweep_on_carve(self, cfg: EditConfig, grid: dict, selection: Selection, split: Split) -> tuple[EditConfig, dict]:
         return sweep(cfg, grid, split, self.fresh_model,
@@ -270,7 +270,7 @@ class Experiment:
                                                "kept)") from None
                     continue
                 (self.out / "failed" / path.name).unlink(missing_ok=True)
-                write_json_atomic(path, cell)
+                write_json_atomic(path, cell.to_json())
                 self.computed.append(path.stem)
 
     def grid_pass(self, data: dict, skipped: dict[str, str], failed: dict[str, str]) -> None:
