@@ -167,9 +167,9 @@ def test_demo_refuses_a_folder_of_the_users_files(tmp_path, capsys, monkeypatch)
 
 
 def test_edit_out_where_no_folder_can_be_made_is_refused_before_training(ws, tmp_path, capsys, monkeypatch):
-    import mechunlearn.cli.edit as cli_edit
+    import mechunlearn.edit.pipeline as pipeline
 
-    monkeypatch.setattr(cli_edit, "train", lambda *a, **k: pytest.fail("trained before refusing --out"))
+    monkeypatch.setattr(pipeline, "train", lambda *a, **k: pytest.fail("trained before refusing --out"))
     status, lines = run(edit_args(ws, "/proc/x", "--components", "blocks.1.mlp"), capsys)
     one_error(status, lines, "/proc/x", "cannot create a folder in /proc")
 
@@ -261,11 +261,11 @@ CHEAP = [
 
 @pytest.mark.parametrize("case", CHEAP, ids=[c[0] for c in CHEAP])
 def test_cheap_bad_input_is_one_clear_line(case, ws, capsys, monkeypatch):
-    import mechunlearn.cli.edit as cli_edit
+    import mechunlearn.edit.pipeline as pipeline
 
     name, argv, expected = case
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(cli_edit, "train", lambda *a, **k: pytest.fail("trained before refusing"))
+    monkeypatch.setattr(pipeline, "train", lambda *a, **k: pytest.fail("trained before refusing"))
     _more_files(ws)
     before = sorted(p.name for p in ws.iterdir())
     status, lines = run(argv(ws), capsys)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -26,7 +27,6 @@ from mechunlearn.cli.common import (
     check_number,
     check_out_folder,
     check_threshold,
-    known_facts,
     localization_misfit,
     open_model,
     pick_device,
@@ -35,9 +35,13 @@ from mechunlearn.cli.common import (
 )
 from mechunlearn.edit.config import DEFAULT_STEPS, EditConfig
 from mechunlearn.edit.files import DIFF_FILE, LOG_FILE, diff_file
-from mechunlearn.errors import MechunlearnError, TrainingDivergedError
+from mechunlearn.errors import MechunlearnError
 from mechunlearn.io import atomic_dir
 from mechunlearn.models.sources import DEVICE_MAPS
+
+if TYPE_CHECKING:
+    from mechunlearn.edit.pipeline import EditOutcome
+    from mechunlearn.localize import Localization, Selection
 
 # torch, transformers and the pipeline are imported inside the commands, after the cheap checks:
 # --help and a one-line error about a bad input answer at once
@@ -48,15 +52,40 @@ DEFAULTS = EditConfig()
 CLI_TARGET, CLI_STEPS = 0.9, DEFAULT_STEPS
 
 
-def train(*args, **kwargs):
-    """``mechunlearn.edit.train``, imported when the command trains (tests replace this name)."""
-    from mechunlearn.edit.trainer import train as train_components
+@dataclass(frozen=True)
+class _Trained:
+    """What --components, or --localization cut by --budget / --match, asks to train."""
 
-    return train_components(*args, **kwargs)
+    components: str | None
+    loc: Localization | Selection | None = None
+    match: Localization | Selection | None = None
+    budget: int | None = None
+    force: bool = False
+
+    def names(self, lm) -> tuple[list[str], str]:
+        """The component names in ``lm`` (anything with ``arch`` and ``source``) and where they came from."""
+        from mechunlearn.edit.selection import expand_components
+
+        if self.components is not None:
+            return expand_components(lm.arch, self.components), "--components"
+        for item, option in self._files():
+            localization_misfit(item, option, lm.arch, lm.source, force=self.force)
+        selection = as_selection(self.loc, lm.arch, budget=self.budget, match=self.match)
+        return expand_components(lm.arch, selection.components), f"{self.loc.path} ({selection.n_params} parameters)"
+
+    def misfits(self, lm, base_hash: str) -> list[str]:
+        """The files made on other weights than the loaded model's (allowed by --force)."""
+        dtype = str(lm.model.dtype).removeprefix("torch.")
+        return list(filter(None, (localization_misfit(item, option, lm.arch, lm.source, dtype, base_hash, self.force)
+                                  for item, option in self._files())))
+
+    def _files(self) -> list[tuple[Localization | Selection, str]]:
+        return [(item, option) for item, option in ((self.loc, "--localization"), (self.match, "--match"))
+                if item is not None]
 
 
 def _read_selection_args(localization: Path | None, components: str | None, budget: int | None,
-                         match: Path | None) -> tuple:
+                         match: Path | None, force: bool) -> _Trained:
     """The parsed --localization and --match files (cheap: no model needed)."""
     if (localization is None) == (components is None):
         raise MechunlearnError("give either --localization LOC.json or --components NAMES")
@@ -65,23 +94,10 @@ def _read_selection_args(localization: Path | None, components: str | None, budg
             raise MechunlearnError("--budget and --match apply to --localization, not to --components")
         if not any(c.strip() for c in components.split(",")):
             raise MechunlearnError("--components is empty: name at least one component, e.g. blocks.3.mlp")
-        return None, None
+        return _Trained(components, force=force)
     check_number("--budget", budget, above=0)
     loc = read_localization(localization, "--localization")
-    return loc, read_localization(match, "--match") if match is not None else None
-
-
-def _components(lm, loc, match_item, components: str | None, budget: int | None,
-                force: bool = False) -> tuple[list[str], str]:
-    from mechunlearn.edit.selection import expand_components
-
-    if components is not None:
-        return expand_components(lm.arch, components), "--components"
-    for item, option in ((loc, "--localization"), (match_item, "--match")):
-        if item is not None:
-            localization_misfit(item, option, lm.arch, lm.source, force=force)
-    selection = as_selection(loc, lm.arch, budget=budget, match=match_item)
-    return expand_components(lm.arch, selection.components), f"{loc.path} ({selection.n_params} parameters)"
+    return _Trained(None, loc, read_localization(match, "--match") if match is not None else None, budget, force)
 
 
 def _check_split_args(facts, forget: int, mode: str, category: str | None, new_target: str | None,
@@ -119,36 +135,43 @@ def _check_split_args(facts, forget: int, mode: str, category: str | None, new_t
                                "give another answer")
 
 
-def _accelerator(device: str | None):
-    """An Accelerator when launched as several processes (``accelerate launch`` / ``torchrun``)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    from accelerate import Accelerator
+def _open(model: str, dtype: str, device: str | None, device_map: str | None):
+    """The model, and the Accelerator when launched as several processes (``accelerate launch`` /
+    ``torchrun``); --device-map spreads one process's model over the GPUs instead."""
+    accelerator = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import Accelerator
 
-    return Accelerator(cpu=(device or "").startswith("cpu"))
+        accelerator = Accelerator(cpu=(device or "").startswith("cpu"))
+    if device_map and accelerator is not None:
+        raise MechunlearnError("--device-map splits one model over GPUs in one process; do not combine it with a "
+                               "multi-process launch")
+    if device_map:
+        from mechunlearn.models.loading import load_model
 
-
-def _probs(lm, split) -> dict[str, float]:
-    from mechunlearn.facts import answer_probs
-
-    p_true, p_new = answer_probs(lm.model, lm.tokenizer, split.forget_eval)
-    keep, _ = answer_probs(lm.model, lm.tokenizer, split.maintain_test)
-    out = {"forget P(true)": float(p_true.mean()), "maintain-test P(true)": float(keep.mean())}
-    if not p_new.isnan().all():
-        out["forget P(edit target)"] = float(p_new.nanmean())
-    return out
+        return load_model(model, dtype=dtype, device_map=device_map), None
+    return open_model(model, dtype, str(accelerator.device) if accelerator is not None else device), accelerator
 
 
-def _check_target(result, require: bool) -> None:
-    """A missed target is a one-line warning, or with ``require`` an error before anything is written."""
-    record = result.target
-    if record is None or record["reached"]:
-        return
-    message = (f"target not reached: {record['measure']} is {record['strength']:.3f} after {record['steps']} "
-               f"steps (the cap), target {record['target']}; raise --steps (the cap) or --lr")
-    if require:
-        raise MechunlearnError(message + "; nothing was written")
+def _warn(message: str) -> None:
     console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
+
+
+def _print_outcome(outcome: EditOutcome, config: EditConfig, n_components: int, out: Path) -> None:
+    result, before, after, split = outcome.result, outcome.before, outcome.after, outcome.split
+    table = Table(title=f"{config.objective}: {len(split.forget)} facts, {n_components} components, "
+                        f"{result.n_trained_params:,} trained parameters, {result.seconds:.0f} s")
+    for col in ("training format", "before", "after"):
+        table.add_column(col, justify="left" if col == "training format" else "right")
+    for key in before:
+        table.add_row(key, f"{before[key]:.3f}", f"{after[key]:.3f}")
+    console.print(table)
+    if result.target is not None:
+        console.print(f"target {result.target['target']}: {result.target['strength']:.3f} after "
+                      f"{result.target['steps']} of at most {config.steps} steps ({result.target['measure']})",
+                      soft_wrap=True)
+    console.print(f"known facts: {len(outcome.known.known)} of {outcome.known.total}; split {split.sizes()}")
+    console.print(f"wrote {out}/model, {out}/diff.safetensors, {out}/train_log.json")
 
 
 @app.command("edit")
@@ -222,7 +245,7 @@ def edit(
     check_threshold(threshold)
     if general_text and not general_text.startswith("hf:"):
         check_input_file(general_text, "--general-text")
-    loc, match_item = _read_selection_args(localization, components, budget, match)
+    trained = _read_selection_args(localization, components, budget, match, force)
     if device_map is not None and device_map not in DEVICE_MAPS:
         raise typer.BadParameter(f"--device-map {device_map!r}: use one of {', '.join(DEVICE_MAPS)}")
     check_model_args({"--model": model}, dtype, None if device_map else device)
@@ -230,76 +253,30 @@ def edit(
 
     all_facts = load_facts(dataset, data, seed=seed)
     _check_split_args(all_facts, forget, mode, category, new_target, relation)
-    from mechunlearn.edit.saving import check_output_dir, save_edit, weights_hash
-    from mechunlearn.facts import split_facts
-    from mechunlearn.models.loading import load_model
-    from mechunlearn.models.memory_guard import (
-        check_all,
-        check_stage,
-        edit_command_estimate,
-        print_estimate,
-    )
+    from mechunlearn.edit.pipeline import EditOutput, FactChoice, edit_facts
+    from mechunlearn.edit.saving import weights_hash
+    from mechunlearn.models.memory_guard import check_all, edit_command_estimate, print_estimate
 
     estimate = edit_command_estimate(model, dtype, None if device_map else device, config, all_facts, forget,
-                                     lambda arch: _components(SimpleNamespace(arch=arch, source=model), loc,
-                                                              match_item, components, budget, force)[0])
+                                     lambda arch: trained.names(SimpleNamespace(arch=arch, source=model))[0])
     if dry_run:
         print_estimate(estimate)
         return
     if not device_map:
         check_all(estimate, pick_device(device))
-    accelerator = _accelerator(device)
-    if device_map and accelerator is not None:
-        raise MechunlearnError("--device-map splits one model over GPUs in one process; do not combine it with a "
-                               "multi-process launch")
-    if device_map:
-        lm = load_model(model, dtype=dtype, device_map=device_map)
-    else:
-        lm = open_model(model, dtype, str(accelerator.device) if accelerator is not None else device)
-    names, source = _components(lm, loc, match_item, components, budget, force)
+    lm, accelerator = _open(model, dtype, device, device_map)
+    names, source = trained.names(lm)
     base_hash = weights_hash(lm.model)
-    misfits = [localization_misfit(item, option, lm.arch, lm.source, str(lm.model.dtype).removeprefix("torch."),
-                                   base_hash, force)
-               for item, option in ((loc, "--localization"), (match_item, "--match")) if item is not None]
-    for misfit in filter(None, misfits):
+    for misfit in trained.misfits(lm, base_hash):
         console.print(f"[yellow]warning (--force):[/yellow] {escape(misfit)}", soft_wrap=True)
-    check_output_dir(lm, out, (LOG_FILE, DIFF_FILE))
-    known, report = known_facts(lm, dataset, data, seed, threshold, facts=all_facts)
-    if mode != "category" and forget >= len(known):
-        raise MechunlearnError(f"--forget {forget}: the model knows only {len(known)} of the {report.total} facts "
-                               f"at P(true) > {report.threshold} and some must be left to maintain; forget fewer "
-                               "or lower --threshold")
-    split = split_facts(known, forget=forget, mode=mode, category=category, new_target=new_target, seed=seed,
-                        relation=relation)
-    before = _probs(lm, split)
-    if not device_map:
-        check_stage(estimate.stage("edit step"), lm.device, loaded=True)
-    result = train(lm, names, split, config, progress=True, accelerator=accelerator, base_hash=base_hash)
-    _check_target(result, require_target)
-    if accelerator is not None and not accelerator.is_main_process:
-        return
-    after = _probs(lm, split)
-    if set(after) != set(before) or not all(math.isfinite(v) for v in after.values()):
-        raise TrainingDivergedError(f"the edited model's quick evaluation is not a number ({after}): the edit "
-                                    "diverged; nothing was written")
-    facts_info = {"dataset": dataset, "data": resolved_path(data), "seed": seed, "threshold": report.threshold,
-                  "known": len(known), "total": report.total, **({"relation": relation} if relation is not None else {})}
-    save_edit(lm, result, out, base_spec=resolved_path(model), facts=facts_info,
-              extra={"selection": source, "quick_eval": {"before": before, "after": after}})
-
-    table = Table(title=f"{config.objective}: {len(split.forget)} facts, {len(names)} components, "
-                        f"{result.n_trained_params:,} trained parameters, {result.seconds:.0f} s")
-    for col in ("training format", "before", "after"):
-        table.add_column(col, justify="left" if col == "training format" else "right")
-    for key in before:
-        table.add_row(key, f"{before[key]:.3f}", f"{after[key]:.3f}")
-    console.print(table)
-    if result.target is not None:
-        console.print(f"target {result.target['target']}: {result.target['strength']:.3f} after "
-                      f"{result.target['steps']} of at most {config.steps} steps ({result.target['measure']})",
-                      soft_wrap=True)
-    console.print(f"known facts: {len(known)} of {report.total}; split {split.sizes()}")
-    console.print(f"wrote {out}/model, {out}/diff.safetensors, {out}/train_log.json")
+    choice = FactChoice(dataset=dataset, data=data, seed=seed, threshold=threshold, forget=forget, mode=mode,
+                        category=category, new_target=new_target, relation=relation)
+    output = EditOutput(out, resolved_path(model), resolved_path(data), source)
+    outcome = edit_facts(lm, names, all_facts, choice, config, output, base_hash=base_hash, accelerator=accelerator,
+                         memory_stage=None if device_map else estimate.stage("edit step"),
+                         require_target=require_target, warn=_warn)
+    if outcome is not None:
+        _print_outcome(outcome, config, len(names), out)
 
 
 @app.command("apply-diff")

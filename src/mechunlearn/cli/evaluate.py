@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 import yaml
@@ -23,6 +24,10 @@ from mechunlearn.cli.common import (
 )
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.io import load_json_file
+
+if TYPE_CHECKING:
+    from mechunlearn.evaluate.config import EvalConfig
+    from mechunlearn.facts import FactSet
 
 HEADLINE_SKIP = (".n", ".n_missing", ".err")
 
@@ -69,7 +74,51 @@ def _edit_folder(model: str, forget_from: Path | None) -> tuple[str, Path | None
     return model, forget_from
 
 
-def _print_table(result: dict) -> None:
+def _eval_settings(config: Path | None, seed: int | None, formats: str | None, attacks: str | None,
+                   mmlu: str | None, mmlu_shots: int | None, mmlu_limit: int | None, mmlu_per_subject: int | None,
+                   general_text: Path | None, relearn: tuple[str | None, int | None]) -> tuple[EvalConfig, int]:
+    """The --config file's settings with the options given laid over them (each checked first),
+    and the seed they name."""
+    check_number("--mmlu-limit", mmlu_limit, minimum=1)
+    check_number("--mmlu-per-subject", mmlu_per_subject, minimum=1)
+    check_number("--mmlu-shots", mmlu_shots, minimum=0)
+    if formats is not None and not _names(formats):
+        raise MechunlearnError(f"--formats {formats!r} names no format: give e.g. train,qa,mcq")
+    if mmlu and Path(mmlu).suffix.lower() in (".csv", ".jsonl", ".json", ".parquet"):
+        check_input_file(mmlu, "--mmlu")
+    settings = _load_config(config)
+    overrides = {"formats": _names(formats), "attacks": _names(attacks), "mmlu_path": mmlu, "mmlu_shots": mmlu_shots,
+                 "mmlu_limit": mmlu_limit, "mmlu_per_subject": mmlu_per_subject, "general_text": str(general_text) if general_text else None}
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    if seed is not None:
+        settings["seed"] = seed
+    seed = int(settings.get("seed", 0))
+    for key, value in zip(("method", "steps"), relearn, strict=True):
+        if value is not None:
+            settings.setdefault("relearn", {})
+            if isinstance(settings["relearn"], dict):
+                settings["relearn"][key] = value
+    from mechunlearn.evaluate.config import EvalConfig
+
+    try:
+        return EvalConfig.from_dict(settings), seed
+    except (TypeError, ValueError) as e:
+        raise MechunlearnError(f"{'--config ' + str(config) if config else 'evaluation settings'}: {e}") from None
+
+
+def _drop_unaskable(facts: FactSet, eval_config: EvalConfig) -> None:
+    """Evaluate no format that no fact can be asked in (e.g. qa and mcq on a table without questions)."""
+    from mechunlearn.evaluate.formats import skipped_line, unaskable
+
+    skipped = unaskable(facts, eval_config.formats)
+    if skipped:
+        console.print(skipped_line("the facts", skipped), style="yellow", soft_wrap=True, markup=False)
+        eval_config.formats = tuple(f for f in eval_config.formats if f not in skipped)
+
+
+def _print_results(result: dict, runs: dict[str, dict]) -> None:
+    from mechunlearn.evaluate.mmlu import describe
+
     table = Table(title="evaluation (base = unedited model)")
     for col, justify in (("metric", "left"), ("base", "right"), ("edited", "right"), ("delta", "right")):
         table.add_column(col, justify=justify)
@@ -82,6 +131,9 @@ def _print_table(result: dict) -> None:
             continue
         table.add_row(name, fmt(v.get("base")), fmt(v.get("edited")), fmt(v.get("delta")))
     console.print(table)
+    for name, run in runs.items():
+        if run["side_effects"].get("mmlu"):
+            console.print(f"{name}: {describe(run['side_effects']['mmlu'])}")
 
 
 @app.command("evaluate")
@@ -122,32 +174,9 @@ def evaluate(
     check_input_file(general_text, "--general-text")
     check_threshold(threshold)
     check_number("--forget", forget, minimum=1)
-    check_number("--mmlu-limit", mmlu_limit, minimum=1)
-    check_number("--mmlu-per-subject", mmlu_per_subject, minimum=1)
-    check_number("--mmlu-shots", mmlu_shots, minimum=0)
-    if formats is not None and not _names(formats):
-        raise MechunlearnError(f"--formats {formats!r} names no format: give e.g. train,qa,mcq")
-    if mmlu and Path(mmlu).suffix.lower() in (".csv", ".jsonl", ".json", ".parquet"):
-        check_input_file(mmlu, "--mmlu")
-    settings = _load_config(config)
-    overrides = {"formats": _names(formats), "attacks": _names(attacks), "mmlu_path": mmlu, "mmlu_shots": mmlu_shots,
-                 "mmlu_limit": mmlu_limit, "mmlu_per_subject": mmlu_per_subject, "general_text": str(general_text) if general_text else None}
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    if seed is not None:
-        settings["seed"] = seed
-    seed = int(settings.get("seed", 0))
-    for key, value in (("method", relearn_method), ("steps", relearn_steps)):
-        if value is not None:
-            settings.setdefault("relearn", {})
-            if isinstance(settings["relearn"], dict):
-                settings["relearn"][key] = value
-    from mechunlearn.evaluate.config import EvalConfig
-
-    try:
-        eval_config = EvalConfig.from_dict(settings)
-    except (TypeError, ValueError) as e:
-        raise MechunlearnError(f"{'--config ' + str(config) if config else 'evaluation settings'}: {e}") from None
-
+    eval_config, seed = _eval_settings(
+        config, seed, formats=formats, attacks=attacks, mmlu=mmlu, mmlu_shots=mmlu_shots, mmlu_limit=mmlu_limit,
+        mmlu_per_subject=mmlu_per_subject, general_text=general_text, relearn=(relearn_method, relearn_steps))
     log = _read_log(forget_from) if forget_from else None
     base = base or (log.get("model") if log else None) or "default"
     base = None if str(base).lower() == "none" else str(base)
@@ -160,13 +189,7 @@ def evaluate(
         split = split_from_facts(facts, log["split"])
     else:
         facts = load_facts(dataset or "sports", data, seed=seed)
-    from mechunlearn.evaluate.formats import skipped_line, unaskable
-
-    skipped = unaskable(facts, eval_config.formats)  # e.g. qa and mcq on a table without questions
-    if skipped:
-        console.print(skipped_line("the facts", skipped), style="yellow", soft_wrap=True, markup=False)
-        eval_config.formats = tuple(f for f in eval_config.formats if f not in skipped)
-    from mechunlearn.evaluate.mmlu import describe
+    _drop_unaskable(facts, eval_config)
     from mechunlearn.evaluate.run import compare_runs, evaluate_run, write_results
 
     base_lm = open_model(base, dtype, device) if base else None
@@ -192,9 +215,6 @@ def evaluate(
                                       progress=True)
     result = compare_runs(runs.get("base"), runs["edited"])
     result["command"] = {"model": model, "base": base, "forget_from": str(forget_from) if forget_from else None}
-    _print_table(result)
-    for name, run in runs.items():
-        if run["side_effects"].get("mmlu"):
-            console.print(f"{name}: {describe(run['side_effects']['mmlu'])}")
+    _print_results(result, runs)
     json_path, csv_path = write_results(result, out, csv)
     console.print(f"wrote {json_path} and {csv_path}")

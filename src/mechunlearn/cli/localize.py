@@ -35,6 +35,7 @@ from mechunlearn.localize.scores import GRANULARITIES, candidates
 
 if TYPE_CHECKING:
     from mechunlearn.facts import FactSet
+    from mechunlearn.localize import Localization, Selection
 
 
 def _params(items: list[str], method: str) -> dict:
@@ -123,23 +124,9 @@ def localize_command(
 ):
     """Score components with one localization method and choose the ones to train. With --facts
     N and --seed S it localizes on the facts a run with n_facts N localizes on for seed S."""
-    from mechunlearn.experiment.config import BudgetSpec
     from mechunlearn.experiment.facts import limit_facts
 
-    rule = BudgetSpec.rule if rule is None else rule
-    if method not in METHOD_NAMES:
-        raise MechunlearnError(f"unknown method {method!r}: {', '.join(METHOD_NAMES)}")
-    if budget is not None and match is not None:
-        raise MechunlearnError("give --budget or --match, not both")
-    if rule not in RULES:
-        raise MechunlearnError(f"unknown --rule {rule!r}: {', '.join(RULES)}")
-    if granularity is not None and granularity not in GRANULARITIES:
-        raise MechunlearnError(f"unknown --granularity {granularity!r}: {', '.join(GRANULARITIES)}")
-    check_number("--budget", budget, above=0)
-    check_number("--facts", facts, minimum=1)
-    check_number("--limit", limit, minimum=1)
-    check_number("--probe-facts", probe_facts, minimum=0)
-    check_threshold(threshold)
+    rule = _check_options(method, budget, match, rule, granularity, facts, limit, probe_facts, threshold)
     written_paths = [out, out.with_suffix(".png"), out.with_suffix(".selection.json"), out.with_suffix(".probes.png")]
     for path in written_paths:
         check_out_file(path)
@@ -152,7 +139,6 @@ def localize_command(
 
     all_facts = limit_facts(load_facts(dataset, data), limit)  # as a run reads its facts
     from mechunlearn.localize import localize
-    from mechunlearn.localize.plots import plot_heatmap, plot_probe_curves
 
     lm = open_model(model, dtype, device)
     if budget is not None and budget > total_params(lm.arch):
@@ -183,6 +169,35 @@ def localize_command(
         loc.evidence["selection"] = {"budget": selection.budget, "rule": selection.rule,
                                      "granularity": selection.granularity, "n_params": selection.n_params,
                                      "match": str(match) if match is not None else None}
+    _save(loc, selection, method, out, lm.arch)
+
+
+def _check_options(method: str, budget: int | None, match: Path | None, rule: str | None, granularity: str | None,
+                   facts: int | None, limit: int | None, probe_facts: int, threshold: float | None) -> str:
+    """The cheap checks of the options; the budget rule to use."""
+    from mechunlearn.experiment.config import BudgetSpec
+
+    rule = BudgetSpec.rule if rule is None else rule
+    if method not in METHOD_NAMES:
+        raise MechunlearnError(f"unknown method {method!r}: {', '.join(METHOD_NAMES)}")
+    if budget is not None and match is not None:
+        raise MechunlearnError("give --budget or --match, not both")
+    if rule not in RULES:
+        raise MechunlearnError(f"unknown --rule {rule!r}: {', '.join(RULES)}")
+    if granularity is not None and granularity not in GRANULARITIES:
+        raise MechunlearnError(f"unknown --granularity {granularity!r}: {', '.join(GRANULARITIES)}")
+    check_number("--budget", budget, above=0)
+    check_number("--facts", facts, minimum=1)
+    check_number("--limit", limit, minimum=1)
+    check_number("--probe-facts", probe_facts, minimum=0)
+    check_threshold(threshold)
+    return rule
+
+
+def _save(loc: Localization, selection: Selection | None, method: str, out: Path, arch) -> None:
+    """The localization, its plots and its selection beside it; the selection is printed."""
+    from mechunlearn.localize.plots import plot_heatmap, plot_probe_curves
+
     loc.save(out)
     written = [out, plot_heatmap(loc, out.with_suffix(".png"), selection.components if selection else None)]
     if "mlp_path_patching" in loc.evidence:
@@ -194,7 +209,7 @@ def localize_command(
         table.add_column("component")
         table.add_column("parameters", justify="right")
         for name in selection.components:
-            table.add_row(name, f"{lm.arch.component(name).n_params:,}")
+            table.add_row(name, f"{arch.component(name).n_params:,}")
         console.print(table)
         if selection.note:
             console.print(f"note: {selection.note}")

@@ -22,7 +22,8 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from mechunlearn.edit import EditConfig, TrainResult, train
+from mechunlearn.edit import EditConfig, TrainResult
+from mechunlearn.edit.pipeline import train_split
 from mechunlearn.edit.saving import weights_hash
 from mechunlearn.errors import FactDataError, MechunlearnError, TrainingDivergedError
 from mechunlearn.evaluate import evaluate_run
@@ -202,8 +203,8 @@ class Experiment:
 
     def sweep_on_carve(self, cfg: EditConfig, grid: dict, selection: Selection, split: Split) -> tuple[EditConfig, dict]:
         return sweep(cfg, grid, split, self.fresh_model,
-                     lambda m, carve, c: train(m, selection.components, carve, c, progress=False,
-                                               base_hash=self.base_hash))
+                     lambda m, carve, c: train_split(m, selection.components, carve, c, progress=False,
+                                                     base_hash=self.base_hash))
 
     def train_blocks(self, cfg: EditConfig, setting: SettingSpec, method: str, seed: int, facts: run_facts.SeedFacts,
                      selection: Selection, first: dict[str, Selection]
@@ -214,7 +215,7 @@ class Experiment:
         for i, block in enumerate(facts.splits):
             if i > 0 and setting.localize == "per_block":
                 selections.append(self.locs.reselect(lm, method, facts, seed, first))
-            results.append(train(lm, selections[-1].components, block, cfg, progress=True, base_hash=self.base_hash))
+            results.append(train_split(lm, selections[-1].components, block, cfg, base_hash=self.base_hash))
         return lm, results, selections
 
     def evaluate(self, lm: LoadedModel, setting: SettingSpec, splits: list[Split], seed: int, edited: bool) -> dict:
