@@ -93,7 +93,7 @@ def test_light_tables_agree_with_the_registries():
     assert METHOD_NAMES == tuple(METHODS)
     for name, localizer in METHODS.items():
         assert localizer.defaults == method_defaults(name)
-        assert localizer.description == CATALOG[name][0]
+        assert localizer.description == CATALOG[name].description
 
 
 def test_lazy_packages_keep_their_names():

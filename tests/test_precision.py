@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from mechunlearn.errors import MechunlearnError
-from mechunlearn.evaluate.attacks.relearn import relearn
-from mechunlearn.evaluate.config import RelearnConfig
+from mechunlearn.evaluate.attacks.relearn import RelearnConfig, relearn
 from mechunlearn.experiment import Experiment, load_config
 from mechunlearn.facts import load_facts
 from mechunlearn.facts.splits import split_facts

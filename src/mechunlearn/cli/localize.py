@@ -30,7 +30,7 @@ from mechunlearn.cli.common import (
 )
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.localize.budget import RULES
-from mechunlearn.localize.catalog import METHOD_NAMES, method_defaults
+from mechunlearn.localize.catalog import METHOD_NAMES, method_defaults, uses_probes
 from mechunlearn.localize.scores import GRANULARITIES, candidates
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ def localize_command(
                                "model's attention and MLP matrices; give a smaller budget")
     if match_item is not None:
         match_item = as_selection(match_item, lm.arch)
-    n_probe = probe_facts if method == "fact_lookup" else 0
+    n_probe = probe_facts if uses_probes(method) else 0
     chosen_facts, probe_set = _choose_facts(lm, all_facts, facts, n_probe, seed, threshold)
     console.print(f"localizing with {method} on {len(chosen_facts)} known facts ({chosen_facts.count_by_answer()})")
     if probe_set is not None and "probe_facts" not in params:

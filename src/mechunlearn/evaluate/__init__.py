@@ -5,7 +5,9 @@ The names below are imported on first use (``mechunlearn._lazy``); the configs
 from mechunlearn._lazy import exports_of, lazy_package
 
 lazy_package(__name__, exports_of(
-    ("mechunlearn.evaluate.config", ("ATTACKS", "EvalConfig", "ProbeConfig", "RelearnConfig", "SoftPromptConfig")),
+    ("mechunlearn.evaluate.config", ("EvalConfig",)),
+    ("mechunlearn.evaluate.attacks.registry", ("ATTACKS",)),
+    ("mechunlearn.evaluate.attacks.catalog", ("ProbeConfig", "RelearnConfig", "SoftPromptConfig")),
     ("mechunlearn.evaluate.attacks", ("attack_halves", "probe_attack", "relearn", "softprompt_attack")),
     ("mechunlearn.evaluate.formats", ("FORMATS", "build_format", "option_order")),
     ("mechunlearn.evaluate.lm_loss", ("lm_loss",)),

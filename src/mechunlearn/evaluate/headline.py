@@ -1,43 +1,54 @@
 """The numbers an evaluation reports, declared once where they are computed: each headline
 metric's name, label and direction (read by the report), the flat values of one
-``evaluate_run`` result, the ones that judge an edit or an unlearning, and the curves."""
+``evaluate_run`` result, the ones that judge an edit or an unlearning, and the curves. Each
+attack declares its own in its registry entry (``attacks/registry.py``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+
+from mechunlearn.evaluate.attacks.registry import ATTACKS
+from mechunlearn.evaluate.metric import Metric
+
+_BEFORE_ATTACKS = [
+    Metric("edit.train.p_new", "P(edit target), training prompt", True, False),
+    Metric("edit.qa.p_new", "P(edit target), question/answer prompt", True, True),
+    Metric("edit.mcq.p_new", "P(edit target), multiple choice", True, True),
+    Metric("edit.paraphrase.p_new", "P(edit target), paraphrases", True, True),
+    Metric("forget.train.err", "1 - P(true), training prompt", True, False),
+    Metric("forget.qa.err", "1 - P(true), question/answer prompt", True, True),
+    Metric("forget.mcq.err", "1 - P(true), multiple choice", True, True),
+    Metric("forget.paraphrase.err", "1 - P(true), paraphrases", True, True),
+]
+_AFTER_ATTACKS = [
+    Metric("maintain.train.p_true", "maintain facts P(true), training prompt", True, False),
+    Metric("maintain.mcq.p_true", "maintain facts P(true), multiple choice", True, False),
+    Metric("unrelated.train.p_true", "unrelated facts (other relations) P(true), training prompt", True, False),
+    Metric("neighborhood.p_true", "neighbourhood prompts P(true)", True, False),
+    Metric("lm_loss", "language-modelling loss on held-out general text", False, False),
+    Metric("mmlu.acc", "MMLU-style accuracy", True, False),
+]
 
 
-@dataclass(frozen=True)
-class Metric:
-    name: str
-    label: str
-    higher_is_better: bool
-    robustness: bool  # an "other format / attack" metric, where the paper's claim shows
+class _Metrics(Mapping[str, Metric]):
+    """Every headline metric by name, in the report's order: the edit and forget metrics, the
+    registered attacks' (read from ``ATTACKS`` at each use), then the side effects."""
+
+    def _all(self) -> dict[str, Metric]:
+        attacks = [m for attack in ATTACKS.values() for m in attack.metrics]
+        return {m.name: m for m in [*_BEFORE_ATTACKS, *attacks, *_AFTER_ATTACKS]}
+
+    def __getitem__(self, name: str) -> Metric:
+        return self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
 
 
-METRICS: dict[str, Metric] = {
-    m.name: m
-    for m in [
-        Metric("edit.train.p_new", "P(edit target), training prompt", True, False),
-        Metric("edit.qa.p_new", "P(edit target), question/answer prompt", True, True),
-        Metric("edit.mcq.p_new", "P(edit target), multiple choice", True, True),
-        Metric("edit.paraphrase.p_new", "P(edit target), paraphrases", True, True),
-        Metric("forget.train.err", "1 - P(true), training prompt", True, False),
-        Metric("forget.qa.err", "1 - P(true), question/answer prompt", True, True),
-        Metric("forget.mcq.err", "1 - P(true), multiple choice", True, True),
-        Metric("forget.paraphrase.err", "1 - P(true), paraphrases", True, True),
-        Metric("relearn.error", "relearning error, 1 - P(true) after relearning", True, True),
-        Metric("probe.truth", "probe reads the true answer (mean over the upper half of the layers)", False, True),
-        Metric("probe.target", "probe reads the edit target (mean over the upper half of the layers)", True, True),
-        Metric("softprompt.error", "1 - P(true) under a soft-prompt attack", True, True),
-        Metric("maintain.train.p_true", "maintain facts P(true), training prompt", True, False),
-        Metric("maintain.mcq.p_true", "maintain facts P(true), multiple choice", True, False),
-        Metric("unrelated.train.p_true", "unrelated facts (other relations) P(true), training prompt", True, False),
-        Metric("neighborhood.p_true", "neighbourhood prompts P(true)", True, False),
-        Metric("lm_loss", "language-modelling loss on held-out general text", False, False),
-        Metric("mmlu.acc", "MMLU-style accuracy", True, False),
-    ]
-}
+METRICS: Mapping[str, Metric] = _Metrics()
 
 
 def headline(result: dict) -> dict[str, float | None]:
@@ -65,26 +76,9 @@ def headline(result: dict) -> dict[str, float | None]:
         if "p_above_chance" in se["mmlu"]:  # a one-sided binomial test; at chance: not above it at 0.05
             out["mmlu.p_above_chance"] = se["mmlu"]["p_above_chance"]
             out["mmlu.at_chance"] = float(se["mmlu"]["at_chance"])
-    attacks = result["attacks"]
-    if "relearn" in attacks:
-        out["relearn.p_true_before"] = attacks["relearn"]["p_true_before"]
-        out["relearn.p_true_after"] = attacks["relearn"]["p_true_after"]
-        out["relearn.error"] = attacks["relearn"]["relearning_error"]
-    if "probe" in attacks:
-        p = attacks["probe"]
-        out["probe.truth"] = p["reads_true"]
-        out["probe.target"] = p["reads_target"]
-        out["probe.truth_best_layer"] = p["reads_true_best"]
-        out["probe.target_best_layer"] = p["reads_target_best"]
-        out["probe.best_layer_accuracy"] = max((r["accuracy"] for r in p["layers"]), default=None)  # none: skipped
-    if "softprompt" in attacks:
-        s = attacks["softprompt"]
-        for i, (fmt, value) in enumerate(s["p_true_after"].items()):
-            prefix = "softprompt" if i == 0 else f"softprompt.{fmt}"
-            out[f"{prefix}.p_true_before"] = s["p_true_before"][fmt]
-            out[f"{prefix}.p_true_after"] = value
-            out[f"{prefix}.p_true_random"] = s["p_true_random"][fmt]
-            out[f"{prefix}.error"] = None if value is None else 1 - value
+    for name, attack in ATTACKS.items():
+        if name in result["attacks"]:
+            out.update(attack.headline(result["attacks"][name]))
     return out
 
 
@@ -109,10 +103,7 @@ def for_objective(evaluated: dict, objective: str) -> dict[str, float | None]:
 def curves(evaluated: dict) -> dict[str, list[list[float]]]:
     attacks = evaluated.get("attacks", {})
     out = {}
-    if "relearn" in attacks:
-        out["relearn"] = [[p["step"], p["p_true"]] for p in attacks["relearn"]["curve"] if p.get("p_true") is not None]
-    if "probe" in attacks:
-        layers = attacks["probe"]["layers"]
-        out["probe_truth"] = [[r["layer"], r["reads_true"]] for r in layers if r.get("reads_true") is not None]
-        out["probe_target"] = [[r["layer"], r["reads_target"]] for r in layers if r.get("reads_target") is not None]
+    for name, attack in ATTACKS.items():
+        if name in attacks:
+            out.update(attack.curves(attacks[name]))
     return out

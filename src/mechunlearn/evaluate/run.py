@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
-from mechunlearn.evaluate.attacks.probe import probe_attack
-from mechunlearn.evaluate.attacks.relearn import relearn
-from mechunlearn.evaluate.attacks.softprompt import softprompt_attack
-from mechunlearn.evaluate.config import ATTACKS, EvalConfig, check_names
+from mechunlearn.evaluate.attacks.registry import ATTACKS
+from mechunlearn.evaluate.config import EvalConfig, check_names
 from mechunlearn.evaluate.formats import FORMATS, format_templates
 from mechunlearn.evaluate.headline import headline
 from mechunlearn.evaluate.metrics import evaluate_facts
@@ -60,21 +59,17 @@ def evaluate_run(
             style=config.style, mmlu_per_subject=config.mmlu_per_subject,
         )
     attack_results = {}
-    if "relearn" in attacks:
-        attack_results["relearn"] = relearn(lm, split, config.relearn, progress)
-    if "probe" in attacks:
-        with stage("probes"):
-            attack_results["probe"] = probe_attack(lm, split, config.probe, progress)
-    if "softprompt" in attacks:
-        with stage("soft prompts"):
-            attack_results["softprompt"] = softprompt_attack(lm, split, config.softprompt, progress)
+    for name, attack in ATTACKS.items():
+        if name in attacks:
+            with stage(attack.stage) if attack.stage else nullcontext():
+                attack_results[name] = attack.run(lm, split, config.attack_config(name), progress)
     result = {
         "model": lm.spec,
         "source": lm.source,
         "config": {**asdict(config), "formats": list(formats), "attacks": list(attacks)},
         "templates": format_templates(split.forget_eval, formats, config.style),
-        "seeds": {"evaluation": config.seed, "split": split.seed, "relearn": config.relearn.seed,
-                  "probe": config.probe.seed, "softprompt": config.softprompt.seed},
+        "seeds": {"evaluation": config.seed, "split": split.seed,
+                  **{name: config.attack_config(name).seed for name in ATTACKS}},
         "facts": {"name": split.forget_eval.name, "source": split.forget_eval.source,
                   "notes": list(split.forget_eval.notes), "closed_answers": split.forget_eval.answers},
         "split": {**split.to_json(), "sizes": split.sizes()},

@@ -17,9 +17,10 @@ from mechunlearn.errors import MechunlearnError
 from mechunlearn.evaluate import EvalConfig
 from mechunlearn.experiment.schema import ConfigError, read, read_fields
 from mechunlearn.localize.budget import BUDGET_TOLERANCE
+from mechunlearn.localize.catalog import CATALOG, DEFAULT_METHODS, OURS, SIZED, method_defaults
 from mechunlearn.models.names import DTYPES
 from mechunlearn.report.analysis import AnalysisSpec
-from mechunlearn.report.methods import OURS, VARIANT, split_arm
+from mechunlearn.report.methods import VARIANT, split_arm
 
 PACKAGED = Path(__file__).resolve().parents[1] / "configs"
 MODES = ("random", "first", "category")
@@ -42,7 +43,7 @@ class FactsSpec:
 class BudgetSpec:
     # every method at the size of `match`'s own selection (or `params`), except the `exempt`
     # baselines that are defined by their size; granularity None = each method's own
-    match: str | None = "fact_lookup"
+    match: str | None = OURS
     params: int | None = None
     granularity: str | None = None
     # within: every compared arm lands within `tolerance` of the budget, mixing matrix sizes where
@@ -51,14 +52,14 @@ class BudgetSpec:
     # the fraction of the budget a compared arm may miss it by (0.1: +-10%); the report flags any arm
     # outside it, whatever the rule
     tolerance: float = BUDGET_TOLERANCE
-    exempt: tuple[str, ...] = ("all_mlps", "everything")
+    exempt: tuple[str, ...] = SIZED
 
 
 @dataclass(frozen=True)
 class LocalizationSpec:
     n_facts: int = 32
     probe_facts: int = 96  # fact_lookup's probes: this many facts, a superset of the localization facts
-    methods: tuple[str, ...] = ("fact_lookup", "causal_tracing", "attribution_patching", "random", "all_mlps")
+    methods: tuple[str, ...] = DEFAULT_METHODS
     budget: BudgetSpec = field(default_factory=BudgetSpec)
     params: dict[str, dict] = field(default_factory=dict)
     # FLU variants held beside the run's own FLU: name -> fact_lookup parameters over
@@ -242,8 +243,6 @@ def from_dict(data: dict) -> RunConfig:
 def check(config: RunConfig) -> None:
     """Everything that can be checked without loading a model or data."""
     from mechunlearn.edit.config import forget_objective_names as forget_objectives  # no torch
-    from mechunlearn.localize.catalog import METHOD_NAMES as METHODS
-    from mechunlearn.localize.catalog import method_defaults
 
     if not config.seeds:
         raise ConfigError("config key 'seeds' is empty: give at least one seed")
@@ -259,8 +258,8 @@ def check(config: RunConfig) -> None:
         raise ConfigError(f"every setting needs a unique, non-empty name; got {names}")
     loc = config.localization
     for i, method in enumerate(loc.methods):
-        if method not in METHODS:
-            raise ConfigError(f"config key 'localization.methods[{i}]' is {method!r}: use one of {', '.join(METHODS)}")
+        if method not in CATALOG:
+            raise ConfigError(f"config key 'localization.methods[{i}]' is {method!r}: use one of {', '.join(CATALOG)}")
     if not loc.methods:
         raise ConfigError("config key 'localization.methods' is empty")
     for method, params in loc.params.items():
@@ -357,8 +356,6 @@ def _check_facts(spec: FactsSpec, path: str) -> None:
 
 
 def _check_variants(config: RunConfig) -> None:
-    from mechunlearn.localize.catalog import method_defaults
-
     loc = config.localization
     if not loc.variants:
         return

@@ -3,9 +3,9 @@ the guard that checks it before loading and before every cell."""
 
 from __future__ import annotations
 
-import math
-
+from mechunlearn.evaluate.attacks.registry import ATTACKS
 from mechunlearn.experiment.plan import RunPlan, plan
+from mechunlearn.localize.catalog import spec_of
 from mechunlearn.models.memory import (
     Estimate,
     ModelShape,
@@ -16,36 +16,21 @@ from mechunlearn.models.memory import (
     load_stage,
     model_shape,
     prompt_tokens,
-    relearn_stage,
 )
 from mechunlearn.models.memory_guard import check_all, check_stage
 
 
 def localization_stage(shape: ModelShape, method: str, n_facts: int, probe_facts: int, tokens: int, params: dict,
                        count: int) -> Stage:
-    """One method's localization (``count`` of them in the run): rough pass counts of each method's
-    batched restorations / gradients; the run also holds the pristine copy of the weights."""
+    """One method's localization (``count`` of them in the run): the pass counts its declaration in
+    ``localize/catalog.py`` gives; the run also holds the pristine copy of the weights."""
+    cost = spec_of(method).cost(shape, n_facts, probe_facts, params)
     L, H = shape.n_layers, shape.n_heads
-    passes: dict[str, int] = {}
-    grad_rows, rows = 0, 0
-    if method.startswith("causal_tracing"):
-        max_rows, n_noise = params.get("max_rows", 160), params.get("n_noise", 1)
-        variants = L * ((H + 2) if not method.endswith("mlps") else 1)
-        passes["forward"] = 1 + n_noise * (1 + math.ceil(variants * n_facts / max_rows))
-        rows = min(max_rows, variants * n_facts)
-    elif method.startswith("attribution_patching"):
-        batch = params.get("batch_size", 32)
-        passes = {"forward": 2 * math.ceil(n_facts / batch), "backward": math.ceil(n_facts / batch)}
-        grad_rows = min(batch, n_facts)
-    elif method == "fact_lookup":
-        max_rows = params.get("max_rows", 128)
-        passes["forward"] = 2 + math.ceil((L * H + L) * n_facts / max_rows) + math.ceil(probe_facts / 16)
-        rows = min(max_rows, (L * H + L) * n_facts)
     parts = {**base_parts(shape, 2),
-             "activations": shape.activations(rows, tokens, False) + shape.activations(grad_rows, tokens, True),
-             "logits": shape.logits(grad_rows, True) if grad_rows else 0,
+             "activations": shape.activations(cost.rows, tokens, False) + shape.activations(cost.grad_rows, tokens, True),
+             "logits": shape.logits(cost.grad_rows, True) if cost.grad_rows else 0,
              "cached activations": 2 * n_facts * tokens * L * (H * shape.head_dim + 2 * shape.d_model) * 4}
-    passes = {k: v * count for k, v in passes.items()}
+    passes = {k: v * count for k, v in cost.passes.items()}
     return Stage(f"localize {method}", parts, passes, f"localization.params.{method}.max_rows / batch_size")
 
 
@@ -66,7 +51,8 @@ def run_estimate(config, work: RunPlan, shape: ModelShape, prompts: dict[str, li
         stages.append(localization_stage(shape, config.method_of(localized), loc.n_facts, loc.probe_facts, tokens,
                                          config.localization_params(localized), count))
     trained = _trained_per_method(config, shape)
-    edit = evaluation = relearning = None
+    edit = evaluation = None
+    attacked: dict[str, Stage | None] = dict.fromkeys(ATTACKS)  # each attack's stage, merged over the settings
     for name, s in work.settings.items():
         n_cells = sum(1 for c in cells if c[0] == name) // (len(arms) + 1)
         for method, cfg in s.training.items():
@@ -80,11 +66,12 @@ def run_estimate(config, work: RunPlan, shape: ModelShape, prompts: dict[str, li
                                  copies=2, hint="evaluation.config.batch_size")
         ev_stage.passes = {k: v * n_cells * (len(arms) + 1) for k, v in ev_stage.passes.items()}
         evaluation = _merge_stage(evaluation, ev_stage)
-        if "relearn" in s.attacks:
-            rel = relearn_stage(shape, ev.relearn, s.forget * s.blocks, tokens, copies=2)
-            rel.passes = {k: v * n_cells * (len(arms) + 1) for k, v in rel.passes.items()}
-            relearning = _merge_stage(relearning, rel)
-    stages += [st for st in (edit, evaluation, relearning) if st is not None]
+        for name in (n for n in ATTACKS if n in s.attacks):
+            cost = ATTACKS[name].cost(shape, ev.attack_config(name), s.forget * s.blocks, tokens, copies=2)
+            if cost is not None:
+                cost.passes = {k: v * n_cells * (len(arms) + 1) for k, v in cost.passes.items()}
+                attacked[name] = _merge_stage(attacked[name], cost)
+    stages += [st for st in (edit, evaluation, *attacked.values()) if st is not None]
     notes = [f"{len(cells)} cells ({len(config.seeds)} seed(s) x {len(work.settings)} setting(s) x "
              f"{len(arms) + 1} arms incl. the unedited model), {len(work.localizations)} localizations",
              "trained parameters per arm: " + ", ".join(f"{m} {n:,}" for m, n in trained.items()),
@@ -96,14 +83,11 @@ def _trained_per_method(config, shape: ModelShape) -> dict[str, int]:
     """Exempt baselines by their size; the matched arms at budget.params, else at most every MLP
     matrix (the matched size is known only after localizing)."""
     budget = config.localization.budget
-    sizes = {"all_mlps": shape.mlp_params(), "everything": shape.block_params()}
     out = {}
     for arm in config.arms():
         method = config.method_of(arm)
-        if method in budget.exempt and method in sizes:
-            out[arm] = sizes[method]
-        else:
-            out[arm] = budget.params or shape.mlp_params()
+        own_size = spec_of(method).own_size
+        out[arm] = own_size(shape) if method in budget.exempt and own_size else (budget.params or shape.mlp_params())
     return out
 
 

@@ -11,6 +11,7 @@ from mechunlearn.errors import MechunlearnError
 from mechunlearn.experiment.config import FactsSpec, RunConfig, SettingSpec
 from mechunlearn.facts import FactSet, load_facts, sequential_blocks, split_facts
 from mechunlearn.facts.splits import Split, with_examples
+from mechunlearn.localize.catalog import uses_probes
 
 LOCALIZATION_RULE = ("per seed, a seeded sample of the known facts (n_facts for every method; probe_facts, a "
                      "superset, for fact_lookup's probes; at most half of the known facts) is set aside before "
@@ -54,7 +55,7 @@ def seed_facts(config: RunConfig, known: FactSet, setting: SettingSpec, seed: in
     the set-aside localization facts first (``facts.splits.with_examples``)."""
     loc = config.localization
     localization, probes = draw_localization(known.of_relation(setting.relation), loc.n_facts,
-                                             loc.probe_facts if "fact_lookup" in loc.methods else 0, seed)
+                                             loc.probe_facts if any(map(uses_probes, loc.methods)) else 0, seed)
     taken = {f.id for f in probes}
     rest = known.subset([f for f in known.facts if f.id not in taken], known.name)
     # one set of examples for every block of a sequential setting: the blocks share the maintain facts

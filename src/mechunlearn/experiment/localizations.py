@@ -13,9 +13,10 @@ from mechunlearn.experiment.config import RunConfig
 from mechunlearn.experiment.facts import SeedFacts
 from mechunlearn.localize import Localization, Selection, localize, select
 from mechunlearn.localize.base import model_mismatch
+from mechunlearn.localize.catalog import uses_probes
 from mechunlearn.models.loading import LoadedModel
 from mechunlearn.profiling import stage
-from mechunlearn.report.methods import OURS, VARIANT, split_arm
+from mechunlearn.report.methods import VARIANT, split_arm
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class Localizations:
         self.console.print(f"localizing: {arm} (seed {seed}, {len(facts.localization)} facts)")
         method = split_arm(arm)[0]
         params = self.config.localization_params(arm)
-        if method == OURS and len(facts.probes) > len(facts.localization):
+        if uses_probes(method) and len(facts.probes) > len(facts.localization):
             params.setdefault("probe_facts", facts.probes)
         with stage(f"localization: {method}", absorb=True):
             loc = localize(lm, facts.localization, method, seed=seed, **params)
@@ -105,7 +106,7 @@ def _try_heatmap(loc: Localization, path: Path) -> None:
         from mechunlearn.localize.plots import plot_heatmap, plot_probe_curves
 
         plot_heatmap(loc, path)
-        if loc.method == "fact_lookup":
+        if uses_probes(loc.method):
             plot_probe_curves(loc, path.with_name(path.stem + ".probes.png"))
     except Exception as e:  # noqa: BLE001 - a missing plot must not lose a finished localization
         log.warning("could not plot %s: %s", path.name, e)

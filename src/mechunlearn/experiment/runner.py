@@ -27,6 +27,7 @@ from mechunlearn.edit.pipeline import train_split
 from mechunlearn.edit.saving import weights_hash
 from mechunlearn.errors import FactDataError, MechunlearnError, TrainingDivergedError
 from mechunlearn.evaluate import evaluate_run
+from mechunlearn.evaluate.attacks import get_attack
 from mechunlearn.evaluate.formats import (
     EXAMPLE_PLACEHOLDER,
     format_templates,
@@ -220,9 +221,7 @@ class Experiment:
 
     def evaluate(self, lm: LoadedModel, setting: SettingSpec, splits: list[Split], seed: int, edited: bool) -> dict:
         ev = self.config.evaluation_for(setting)
-        # relearning the truth into a model that never lost it measures nothing: the unedited
-        # model is not attacked by relearning (its P(true) is the "before" of every other cell)
-        attacks = ev.attacks if edited else [a for a in ev.attacks if a != "relearn"]
+        attacks = ev.attacks if edited else [a for a in ev.attacks if get_attack(a).attacks_unedited]
         formats = [f for f in ev.formats if f not in self.skipped_formats.get(setting.name, {})]
         return evaluate_run(lm, run_facts.union(splits), formats=formats, attacks=attacks,
                             config=self.config.eval_config(setting, seed), progress=True)

@@ -9,7 +9,7 @@ from mechunlearn.errors import MechunlearnError
 from mechunlearn.facts import FactSet
 from mechunlearn.localize import attribution, baselines, causal_tracing, fact_lookup
 from mechunlearn.localize.base import FunctionLocalizer, Localization, Localizer
-from mechunlearn.localize.catalog import CATALOG
+from mechunlearn.localize.catalog import CATALOG, METHOD_NAMES
 from mechunlearn.models.loading import LoadedModel
 
 
@@ -32,11 +32,11 @@ FUNCTIONS = {
     "all_mlps": baselines.all_mlps,
     "everything": baselines.everything,
 }
-assert list(FUNCTIONS) == list(CATALOG), "every method of localize/catalog.py needs its function here"
+assert list(FUNCTIONS) == list(METHOD_NAMES), "every method of localize/catalog.py needs its function here"
 
 METHODS: dict[str, Localizer] = {
-    name: FunctionLocalizer(name, description, FUNCTIONS[name], defaults)
-    for name, (description, defaults) in CATALOG.items()
+    name: FunctionLocalizer(name, CATALOG[name].description, function, CATALOG[name].defaults)
+    for name, function in FUNCTIONS.items()
 }
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mechunlearn.io import read_json
-from mechunlearn.report.methods import COMPARED, OURS, VARIANT
+from mechunlearn.report.methods import OURS, VARIANT, compared
 
 # the paper's claims: the edit or unlearning generalises to the other prompt formats, resists
 # relearning, and leaves no trace of the truth that a probe of the hidden states can read
@@ -65,7 +65,7 @@ class AnalysisSpec:
     def compared(self, methods: set[str], variant: str = "") -> list[str]:
         """The arms FLU (or its ``variant``) is compared with: those cut to its own budget."""
         suffix = VARIANT + variant if variant else ""
-        wanted = self.against if self.against is not None else COMPARED
+        wanted = self.against if self.against is not None else compared()
         return [m + suffix for m in wanted if m + suffix in methods and m != OURS]
 
     def describe(self) -> str:

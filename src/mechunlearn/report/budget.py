@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 
 from mechunlearn.localize.budget import BUDGET_TOLERANCE
+from mechunlearn.localize.catalog import COMPARED_ROLES
 from mechunlearn.report.methods import BASE, OURS, label, split_arm, style
 
 
@@ -21,7 +22,7 @@ def _budget(cell: dict, flu: dict) -> tuple[int, float] | None:
             return None
         return int(record["params"]), float(record.get("tolerance", BUDGET_TOLERANCE))
     method, variant = split_arm(cell["method"])
-    if style(method).role not in ("output tracing", "random"):
+    if style(method).role not in COMPARED_ROLES:
         return None
     budget = flu.get((cell["setting"], cell["seed"], variant))
     return (int(budget), BUDGET_TOLERANCE) if budget else None

@@ -1,12 +1,15 @@
-"""The one declaration of how the report, its plots and the terminal summary name and colour the
-localization methods (``mechunlearn.localize.METHODS`` holds what each method does)."""
+"""How the report, its plots and the terminal summary name, colour and order the localization
+methods: each method declares its style and role in ``mechunlearn.localize.catalog`` (which also
+says what each method does); here are the unedited model, FLU variants and undeclared methods."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mechunlearn.localize.catalog import CATALOG, COMPARED_ROLES
+from mechunlearn.localize.catalog import OURS as OURS  # re-exported: the report names FLU by it
+
 BASE = "unedited"  # the model before editing: a cell of every setting, never a compared arm
-OURS = "fact_lookup"
 
 
 @dataclass(frozen=True)
@@ -15,30 +18,21 @@ class MethodStyle:
     short: str  # terminal table columns
     label: str  # verdict sentences, legends, tables
     colour: str
-    # "ours" | "output tracing" and "random" (what FLU is compared against by default: random
-    # components of the same budget) | "baseline" | "reference"
-    role: str
+    role: str  # a role of localize/catalog.py's ROLES, "reference" (the unedited model) or "other" (undeclared)
 
 
-STYLES: dict[str, MethodStyle] = {
-    s.name: s
-    for s in [
-        MethodStyle(OURS, "FLU", "FLU", "#1f77b4", "ours"),
-        MethodStyle("causal_tracing", "CT", "causal tracing", "#ff7f0e", "output tracing"),
-        MethodStyle("attribution_patching", "AP", "attribution patching", "#2ca02c", "output tracing"),
-        MethodStyle("random", "random", "random", "#d62728", "random"),
-        MethodStyle("all_mlps", "all MLPs", "all MLPs", "#9467bd", "baseline"),
-        MethodStyle("everything", "everything", "everything", "#8c564b", "baseline"),
-        MethodStyle("random_mlps", "random MLPs", "random MLPs", "#e377c2", "random"),
-        MethodStyle("causal_tracing_mlps", "CT-mlp", "causal tracing (MLPs)", "#bcbd22", "output tracing"),
-        MethodStyle("attribution_patching_mlps", "AP-mlp", "attribution patching (MLPs)", "#17becf",
-                    "output tracing"),
-        MethodStyle(BASE, "before", "unedited", "#7f7f7f", "reference"),
-    ]
-}
-OUTPUT_TRACING = tuple(s.name for s in STYLES.values() if s.role == "output tracing")
-COMPARED = tuple(s.name for s in STYLES.values() if s.role in ("output tracing", "random"))
+_REFERENCE = MethodStyle(BASE, "before", "unedited", "#7f7f7f", "reference")
 _SPARE = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354")
+
+
+def _declared() -> list[str]:
+    """The declared methods in the report's order."""
+    return sorted(CATALOG, key=lambda m: CATALOG[m].style.rank)
+
+
+def compared() -> tuple[str, ...]:
+    """What FLU is compared against by default: every output-tracing method and random components."""
+    return tuple(m for m in _declared() if CATALOG[m].role in COMPARED_ROLES)
 
 
 VARIANT = "@"  # "causal_tracing@span": causal tracing cut to the budget of FLU variant "span"
@@ -59,8 +53,11 @@ def style(method: str) -> MethodStyle:
         own = style(base)
         spare = _SPARE[sum(method.encode()) % len(_SPARE)]
         return MethodStyle(method, f"{own.short}@{variant}", f"{own.label} [{variant}]", spare, own.role)
-    if method in STYLES:
-        return STYLES[method]
+    if method == BASE:
+        return _REFERENCE
+    if method in CATALOG:
+        spec = CATALOG[method]
+        return MethodStyle(method, spec.style.short, spec.style.label, spec.style.colour, spec.role)
     spare = _SPARE[sum(method.encode()) % len(_SPARE)]
     return MethodStyle(method, method.replace("_", " "), method.replace("_", " "), spare, "other")
 
@@ -79,5 +76,6 @@ def colour(method: str) -> str:
 
 def ordered(methods) -> list[str]:
     """FLU first, then the declared order, then undeclared methods by name, the unedited model last."""
-    declared = list(STYLES)
-    return sorted(set(methods), key=lambda m: (m == BASE, m not in STYLES, declared.index(m) if m in STYLES else 0, m))
+    declared = _declared()
+    return sorted(set(methods),
+                  key=lambda m: (m == BASE, m not in declared, declared.index(m) if m in declared else 0, m))

@@ -42,8 +42,8 @@ import torch
 from tqdm.auto import tqdm
 
 from mechunlearn.errors import MechunlearnError
+from mechunlearn.evaluate.attacks.catalog import ProbeConfig
 from mechunlearn.evaluate.attacks.common import attack_halves
-from mechunlearn.evaluate.config import ProbeConfig
 from mechunlearn.facts import Fact, Split
 from mechunlearn.models.loading import LoadedModel
 from mechunlearn.models.probes import fit_probe, resid_post, residuals_at

@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 
 from mechunlearn.edit.objectives.lm import lm_hidden, window_losses
 from mechunlearn.errors import MechunlearnError, TrainingDivergedError
+from mechunlearn.evaluate.attacks.catalog import RelearnConfig
 from mechunlearn.evaluate.attacks.common import attack_halves, model_copy, seeded, true_token_ids
-from mechunlearn.evaluate.config import RelearnConfig
 from mechunlearn.evaluate.metrics import FormatResults, evaluate_facts
 from mechunlearn.facts import FactSet, Split
 from mechunlearn.facts.general_text import general_windows

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from mechunlearn.evaluate.attacks.catalog import SoftPromptConfig
 from mechunlearn.evaluate.attacks.common import answer_columns, attack_halves, true_token_ids
-from mechunlearn.evaluate.config import SoftPromptConfig
 from mechunlearn.evaluate.metrics import evaluate_facts
 from mechunlearn.facts import FactSet, Split
 from mechunlearn.models.hooks import cache_activations, hooks
