@@ -75,18 +75,18 @@ def test_a_registered_attack_is_evaluated_and_reported(toy, tiny_llama, split, t
     config.probe.layers = (3,)
     assert config.attack_config("toy") == ToyConfig()  # registered after EvalConfig: its defaults
     result = evaluate_run(tiny_llama, split, config=config)
-    assert list(result["attacks"]) == ["probe", "toy"]  # registry order, not the order asked
-    assert result["attacks"]["toy"] == {"score": 12.0, "n_layers": 4}
-    assert result["aggregates"]["toy.score"] == 12.0 and result["aggregates"]["toy.n_layers"] == 4
-    assert result["seeds"]["toy"] == 0
-    assert curves(result)["toy"] == [[0, 0.0], [1, 12.0]] and "probe_truth" in curves(result)
+    assert list(result.attacks) == ["probe", "toy"]  # registry order, not the order asked
+    assert result.attacks["toy"] == {"score": 12.0, "n_layers": 4}
+    assert result.aggregates["toy.score"] == 12.0 and result.aggregates["toy.n_layers"] == 4
+    assert result.seeds["toy"] == 0
+    assert curves(result.attacks)["toy"] == [[0, 0.0], [1, 12.0]] and "probe_truth" in curves(result.attacks)
     names = list(METRICS)
     assert METRICS["toy.score"].label == "toy score"
     assert names.index("softprompt.error") < names.index("toy.score") < names.index("maintain.train.p_true")
 
-    metrics = for_objective(result, "edit")
+    metrics = for_objective(result.aggregates, "edit")
     for method, shift in (("random", 0.0), ("unedited", 1.0)):
-        cell = {"setting": "s", "method": method, "seed": 0, "n_params": 10, "curves": curves(result),
+        cell = {"setting": "s", "method": method, "seed": 0, "n_params": 10, "curves": curves(result.attacks),
                 "metrics": {**metrics, "toy.score": metrics["toy.score"] + shift}}
         write_json_atomic(tmp_path / "cells" / f"s__{method}__s0.json", cell)
         assert METRICS["toy.score"] in present([cell])

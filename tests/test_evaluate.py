@@ -238,23 +238,23 @@ def test_evaluate_run_record_and_files(tiny_llama, athlete_split, tmp_path):
     config.probe.layers = (2,)  # in the upper half of the 4 layers: the headline is that layer's value
     result = evaluate_run(tiny_llama, athlete_split, config=config)
     n_rows = (len(athlete_split.forget_eval) + len(athlete_split.maintain_test)) * 2
-    assert len(result["rows"]) == n_rows
-    agg = result["aggregates"]
+    assert len(result.rows) == n_rows
+    agg = result.aggregates
     assert agg["forget.mcq.n"] == 6 and agg["maintain.train.n"] == len(athlete_split.maintain_test)
     assert agg["forget.train.err"] == pytest.approx(1 - agg["forget.train.p_true"])
-    assert agg["mmlu.acc"] == result["side_effects"]["mmlu"]["accuracy"]
-    assert agg["lm_loss"] == result["side_effects"]["lm_loss"]["loss"]
-    probe = result["attacks"]["probe"]
+    assert agg["mmlu.acc"] == result.side_effects["mmlu"]["accuracy"]
+    assert agg["lm_loss"] == result.side_effects["lm_loss"]["loss"]
+    probe = result.attacks["probe"]
     assert agg["probe.truth"] == probe["reads_true"] == probe["layers"][0]["reads_true"] and probe["headline_layers"] == [2]
-    assert result["split"]["forget"] == [f.id for f in athlete_split.forget]
-    mcq_rows = [r for r in result["rows"] if r["format"] == "mcq"]
+    assert result.split["forget"] == [f.id for f in athlete_split.forget]
+    mcq_rows = [r for r in result.rows if r["format"] == "mcq"]
     assert all(len(r["options"].split(" | ")) == 4 for r in mcq_rows)  # the shuffle is logged
 
     other = evaluate_run(tiny_model("llama", seed=1), athlete_split, config=EvalConfig(formats=("train",), lm_windows=2))
     against = compare_runs(result, other)["aggregates"]
     for name in ("forget.train.p_true", "maintain.train.accuracy", "lm_loss"):
-        assert against[name] == {"base": agg[name], "edited": other["aggregates"][name],
-                                 "delta": pytest.approx(other["aggregates"][name] - agg[name])}
+        assert against[name] == {"base": agg[name], "edited": other.aggregates[name],
+                                 "delta": pytest.approx(other.aggregates[name] - agg[name])}
     assert against["forget.train.p_true"]["delta"] != 0 and against["lm_loss"]["delta"] != 0
     assert against["maintain.mcq.p_true"] == {"base": agg["maintain.mcq.p_true"], "edited": None, "delta": None}
     compared = compare_runs(result, result)

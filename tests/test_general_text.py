@@ -141,17 +141,17 @@ def test_unrelated_facts_are_the_maintain_facts_of_other_relations(tiny_llama):
     split = two_relation_split()
     config = EvalConfig(formats=("train", "qa"), lm_windows=2)
     result = evaluate_run(tiny_llama, split, config=config)
-    unrelated = result["side_effects"]["unrelated"]
+    unrelated = result.side_effects["unrelated"]
     assert unrelated["edited_relations"] == ["plays the sport of"] and unrelated["n_facts"] == 3
     others = split.maintain_test.by_id(["city0", "city1", "city2"])
     direct = evaluate_facts(tiny_llama, others, ("train", "qa")).aggregates()
-    agg = result["aggregates"]
+    agg = result.aggregates
     for fmt in ("train", "qa"):
         assert agg[f"unrelated.{fmt}.n"] == 3
         assert agg[f"unrelated.{fmt}.p_true"] == pytest.approx(direct[fmt]["p_true"], rel=1e-5)
         assert agg[f"unrelated.{fmt}.accuracy"] == pytest.approx(direct[fmt]["accuracy"])
     assert agg["unrelated.train.p_true"] != pytest.approx(agg["maintain.train.p_true"], rel=1e-4)
-    lm_loss = result["side_effects"]["lm_loss"]
+    lm_loss = result.side_effects["lm_loss"]
     assert (lm_loss["part"], lm_loss["n_windows"]) == ("eval", 2)
 
 
@@ -159,7 +159,7 @@ def test_one_relation_says_so_and_reports_no_unrelated_metric(tiny_llama):
     facts = load_facts("sports")
     split = split_facts(facts.subset(random.Random(0).sample(facts.facts, 12)), forget=4, seed=0)
     result = evaluate_run(tiny_llama, split, config=EvalConfig(formats=("train",), lm_windows=1))
-    unrelated = result["side_effects"]["unrelated"]
+    unrelated = result.side_effects["unrelated"]
     assert unrelated["aggregates"] is None and "no unrelated facts" in unrelated["status"]
     assert unrelated["edited_relations"] == ["plays the sport of"]
-    assert not [k for k in result["aggregates"] if k.startswith("unrelated.")]
+    assert not [k for k in result.aggregates if k.startswith("unrelated.")]

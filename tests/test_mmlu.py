@@ -143,10 +143,10 @@ def test_evaluate_run_carries_mmlu_per_subject_and_the_chance_verdict(tiny_llama
     split = split_facts(athletes.subset(list(athletes.facts)[::60]), forget=4, seed=0)
     config = EvalConfig(mmlu_path=str(MMLU), mmlu_per_subject=1, mmlu_shots=0, lm_windows=1, lm_window_length=16)
     result = evaluate_run(tiny_llama, split, formats=["train"], config=config)
-    mmlu = result["side_effects"]["mmlu"]
+    mmlu = result.side_effects["mmlu"]
     assert mmlu["n"] == 5 and mmlu["per_subject"] == 1  # one question of each of the fixture's 5 subjects
     assert mmlu == mmlu_eval(tiny_llama, MMLU, shots=0, per_subject=1, seed=0)
-    flat = result["aggregates"]
+    flat = result.aggregates
     assert flat["mmlu.chance"] == 0.25 and flat["mmlu.at_chance"] == float(mmlu["at_chance"])
     assert flat["mmlu.p_above_chance"] == mmlu["p_above_chance"]
 

@@ -125,8 +125,8 @@ def test_a_probe_that_cannot_be_fit_is_skipped_with_its_reason(tiny_llama):
     assert result["form"] == "pairwise" and result["layers"] == []
     assert result["skipped"] == "latent probe skipped: no maintain-test fact has an answer to tell its own from"
     assert result["reads_true"] is None and result["reads_target"] is None
-    flat = headline({"forget": {"aggregates": {}}, "side_effects": {"maintain": {"aggregates": {}},
-                     "lm_loss": {"loss": 1.0, "perplexity": 2.7}}, "attacks": {"probe": result}})
+    flat = headline({"aggregates": {}}, {"maintain": {"aggregates": {}}, "lm_loss": {"loss": 1.0, "perplexity": 2.7}},
+                    {"probe": result})
     assert flat["probe.truth"] is None and flat["probe.best_layer_accuracy"] is None
 
 

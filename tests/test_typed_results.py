@@ -36,3 +36,21 @@ def test_a_cell_keeps_keys_it_does_not_know_and_names_what_is_missing(tmp_path):
     (tmp_path / "torn.json").write_text('{"setting": ')
     with pytest.raises(MechunlearnError, match="cannot be read"):
         Cell.read(tmp_path / "torn.json")
+
+
+def test_an_evaluation_result_round_trips_through_its_json(tiny_llama):
+    from mechunlearn.evaluate import EvalConfig, evaluate_run
+    from mechunlearn.evaluate.result import EvaluationResult
+    from mechunlearn.facts import load_builtin_athletes, split_facts
+
+    athlete_split = split_facts(load_builtin_athletes(), forget=4, seed=0)
+    result = evaluate_run(tiny_llama, athlete_split, config=EvalConfig(formats=("train",), lm_windows=1))
+    data = json.loads(json.dumps(result.to_json()))
+    assert list(data) == ["model", "source", "config", "templates", "seeds", "facts", "split", "forget",
+                          "side_effects", "attacks", "aggregates", "rows", "seconds"]
+    again = EvaluationResult.from_json(data)
+    assert again.aggregates == result.aggregates and again.to_json() == data
+    assert again.aggregates["forget.train.p_true"] == pytest.approx(
+        sum(r["p_true"] for r in result.rows if r["set"] == "forget") / len(athlete_split.forget_eval))
+    with pytest.raises(MechunlearnError, match=r"lacks \['rows'\]"):
+        EvaluationResult.from_json({k: v for k, v in data.items() if k != "rows"})

@@ -132,8 +132,8 @@ def _print_results(result: dict, runs: dict[str, dict]) -> None:
         table.add_row(name, fmt(v.get("base")), fmt(v.get("edited")), fmt(v.get("delta")))
     console.print(table)
     for name, run in runs.items():
-        if run["side_effects"].get("mmlu"):
-            console.print(f"{name}: {describe(run['side_effects']['mmlu'])}")
+        if run.side_effects.get("mmlu"):
+            console.print(f"{name}: {describe(run.side_effects['mmlu'])}")
 
 
 @app.command("evaluate")

@@ -51,19 +51,20 @@ class _Metrics(Mapping[str, Metric]):
 METRICS: Mapping[str, Metric] = _Metrics()
 
 
-def headline(result: dict) -> dict[str, float | None]:
-    """The flat numbers of one ``evaluate_run`` result (the ``METRICS`` above among them)."""
+def headline(forget: dict, side_effects: dict, attacks: dict) -> dict[str, float | None]:
+    """The flat numbers of one evaluation (``evaluate_run``) from its parts (the ``METRICS`` above
+    among them)."""
     out: dict[str, float | None] = {}
-    for set_name, res in (("forget", result["forget"]), ("maintain", result["side_effects"]["maintain"])):
+    for set_name, res in (("forget", forget), ("maintain", side_effects["maintain"])):
         for fmt, agg in res["aggregates"].items():
             for key in ("p_true", "p_new", "accuracy", "edit_accuracy", "n", "n_missing"):
                 out[f"{set_name}.{fmt}.{key}"] = agg[key]
             if set_name == "forget":
                 out[f"edit.{fmt}.p_new"] = agg["p_new"]
                 out[f"forget.{fmt}.err"] = None if agg["p_true"] is None else 1 - agg["p_true"]
-    if "neighborhood" in result["forget"]["aggregates"]:
-        out["neighborhood.p_true"] = result["forget"]["aggregates"]["neighborhood"]["p_true"]
-    se = result["side_effects"]
+    if "neighborhood" in forget["aggregates"]:
+        out["neighborhood.p_true"] = forget["aggregates"]["neighborhood"]["p_true"]
+    se = side_effects
     for fmt, agg in ((se.get("unrelated") or {}).get("aggregates") or {}).items():
         for key in ("p_true", "accuracy", "n"):
             out[f"unrelated.{fmt}.{key}"] = agg[key]
@@ -77,8 +78,8 @@ def headline(result: dict) -> dict[str, float | None]:
             out["mmlu.p_above_chance"] = se["mmlu"]["p_above_chance"]
             out["mmlu.at_chance"] = float(se["mmlu"]["at_chance"])
     for name, attack in ATTACKS.items():
-        if name in result["attacks"]:
-            out.update(attack.headline(result["attacks"][name]))
+        if name in attacks:
+            out.update(attack.headline(attacks[name]))
     return out
 
 
@@ -86,12 +87,12 @@ _EDIT_ONLY = ("edit.",)
 _UNLEARN_ONLY = ("forget.train.err", "forget.qa.err", "forget.mcq.err", "forget.paraphrase.err")
 
 
-def for_objective(evaluated: dict, objective: str) -> dict[str, float | None]:
+def for_objective(aggregates: dict[str, float | None], objective: str) -> dict[str, float | None]:
     """Every flat aggregate; the edit metrics only for edits and the 1 - P(true) metrics only
     for unlearning, so each setting shows the numbers that judge it."""
     editing = objective == "edit"
     out = {}
-    for name, value in evaluated["aggregates"].items():
+    for name, value in aggregates.items():
         if name.startswith(_EDIT_ONLY) and not editing:
             continue
         if name in _UNLEARN_ONLY and editing:
@@ -100,8 +101,8 @@ def for_objective(evaluated: dict, objective: str) -> dict[str, float | None]:
     return out
 
 
-def curves(evaluated: dict) -> dict[str, list[list[float]]]:
-    attacks = evaluated.get("attacks", {})
+def curves(attacks: dict[str, dict]) -> dict[str, list[list[float]]]:
+    """Each attack's named (x, y) curves from its result."""
     out = {}
     for name, attack in ATTACKS.items():
         if name in attacks:

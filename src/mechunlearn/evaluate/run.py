@@ -17,6 +17,7 @@ from mechunlearn.evaluate.config import EvalConfig, check_names
 from mechunlearn.evaluate.formats import FORMATS, format_templates
 from mechunlearn.evaluate.headline import headline
 from mechunlearn.evaluate.metrics import evaluate_facts
+from mechunlearn.evaluate.result import EvaluationResult
 from mechunlearn.evaluate.side_effects import side_effects
 from mechunlearn.facts import Split
 from mechunlearn.io import write_json_atomic, write_text_atomic
@@ -26,9 +27,9 @@ from mechunlearn.profiling import stage
 ROW_COLUMNS = ["model", "set", "format", "id", "p_true", "p_new", "correct", "edited", "n_prompts", "options"]
 
 
-def _rows(result: dict) -> list[dict]:
-    rows = [{"set": "forget", **r} for r in result["forget"]["rows"]]
-    rows += [{"set": "maintain", **r} for r in result["side_effects"]["maintain"]["rows"]]
+def _rows(result: EvaluationResult) -> list[dict]:
+    rows = [{"set": "forget", **r} for r in result.forget["rows"]]
+    rows += [{"set": "maintain", **r} for r in result.side_effects["maintain"]["rows"]]
     return rows
 
 
@@ -39,7 +40,7 @@ def evaluate_run(
     attacks: Sequence[str] | None = None,
     config: EvalConfig | None = None,
     progress: bool = False,
-) -> dict:
+) -> EvaluationResult:
     """Everything for one model: the edited facts (``split.forget_eval``) and the held-out
     maintain facts in each format, LM loss, MMLU (when a file is configured) and the attacks.
     ``formats``/``attacks`` override the config's."""
@@ -63,40 +64,41 @@ def evaluate_run(
         if name in attacks:
             with stage(attack.stage) if attack.stage else nullcontext():
                 attack_results[name] = attack.run(lm, split, config.attack_config(name), progress)
-    result = {
-        "model": lm.spec,
-        "source": lm.source,
-        "config": {**asdict(config), "formats": list(formats), "attacks": list(attacks)},
-        "templates": format_templates(split.forget_eval, formats, config.style),
-        "seeds": {"evaluation": config.seed, "split": split.seed,
-                  **{name: config.attack_config(name).seed for name in ATTACKS}},
-        "facts": {"name": split.forget_eval.name, "source": split.forget_eval.source,
-                  "notes": list(split.forget_eval.notes), "closed_answers": split.forget_eval.answers},
-        "split": {**split.to_json(), "sizes": split.sizes()},
-        "forget": forget.to_json(),
-        "side_effects": effects,
-        "attacks": attack_results,
-    }
-    result["aggregates"] = headline(result)
-    result["rows"] = _rows(result)
-    result["seconds"] = time.perf_counter() - start
+    result = EvaluationResult(
+        model=lm.spec,
+        source=lm.source,
+        config={**asdict(config), "formats": list(formats), "attacks": list(attacks)},
+        templates=format_templates(split.forget_eval, formats, config.style),
+        seeds={"evaluation": config.seed, "split": split.seed,
+               **{name: config.attack_config(name).seed for name in ATTACKS}},
+        facts={"name": split.forget_eval.name, "source": split.forget_eval.source,
+               "notes": list(split.forget_eval.notes), "closed_answers": split.forget_eval.answers},
+        split={**split.to_json(), "sizes": split.sizes()},
+        forget=forget.to_json(),
+        side_effects=effects,
+        attacks=attack_results,
+    )
+    result.aggregates = headline(result.forget, result.side_effects, result.attacks)
+    result.rows = _rows(result)
+    result.seconds = time.perf_counter() - start
     return result
 
 
-def compare_runs(base: dict | None, edited: dict) -> dict:
+def compare_runs(base: EvaluationResult | None, edited: EvaluationResult) -> dict:
     """The edited model's results beside its unedited base: ``aggregates[name] = {"base",
     "edited", "delta"}``, the rows of both (column ``model``), and both full results. Without
     a base (``None``) the base values are null."""
-    base_aggs = base["aggregates"] if base else {}
-    names = list(dict.fromkeys([*base_aggs, *edited["aggregates"]]))
+    base_aggs = base.aggregates if base else {}
+    names = list(dict.fromkeys([*base_aggs, *edited.aggregates]))
     aggregates = {}
     for name in names:
-        b, e = base_aggs.get(name), edited["aggregates"].get(name)
+        b, e = base_aggs.get(name), edited.aggregates.get(name)
         delta = e - b if isinstance(b, int | float) and isinstance(e, int | float) else None
         aggregates[name] = {"base": b, "edited": e, "delta": delta}
-    rows = [{"model": "base", **r} for r in (base["rows"] if base else [])]
-    rows += [{"model": "edited", **r} for r in edited["rows"]]
-    return {"aggregates": aggregates, "rows": rows, "base": base, "edited": edited}
+    rows = [{"model": "base", **r} for r in (base.rows if base else [])]
+    rows += [{"model": "edited", **r} for r in edited.rows]
+    return {"aggregates": aggregates, "rows": rows, "base": base.to_json() if base else None,
+            "edited": edited.to_json()}
 
 
 def rows_frame(rows: list[dict]) -> pd.DataFrame:

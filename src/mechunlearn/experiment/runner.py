@@ -36,6 +36,7 @@ from mechunlearn.evaluate.formats import (
     unaskable,
 )
 from mechunlearn.evaluate.headline import curves, for_objective
+from mechunlearn.evaluate.result import EvaluationResult
 from mechunlearn.experiment import claims
 from mechunlearn.experiment import facts as run_facts
 from mechunlearn.experiment.cell import Cell
@@ -196,9 +197,9 @@ class Experiment:
             n_params=selection.n_params if selection else 0,
             budget=self.locs.budget_record(method, selection),  # the report flags an arm outside its tolerance
             components=components,
-            metrics=for_objective(evaluated, setting.objective),
-            curves=curves(evaluated),
-            train=train_info, evaluation=evaluated,
+            metrics=for_objective(evaluated.aggregates, setting.objective),
+            curves=curves(evaluated.attacks),
+            train=train_info, evaluation=evaluated.to_json(),
             seconds=time.perf_counter() - start,
         )
 
@@ -219,7 +220,8 @@ class Experiment:
             results.append(train_split(lm, selections[-1].components, block, cfg, base_hash=self.base_hash))
         return lm, results, selections
 
-    def evaluate(self, lm: LoadedModel, setting: SettingSpec, splits: list[Split], seed: int, edited: bool) -> dict:
+    def evaluate(self, lm: LoadedModel, setting: SettingSpec, splits: list[Split], seed: int,
+                 edited: bool) -> EvaluationResult:
         ev = self.config.evaluation_for(setting)
         attacks = ev.attacks if edited else [a for a in ev.attacks if get_attack(a).attacks_unedited]
         formats = [f for f in ev.formats if f not in self.skipped_formats.get(setting.name, {})]
