@@ -57,6 +57,7 @@ def test_two_ray_workers_give_the_results_of_one_process_and_survive_a_killed_wo
     assert run.returncode == 0, output[-3000:]
     assert "a worker stopped" in output
     assert (killed / "cells" / f"{victim[0]}.json").exists()
-    assert [p.parent.name for p in killed.rglob("*.claim")] == ["running"]  # the dead worker's, stale
+    # the dead worker's presence is left stale, or removed by a process that found itself alone after it
+    assert {p.parent.name for p in killed.rglob("*.claim")} <= {"running"}
     assert all(stale(p) for p in killed.rglob("*.claim"))
     assert (killed / "results.csv").read_text() == expected
