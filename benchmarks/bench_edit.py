@@ -29,9 +29,10 @@ from mechunlearn.evaluate.attacks.common import model_copy, true_token_ids
 from mechunlearn.evaluate.metrics import evaluate_facts
 from mechunlearn.facts import load_builtin_athletes, split_facts
 from mechunlearn.facts.general_text import general_windows
+from mechunlearn.models.encoding import encode, final_hidden
 from mechunlearn.models.loading import load_model
 from mechunlearn.models.prefix import final_hidden_shared
-from mechunlearn.models.scoring import encode, final_hidden, unembed
+from mechunlearn.models.scoring import unembed
 from mechunlearn.models.tiny import tiny_model
 
 COMPONENTS = "blocks.2..7.mlp"

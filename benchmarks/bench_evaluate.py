@@ -19,8 +19,9 @@ import mechunlearn.evaluate.metrics as metrics_module
 import mechunlearn.facts.known as known_module
 from mechunlearn.evaluate.metrics import evaluate_facts
 from mechunlearn.facts import answer_probs, filter_known, load_builtin_athletes
+from mechunlearn.models.encoding import final_hidden
 from mechunlearn.models.loading import load_model
-from mechunlearn.models.scoring import continuation_logprobs, final_hidden, last_token_logits
+from mechunlearn.models.scoring import continuation_logprobs, last_token_logits
 from mechunlearn.models.tiny import tiny_model
 
 FORMATS = ("train", "qa", "mcq")

@@ -37,9 +37,9 @@ from mechunlearn.localize.patching import (
     component_variants,
     shared_prefix,
 )
+from mechunlearn.models.encoding import encode, final_hidden
 from mechunlearn.models.hooks import cache_activations
 from mechunlearn.models.loading import load_model
-from mechunlearn.models.scoring import encode, final_hidden
 from mechunlearn.models.tiny import tiny_model
 
 

@@ -19,7 +19,8 @@ from mechunlearn.evaluate import (
 )
 from mechunlearn.facts import Fact, FactSet, Split, split_facts
 from mechunlearn.facts.loaders import SPORTS_ANSWERS, SPORTS_PROMPT
-from mechunlearn.models.scoring import encode, last_token_logits
+from mechunlearn.models.encoding import encode
+from mechunlearn.models.scoring import last_token_logits
 
 SPORTS = (" football", " baseball", " basketball")
 ANSWERS4 = (*SPORTS, " golf")

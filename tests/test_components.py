@@ -97,8 +97,8 @@ def test_unknown_architecture_lists_supported():
 
 def _heads_and_neurons(lm, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-head attention outputs before o [B, T, H, dh] and MLP activations before out [B, T, d_mlp]."""
+    from mechunlearn.models.encoding import encode
     from mechunlearn.models.hooks import cache_activations, unit_view
-    from mechunlearn.models.scoring import encode
 
     names = [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.mlp.hook_post"]
     batch = encode(lm.tokenizer, ["Fact: Tiger Woods plays the sport of", "The mother tongue of Tiger is"])

@@ -20,7 +20,7 @@ from mechunlearn.edit.objectives import OBJECTIVES, FactObjective
 from mechunlearn.errors import FactDataError, MechunlearnError, TrainingDivergedError
 from mechunlearn.facts import Fact, FactSet, answer_probs, sequential_blocks, split_facts
 from mechunlearn.facts.loaders import SPORTS_ANSWERS, SPORTS_PROMPT
-from mechunlearn.models.scoring import encode
+from mechunlearn.models.encoding import encode
 from mechunlearn.models.tiny import tiny_model
 
 NAMES = ["Alan Brook", "Ben Carter", "Cal Dorn", "Dan Ellis", "Eve Ford", "Fay Gold", "Gus Hale", "Hal Irwin",
@@ -383,8 +383,8 @@ def test_sequential_editing_keeps_the_original_base_hash():
 
 def test_shared_prefix_pass_matches_a_full_pass(tiny):
     """The trainer runs the prompts' common prefix once; values and gradients must not change."""
+    from mechunlearn.models.encoding import encode, final_hidden
     from mechunlearn.models.prefix import final_hidden_shared, shared_prefix_length
-    from mechunlearn.models.scoring import encode, final_hidden
 
     prompts = [f.prompt for f in tiny_athletes()][:5] + ["Fact: Tiger Woods plays the sport of golf\nFact: Al"]
     batch = encode(tiny.tokenizer, prompts)

@@ -21,8 +21,8 @@ from mechunlearn.edit import (
 )
 from mechunlearn.edit import saving as saving_module
 from mechunlearn.errors import MechunlearnError
+from mechunlearn.models.encoding import encode
 from mechunlearn.models.loading import load_model
-from mechunlearn.models.scoring import encode
 from mechunlearn.models.tiny import tiny_model
 from test_edit import golf_split, quick, sequential_blocks, tiny_athletes, write_workspace
 

@@ -27,7 +27,8 @@ from mechunlearn.evaluate.lm_loss import lm_loss, next_token_loss
 from mechunlearn.evaluate.mmlu import choose_shots, mmlu_prompt
 from mechunlearn.facts import Fact, FactSet, answer_probs, load_facts, split_facts, split_from_facts
 from mechunlearn.facts.general_text import general_windows
-from mechunlearn.models.scoring import answer_token_id, encode, last_token_logits
+from mechunlearn.models.encoding import encode
+from mechunlearn.models.scoring import answer_token_id, last_token_logits
 from mechunlearn.models.tiny import tiny_model
 
 MMLU = Path(__file__).parent / "fixtures" / "mmlu_tiny.csv"

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mechunlearn.models.components import architecture
+from mechunlearn.models.encoding import encode
 from mechunlearn.models.hooks import (
     cache_activations,
     hooks,
@@ -12,7 +13,6 @@ from mechunlearn.models.hooks import (
     skip_layers,
     unit_view,
 )
-from mechunlearn.models.scoring import encode
 
 PROMPTS = ["Fact: Tiger Woods plays the sport of", "The mother tongue of Tiger is"]
 

@@ -28,8 +28,8 @@ from mechunlearn.localize.patching import (
 )
 from mechunlearn.localize.plots import plot_heatmap, plot_probe_curves
 from mechunlearn.localize.probes import ProbeCurves
+from mechunlearn.models.encoding import encode, final_hidden
 from mechunlearn.models.hooks import cache_activations, patch_activations
-from mechunlearn.models.scoring import encode, final_hidden
 
 PREFIX = "Fact: the sport of golf and the river city music is "
 

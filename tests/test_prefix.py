@@ -5,13 +5,13 @@ from contextlib import contextmanager
 import pytest
 import torch
 
+from mechunlearn.models.encoding import encode, final_hidden
 from mechunlearn.models.prefix import (
     PrefixKV,
     final_hidden_shared,
     forward_suffix,
     shared_prefix_length,
 )
-from mechunlearn.models.scoring import encode, final_hidden
 from mechunlearn.models.tiny import FAMILIES, tiny_model
 
 ONE_SHOT = "Fact: Tiger Woods plays the sport of golf\nFact:"

@@ -18,9 +18,9 @@ from mechunlearn.evaluate import ProbeConfig, probe_attack
 from mechunlearn.facts import Fact, FactSet, Split
 from mechunlearn.facts.loaders import SPORTS_ANSWERS, SPORTS_PROMPT
 from mechunlearn.localize.probes import probe_curves, subject_alone
+from mechunlearn.models.encoding import encode
 from mechunlearn.models.hooks import hooks
 from mechunlearn.models.probes import residual_names, residuals_at
-from mechunlearn.models.scoring import encode
 
 SPORTS = (" football", " baseball", " basketball")
 UPPER = (2, 3)  # the upper half of the tiny model's 4 layers

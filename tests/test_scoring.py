@@ -14,13 +14,13 @@ from mechunlearn.evaluate.formats import FormatStyle, build_format
 from mechunlearn.evaluate.metrics import evaluate_facts
 from mechunlearn.facts import Fact, FactSet, load_builtin_athletes
 from mechunlearn.localize.metrics import AnswerScorer
+from mechunlearn.models.encoding import encode
 from mechunlearn.models.loading import from_model
 from mechunlearn.models.scoring import (
     answer_token_id,
     answer_tokens,
     continuation_logprobs,
     distinct_first_tokens,
-    encode,
     first_token_clashes,
     last_token_logits,
 )
@@ -229,7 +229,7 @@ def test_evaluation_and_answer_probs_equal_the_plain_forward(tiny_llama, athlete
     import mechunlearn.evaluate.metrics as metrics
     import mechunlearn.facts.known as known
     from mechunlearn.facts import answer_probs
-    from mechunlearn.models.scoring import final_hidden
+    from mechunlearn.models.encoding import final_hidden
 
     style = FormatStyle(mcq_format=mcq_format)
     shared = evaluate_facts(tiny_llama, athletes, ("train", "qa", "mcq"), style=style, batch_size=8).rows

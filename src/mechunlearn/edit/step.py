@@ -14,9 +14,10 @@ from mechunlearn.edit.config import EditConfig
 from mechunlearn.edit.data import FactTerm, micro_batches
 from mechunlearn.edit.objectives import FactLogits, FactObjective
 from mechunlearn.edit.objectives.lm import lm_hidden, window_losses
+from mechunlearn.models.encoding import encode
 from mechunlearn.models.precision import step_autocast
 from mechunlearn.models.prefix import final_hidden_shared
-from mechunlearn.models.scoring import encode, unembed_together
+from mechunlearn.models.scoring import unembed_together
 
 TERMS = ("forget", "maintain", "general")
 

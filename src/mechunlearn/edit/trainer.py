@@ -32,10 +32,11 @@ from mechunlearn.errors import MechunlearnError, TrainingDivergedError
 from mechunlearn.facts import Split
 from mechunlearn.facts.general_text import general_windows
 from mechunlearn.models.components import ParamSlice
+from mechunlearn.models.encoding import encode
 from mechunlearn.models.loading import LoadedModel
 from mechunlearn.models.precision import check_cpu_bf16, step_autocast
 from mechunlearn.models.prefix import final_hidden_shared
-from mechunlearn.models.scoring import batched, encode, unembed
+from mechunlearn.models.scoring import batched, unembed
 from mechunlearn.profiling import stage
 
 

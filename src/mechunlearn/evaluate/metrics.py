@@ -21,6 +21,7 @@ from mechunlearn.errors import FactDataError
 from mechunlearn.evaluate.config import DEFAULT_FORMATS
 from mechunlearn.evaluate.formats import FormatItem, FormatStyle, build_format
 from mechunlearn.facts import FactSet
+from mechunlearn.models.encoding import encode
 from mechunlearn.models.loading import LoadedModel
 from mechunlearn.models.prefix import final_hidden_shared
 from mechunlearn.models.scoring import (
@@ -28,7 +29,6 @@ from mechunlearn.models.scoring import (
     batched,
     continuation_logprobs,
     distinct_first_tokens,
-    encode,
     unembed,
 )
 

@@ -9,11 +9,11 @@ from tqdm.auto import tqdm
 
 from mechunlearn.errors import FactDataError
 from mechunlearn.facts.records import FactSet
+from mechunlearn.models.encoding import encode
 from mechunlearn.models.scoring import (
     answer_tokens,
     batched,
     distinct_first_tokens,
-    encode,
     first_token_clashes,
     last_token_logits,
 )

@@ -31,9 +31,10 @@ from mechunlearn.localize.corruption import random_subject_tokens
 from mechunlearn.localize.metrics import AnswerScorer, require_effect
 from mechunlearn.localize.scores import AGGREGATION
 from mechunlearn.models.components import ATTN_MATRICES
+from mechunlearn.models.encoding import encode, final_hidden
 from mechunlearn.models.hooks import cache_activations, record_gradients
 from mechunlearn.models.loading import LoadedModel
-from mechunlearn.models.scoring import batched, encode, final_hidden
+from mechunlearn.models.scoring import batched
 
 DEFAULTS = ATTRIBUTION_DEFAULTS  # localize/catalog.py: readable without torch
 

@@ -38,9 +38,9 @@ from mechunlearn.localize.patching import (
     shared_prefix,
 )
 from mechunlearn.localize.scores import AGGREGATION, head_and_mlp_scores
+from mechunlearn.models.encoding import encode, final_hidden
 from mechunlearn.models.hooks import cache_activations
 from mechunlearn.models.loading import LoadedModel
-from mechunlearn.models.scoring import encode, final_hidden
 
 DEFAULTS = CAUSAL_TRACING_DEFAULTS  # localize/catalog.py: readable without torch
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from mechunlearn.errors import MechunlearnError
-from mechunlearn.models.scoring import Encoded
+from mechunlearn.models.encoding import Encoded
 
 POOLS = ("subjects", "vocab")
 

@@ -53,9 +53,9 @@ from mechunlearn.localize.patching import (
     shared_prefix,
 )
 from mechunlearn.localize.probes import ProbeCurves, probe_curves
+from mechunlearn.models.encoding import encode
 from mechunlearn.models.loading import LoadedModel
 from mechunlearn.models.probes import residual_names
-from mechunlearn.models.scoring import encode
 
 DEFAULTS = FACT_LOOKUP_DEFAULTS  # localize/catalog.py: readable without torch
 

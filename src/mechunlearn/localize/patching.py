@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.models.components import Architecture, HookPoint
+from mechunlearn.models.encoding import Encoded, final_hidden
 from mechunlearn.models.hooks import (
     HookFn,
     cache_activations,
@@ -42,7 +43,6 @@ from mechunlearn.models.hooks import (
 )
 from mechunlearn.models.loading import LoadedModel
 from mechunlearn.models.prefix import PrefixKV, forward_suffix
-from mechunlearn.models.scoring import Encoded, final_hidden
 
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
 

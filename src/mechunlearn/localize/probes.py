@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from mechunlearn.facts import FactSet
+from mechunlearn.models.encoding import Encoded, encode
 from mechunlearn.models.loading import LoadedModel
 from mechunlearn.models.probes import cv_balanced_accuracy, residual_names, residuals_at
-from mechunlearn.models.scoring import Encoded, encode
 
 
 @dataclass

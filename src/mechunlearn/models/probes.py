@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mechunlearn.models.encoding import Encoded
 from mechunlearn.models.hooks import cache_activations
 from mechunlearn.models.loading import LoadedModel
 from mechunlearn.models.prefix import MIN_PREFIX, PrefixKV, forward_suffix, shared_prefix_length
-from mechunlearn.models.scoring import Encoded, batched
+from mechunlearn.models.scoring import batched
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline

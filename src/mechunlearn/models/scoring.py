@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from mechunlearn.errors import FactDataError
-from mechunlearn.models.encoding import Encoded, encode, final_hidden  # noqa: F401 (callers import them from here)
+from mechunlearn.models.encoding import Encoded, final_hidden
 from mechunlearn.models.prefix import (
     MIN_PREFIX,
     PrefixKV,

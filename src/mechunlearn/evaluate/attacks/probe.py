@@ -45,9 +45,9 @@ from mechunlearn.errors import MechunlearnError
 from mechunlearn.evaluate.attacks.catalog import ProbeConfig
 from mechunlearn.evaluate.attacks.common import attack_halves
 from mechunlearn.facts import Fact, Split
+from mechunlearn.models.encoding import encode
 from mechunlearn.models.loading import LoadedModel
 from mechunlearn.models.probes import fit_probe, resid_post, residuals_at
-from mechunlearn.models.scoring import encode
 
 
 def headline_layers(rule: str | tuple[int, ...], n_layers: int, probed: list[int]) -> tuple[list[int], str]:

@@ -26,10 +26,11 @@ from mechunlearn.evaluate.attacks.common import attack_halves, model_copy, seede
 from mechunlearn.evaluate.metrics import FormatResults, evaluate_facts
 from mechunlearn.facts import FactSet, Split
 from mechunlearn.facts.general_text import general_windows
+from mechunlearn.models.encoding import Encoded, encode
 from mechunlearn.models.loading import LoadedModel
 from mechunlearn.models.precision import check_cpu_bf16, step_autocast
 from mechunlearn.models.prefix import final_hidden_shared
-from mechunlearn.models.scoring import Encoded, encode, unembed_together
+from mechunlearn.models.scoring import unembed_together
 from mechunlearn.profiling import stage
 
 

@@ -32,10 +32,11 @@ from mechunlearn.evaluate.attacks.catalog import SoftPromptConfig
 from mechunlearn.evaluate.attacks.common import answer_columns, attack_halves, true_token_ids
 from mechunlearn.evaluate.metrics import evaluate_facts
 from mechunlearn.facts import FactSet, Split
+from mechunlearn.models.encoding import encode
 from mechunlearn.models.hooks import cache_activations, hooks
 from mechunlearn.models.loading import LoadedModel
 from mechunlearn.models.prefix import final_hidden_shared
-from mechunlearn.models.scoring import encode, unembed
+from mechunlearn.models.scoring import unembed
 
 
 @contextmanager
