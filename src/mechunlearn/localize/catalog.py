@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mechunlearn.errors import MechunlearnError
+from mechunlearn.registry import Registry
 
 if TYPE_CHECKING:
     from mechunlearn.models.memory import ModelShape
@@ -55,23 +56,14 @@ class LocalizerSpec:
     own_size: Callable[[ModelShape], int] | None = None
 
 
-CATALOG: dict[str, LocalizerSpec] = {}
+CATALOG: Registry[LocalizerSpec] = Registry("localization method")
+spec_of = CATALOG.find
 
 
 def register(spec: LocalizerSpec) -> LocalizerSpec:
-    if spec.name in CATALOG:
-        raise MechunlearnError(f"localization method {spec.name!r} is registered twice")
     if spec.role not in ROLES:
         raise MechunlearnError(f"localization method {spec.name!r}: role {spec.role!r} is not one of {ROLES}")
-    CATALOG[spec.name] = spec
-    return spec
-
-
-def spec_of(method: str) -> LocalizerSpec:
-    try:
-        return CATALOG[method]
-    except KeyError:
-        raise MechunlearnError(f"unknown localization method {method!r}: {', '.join(CATALOG)}") from None
+    return CATALOG.register(spec)
 
 
 def method_defaults(method: str) -> dict:

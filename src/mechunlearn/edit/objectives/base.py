@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mechunlearn.errors import MechunlearnError
+from mechunlearn.registry import Registry
 
 
 @dataclass
@@ -35,21 +35,9 @@ class FactObjective:
     c_forget: float = 1.0  # default weight of this objective's term when it is the forget term
 
 
-OBJECTIVES: dict[str, FactObjective] = {}
-
-
-def register(objective: FactObjective) -> FactObjective:
-    if objective.name in OBJECTIVES:
-        raise MechunlearnError(f"objective {objective.name!r} is registered twice")
-    OBJECTIVES[objective.name] = objective
-    return objective
-
-
-def get_objective(name: str) -> FactObjective:
-    try:
-        return OBJECTIVES[name]
-    except KeyError:
-        raise MechunlearnError(f"unknown objective {name!r}: use one of {sorted(OBJECTIVES)}") from None
+OBJECTIVES: Registry[FactObjective] = Registry("objective")
+register = OBJECTIVES.register
+get_objective = OBJECTIVES.find
 
 
 def forget_objectives() -> list[str]:

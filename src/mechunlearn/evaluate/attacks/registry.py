@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from mechunlearn.errors import MechunlearnError
 from mechunlearn.evaluate.metric import Metric
+from mechunlearn.registry import Registry
 
 if TYPE_CHECKING:
     from mechunlearn.models.memory import Stage
@@ -43,21 +43,9 @@ class Attack:
 
 
 # in the order every evaluation runs them, and every result lists them
-ATTACKS: dict[str, Attack] = {}
-
-
-def register(attack: Attack) -> Attack:
-    if attack.name in ATTACKS:
-        raise MechunlearnError(f"attack {attack.name!r} is registered twice")
-    ATTACKS[attack.name] = attack
-    return attack
-
-
-def get_attack(name: str) -> Attack:
-    try:
-        return ATTACKS[name]
-    except KeyError:
-        raise MechunlearnError(f"unknown attack {name!r}: use one of {', '.join(ATTACKS)}") from None
+ATTACKS: Registry[Attack] = Registry("attack")
+register = ATTACKS.register
+get_attack = ATTACKS.find
 
 
 def bind(target: str) -> Callable:
