@@ -11,6 +11,7 @@ import mechunlearn
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.experiment.config import RunConfig, from_dict
 from mechunlearn.experiment.estimate import localization_stage
+from mechunlearn.localize import METHODS, localize
 from mechunlearn.localize.catalog import (
     CATALOG,
     Cost,
@@ -58,10 +59,16 @@ def _toy_cost(shape, n_facts, probe_facts, params):
                 grad_rows=params.get("batch", 2))
 
 
+def _toy_run(lm, facts, seed, batch):
+    """Scores the MLP output matrices by layer: the last layer's highest."""
+    names = [c.name for c in lm.arch.matrices(blocks=("mlp",)) if c.name.endswith(".out")]
+    return {n: float(i + batch) for i, n in enumerate(names)}, {"rule": "toy"}, names[-1:]
+
+
 @pytest.fixture
 def toy():
     spec = register(LocalizerSpec("toy_tracing", "a toy output tracer", "output tracing",
-                                  ReportStyle("toy", "toy tracing", "#000000", 99), _toy_cost,
+                                  ReportStyle("toy", "toy tracing", "#000000", 99), _toy_cost, _toy_run,
                                   {"batch": 2}, uses_probes=True))
     try:
         yield spec
@@ -91,11 +98,26 @@ def test_a_registered_method_is_run_with_probe_facts(toy):
     assert uses_probes("toy_tracing") and not uses_probes("random")
 
 
+def test_a_registered_method_is_run_by_localize(toy, tiny_llama):
+    from mechunlearn.facts import load_builtin_athletes
+
+    assert "toy_tracing" in METHODS
+    loc = localize(tiny_llama, load_builtin_athletes().subset(load_builtin_athletes().facts[:4]), "toy_tracing",
+                   batch=5)
+    n = tiny_llama.arch.n_layers
+    assert loc.method == "toy_tracing" and loc.params == {"batch": 5, "seed": 0}
+    assert loc.chosen == [f"blocks.{n - 1}.mlp.out"] and loc.scores[f"blocks.{n - 1}.mlp.out"] == n - 1 + 5
+    with pytest.raises(MechunlearnError, match="unknown parameter"):
+        localize(tiny_llama, load_builtin_athletes(), "toy_tracing", width=3)
+
+
 def test_a_method_without_a_declaration_is_refused_not_estimated_free():
     with pytest.raises(MechunlearnError, match="unknown localization method 'undeclared'"):
         localization_stage(SHAPE, "undeclared", n_facts=4, probe_facts=0, tokens=10, params={}, count=1)
     with pytest.raises(TypeError, match="cost"):
         LocalizerSpec("no_cost", "a method that forgot its cost", "baseline", ReportStyle("x", "x", "#000000", 0))
+    with pytest.raises(MechunlearnError, match="unknown localization method 'undeclared'"):
+        localize(None, None, "undeclared")
     assert "undeclared" not in CATALOG and "toy_tracing" not in CATALOG
 
 

@@ -103,3 +103,9 @@ def attribution_patching(lm: LoadedModel, facts: FactSet, seed: int, batch_size:
         "aggregation": AGGREGATION,
     }
     return scores, evidence, []
+
+
+def attribution_patching_mlps(lm: LoadedModel, facts: FactSet, seed: int, **params):
+    """Attribution patching restricted to the MLP matrices."""
+    scores, evidence, chosen = attribution_patching(lm, facts, seed, blocks=("mlp",), **params)
+    return scores, {**evidence, "restricted_to": "MLP layers"}, chosen

@@ -1,8 +1,8 @@
 """The localization methods by name, importable without torch: each one's parameters' defaults and
 what the rest of the run needs to know of it (its probe facts, its cost for the memory estimate,
 its role in the comparisons, its report style). A run's config, the command line, the memory
-estimate and the report read these declarations before any model is loaded;
-``localize/methods.py`` binds each name to its function (``METHODS``)."""
+estimate and the report read these declarations before any model is loaded; ``localize/methods.py``
+runs the method's function, imported when it first runs."""
 
 from __future__ import annotations
 
@@ -49,6 +49,9 @@ class LocalizerSpec:
     style: ReportStyle
     # (shape, localization facts, probe facts, params) -> the cost of one localization
     cost: Callable[[ModelShape, int, int, dict], Cost]
+    # fn(lm, facts, seed, **params) -> (scores, evidence, chosen), or its "module:function" name, imported
+    # when the method first runs (so that this catalog needs no torch)
+    run: Callable | str
     defaults: dict = field(default_factory=dict)
     uses_probes: bool = False  # trains probes on localization.probe_facts facts (and plots their curves)
     default_run: bool = False  # among a run config's default methods
@@ -112,35 +115,43 @@ def _no_model_pass(shape: ModelShape, n_facts: int, probe_facts: int, params: di
     return Cost({})
 
 
+_LOCALIZE = "mechunlearn.localize."
+
 for _spec in [
     LocalizerSpec("fact_lookup", "FLU: probes, extraction heads, MLP path patching into the receiver layer",
-                  "ours", ReportStyle("FLU", "FLU", "#1f77b4", 0), _fact_lookup_cost, FACT_LOOKUP_DEFAULTS,
+                  "ours", ReportStyle("FLU", "FLU", "#1f77b4", 0), _fact_lookup_cost, _LOCALIZE + "fact_lookup:fact_lookup",
+                  FACT_LOOKUP_DEFAULTS,
                   uses_probes=True, default_run=True),
     LocalizerSpec("causal_tracing", "ROME causal tracing per head and MLP (3 sigma subject noise, own P(true))",
                   "output tracing", ReportStyle("CT", "causal tracing", "#ff7f0e", 1), _causal_tracing_cost(True),
-                  CAUSAL_TRACING_DEFAULTS, default_run=True),
+                  _LOCALIZE + "causal_tracing:causal_tracing", CAUSAL_TRACING_DEFAULTS, default_run=True),
     LocalizerSpec("attribution_patching", "linear activation patching per head slice and MLP matrix",
                   "output tracing", ReportStyle("AP", "attribution patching", "#2ca02c", 2), _attribution_cost,
-                  ATTRIBUTION_DEFAULTS, default_run=True),
+                  _LOCALIZE + "attribution:attribution_patching", ATTRIBUTION_DEFAULTS, default_run=True),
     LocalizerSpec("causal_tracing_mlps", "causal tracing restricted to MLP layers",
                   "output tracing", ReportStyle("CT-mlp", "causal tracing (MLPs)", "#bcbd22", 7),
-                  _causal_tracing_cost(False), {k: v for k, v in CAUSAL_TRACING_DEFAULTS.items() if k != "heads"}),
+                  _causal_tracing_cost(False), _LOCALIZE + "causal_tracing:causal_tracing_mlps",
+                  {k: v for k, v in CAUSAL_TRACING_DEFAULTS.items() if k != "heads"}),
     LocalizerSpec("attribution_patching_mlps", "attribution patching restricted to MLP matrices",
                   "output tracing", ReportStyle("AP-mlp", "attribution patching (MLPs)", "#17becf", 8),
-                  _attribution_cost, {k: v for k, v in ATTRIBUTION_DEFAULTS.items() if k != "blocks"}),
+                  _attribution_cost, _LOCALIZE + "attribution:attribution_patching_mlps",
+                  {k: v for k, v in ATTRIBUTION_DEFAULTS.items() if k != "blocks"}),
     LocalizerSpec("random", "seeded random matrices (every type, gate included)",
-                  "random", ReportStyle("random", "random", "#d62728", 3), _no_model_pass, default_run=True),
+                  "random", ReportStyle("random", "random", "#d62728", 3), _no_model_pass,
+                  _LOCALIZE + "baselines:random_components", default_run=True),
     LocalizerSpec("random_mlps", "seeded random MLP layers",
-                  "random", ReportStyle("random MLPs", "random MLPs", "#e377c2", 6), _no_model_pass),
+                  "random", ReportStyle("random MLPs", "random MLPs", "#e377c2", 6), _no_model_pass,
+                  _LOCALIZE + "baselines:random_mlps"),
     LocalizerSpec("all_mlps", "every MLP matrix", "baseline", ReportStyle("all MLPs", "all MLPs", "#9467bd", 4),
-                  _no_model_pass, default_run=True, own_size=lambda shape: shape.mlp_params()),
+                  _no_model_pass, _LOCALIZE + "baselines:all_mlps", default_run=True,
+                  own_size=lambda shape: shape.mlp_params()),
     LocalizerSpec("everything", "every attention and MLP matrix (non-localized)",
                   "baseline", ReportStyle("everything", "everything", "#8c564b", 5), _no_model_pass,
-                  own_size=lambda shape: shape.block_params()),
+                  _LOCALIZE + "baselines:everything", own_size=lambda shape: shape.block_params()),
 ]:
     register(_spec)
 
-METHOD_NAMES = tuple(CATALOG)  # the built-in methods, in the order ``METHODS`` lists them
+METHOD_NAMES = tuple(CATALOG)  # the built-in methods
 OURS = next(name for name, spec in CATALOG.items() if spec.role == "ours")
 DEFAULT_METHODS = tuple(name for name, spec in CATALOG.items() if spec.default_run)
 SIZED = tuple(name for name, spec in CATALOG.items() if spec.own_size is not None)

@@ -100,3 +100,9 @@ def causal_tracing(lm: LoadedModel, facts: FactSet, seed: int, noise_scale: floa
                                      "and o slices, KV heads get the sum of |score| of the query heads they serve",
     }
     return head_and_mlp_scores(arch, head_scores, mlp_scores, attn_scores), evidence, []
+
+
+def causal_tracing_mlps(lm: LoadedModel, facts: FactSet, seed: int, **params):
+    """Causal tracing restricted to the MLP layers."""
+    scores, evidence, chosen = causal_tracing(lm, facts, seed, heads=False, **params)
+    return scores, {**evidence, "restricted_to": "MLP layers"}, chosen
