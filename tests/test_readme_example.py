@@ -34,6 +34,6 @@ def test_readme_python_snippet_runs_as_printed(tmp_path, monkeypatch):
     edited_or_evaluated = {f.id for part in (split.forget, split.maintain_train, split.maintain_test) for f in part}
     assert not {f.id for f in loc_facts} & edited_or_evaluated
     assert {p.name for p in (tmp_path / "my-edit").iterdir()} == {"model", "diff.safetensors", "train_log.json"}
-    p_new = report["aggregates"]["forget.train.p_new"]
+    p_new = report.aggregates["forget.train.p_new"]
     print(f"README snippet: {namespace['selection'].components}, forget P(edit target) {p_new:.3f}")
     assert p_new > 0.5 and str(round(p_new, 4))[:4] in printed.getvalue()
