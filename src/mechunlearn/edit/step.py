@@ -15,7 +15,7 @@ from mechunlearn.edit.data import FactTerm, micro_batches
 from mechunlearn.edit.objectives import FactLogits, FactObjective
 from mechunlearn.edit.objectives.lm import lm_hidden, window_losses
 from mechunlearn.models.encoding import encode
-from mechunlearn.models.precision import step_autocast
+from mechunlearn.models.precision import FrozenBf16, step_autocast
 from mechunlearn.models.prefix import final_hidden_shared
 from mechunlearn.models.scoring import unembed_together
 
@@ -38,6 +38,7 @@ class LossTerms:
     forget: FactTerm
     keep: FactTerm
     windows: torch.Tensor | None  # general-text windows, None when c_general == 0
+    frozen: FrozenBf16 | None = None  # bf16 copies of the frozen weights for the CPU's bf16 steps
 
     @property
     def device(self) -> torch.device:
@@ -72,7 +73,7 @@ class LossTerms:
         g_rows = g_rows if self.windows is not None else []
         terms: list[tuple[int, torch.Tensor, list[int] | None]] = []  # (term index, hidden rows, columns)
         labels = None
-        with step_autocast(self.device, self.config.autocast, self.config.cpu_bf16):
+        with step_autocast(self.device, self.config.autocast, self.config.cpu_bf16, self.frozen):
             if f_rows or m_rows:
                 prompts = [self.forget.prompts[i] for i in f_rows] + [self.keep.prompts[i] for i in m_rows]
                 hidden = final_hidden_shared(self.model, encode(self.tokenizer, prompts, device=self.device))

@@ -34,7 +34,7 @@ from mechunlearn.facts.general_text import general_windows
 from mechunlearn.models.components import ParamSlice
 from mechunlearn.models.encoding import encode
 from mechunlearn.models.loading import LoadedModel
-from mechunlearn.models.precision import check_cpu_bf16, step_autocast
+from mechunlearn.models.precision import check_cpu_bf16, frozen_bf16, step_autocast
 from mechunlearn.models.prefix import final_hidden_shared
 from mechunlearn.models.scoring import batched, unembed
 from mechunlearn.profiling import stage
@@ -151,6 +151,7 @@ def train(
     was_training = model.training
     model.eval()
     weights.activate()
+    terms.frozen = frozen_bf16(model, device, config.cpu_bf16)
     if tracker is not None:
         tracker.start(weights)
     bar = tqdm(range(config.steps), desc=config.objective, disable=not (progress and parallel.is_main))

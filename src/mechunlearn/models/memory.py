@@ -252,6 +252,8 @@ def edit_step_stage(shape: ModelShape, config, trained: int, partial: int, token
         "general activations": shape.activations(g_rows, c.general_length, grad=True),
         "general logits": shape.logits(g_rows * (c.general_length - 1), grad=True),
     }
+    if c.cpu_bf16:
+        parts["bf16 copies of the frozen weights"] = bf16_copies(shape)
     steps = steps or c.steps
     micro = steps * accum
     passes = {"forward": micro * ((f_rows + m_rows > 0) + (g_rows > 0)), "backward": micro * (f_rows + m_rows + g_rows > 0)}
@@ -259,6 +261,12 @@ def edit_step_stage(shape: ModelShape, config, trained: int, partial: int, token
         passes["forward"] += math.ceil(steps / c.check_every) * math.ceil(max(1, n_forget) / 16)
     hint = "--grad-accum, --forget-batch/--maintain-batch/--general-batch or --general-length"
     return Stage("edit step", parts, passes, hint)
+
+
+def bf16_copies(shape: ModelShape) -> int:
+    """What ``cpu_bf16``'s bf16 copies of the frozen weights hold (at most every weight, 2 bytes each;
+    models/precision.py ``FrozenBf16``); CUDA's autocast makes none, so this overestimates there."""
+    return shape.n_params * 2
 
 
 def relearn_stage(shape: ModelShape, config, n_forget: int, tokens: int, copies: int = 1) -> Stage:
@@ -275,6 +283,8 @@ def relearn_stage(shape: ModelShape, config, n_forget: int, tokens: int, copies:
              "fact logits": shape.logits(rows, grad=True),
              "general activations": shape.activations(config.n_general, config.general_length, grad=True),
              "general logits": shape.logits(config.n_general * (config.general_length - 1), grad=True)}
+    if config.cpu_bf16:
+        parts["bf16 copies of the frozen weights"] = bf16_copies(shape)
     evals = config.steps // config.eval_every + 2
     half = max(1, n_forget // 2)
     passes = {"forward": config.steps * (1 + (config.n_general > 0))

@@ -28,7 +28,7 @@ from mechunlearn.facts import FactSet, Split
 from mechunlearn.facts.general_text import general_windows
 from mechunlearn.models.encoding import Encoded, encode
 from mechunlearn.models.loading import LoadedModel
-from mechunlearn.models.precision import check_cpu_bf16, step_autocast
+from mechunlearn.models.precision import check_cpu_bf16, frozen_bf16, step_autocast
 from mechunlearn.models.prefix import final_hidden_shared
 from mechunlearn.models.scoring import unembed_together
 from mechunlearn.profiling import stage
@@ -122,6 +122,7 @@ def relearn(lm: LoadedModel, split: Split, config: RelearnConfig | None = None, 
     with seeded(config.seed), stage("relearning setup"):
         params = _trainable(model, config)
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    frozen = frozen_bf16(model, device, config.cpu_bf16)
     formats = tuple(config.eval_formats)
     point, results = _curve_point(attacked, held_out, 0, formats, config.seed)
     curve = [point]
@@ -129,7 +130,7 @@ def relearn(lm: LoadedModel, split: Split, config: RelearnConfig | None = None, 
     for step in tqdm(range(1, config.steps + 1), desc=f"relearn ({config.method})", disable=not progress, leave=False):
         with stage("relearning step"):
             optimizer.zero_grad(set_to_none=True)
-            with step_autocast(device, cuda_bf16=False, cpu_bf16=config.cpu_bf16):
+            with step_autocast(device, cuda_bf16=False, cpu_bf16=config.cpu_bf16, frozen=frozen):
                 loss = loss_fn(model)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(f"relearning loss became {loss.item()} at step {step}; lower the learning rate")
