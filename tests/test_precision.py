@@ -82,7 +82,7 @@ def test_bf16_copies_of_frozen_weights_give_exactly_the_steps_autocast_gave(monk
         before = {n: p for n, p in lm.model.named_parameters()}
         frozen_weight = []  # the dtype a frozen matrix multiplies with
         hook = lm.model.model.layers[0].mlp.down_proj.register_forward_hook(
-            lambda m, i, o: frozen_weight.append(m.weight.dtype))
+            lambda m, i, o, seen=frozen_weight: seen.append(m.weight.dtype))
         result = train(lm, ["blocks.1.mlp.out", "blocks.2.attn.q.h0"], split, edit, progress=False)
         hook.remove()
         assert (torch.bfloat16 in frozen_weight) == cached and torch.float32 in frozen_weight
