@@ -101,7 +101,7 @@ def test_a_registered_attack_is_costed_in_the_run_estimate(toy, tiny_grid, tiny_
     estimate = run_estimate(config, plan(config), model_shape(str(tiny_dir)), {"edit4": ["The sport of X is"]})
     stage = next(s for s in estimate.stages if s.name == "toy attack")
     assert stage.parts == {"toy buffer": 4 * BYTES_PER_FACT}  # forget 4 facts, one block
-    assert stage.passes == {"forward": 6}  # 2 seeds x 3 models (2 arms and the unedited one)
+    assert stage.passes == {"forward": 4}  # 2 seeds x 2 arms: the toy does not attack the unedited model
     assert estimate.stages[-1] is stage and "relearning step" not in [s.name for s in estimate.stages]
 
 

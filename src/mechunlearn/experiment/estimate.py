@@ -69,7 +69,8 @@ def run_estimate(config, work: RunPlan, shape: ModelShape, prompts: dict[str, li
         for name in (n for n in ATTACKS if n in s.attacks):
             cost = ATTACKS[name].cost(shape, ev.attack_config(name), s.forget * s.blocks, tokens, copies=2)
             if cost is not None:
-                cost.passes = {k: v * n_cells * (len(arms) + 1) for k, v in cost.passes.items()}
+                attacked_models = len(arms) + ATTACKS[name].attacks_unedited
+                cost.passes = {k: v * n_cells * attacked_models for k, v in cost.passes.items()}
                 attacked[name] = _merge_stage(attacked[name], cost)
     stages += [st for st in (edit, evaluation, *attacked.values()) if st is not None]
     notes = [f"{len(cells)} cells ({len(config.seeds)} seed(s) x {len(work.settings)} setting(s) x "
