@@ -12,6 +12,7 @@ import pytest
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.evaluate import EvalConfig, evaluate_run
 from mechunlearn.evaluate.attacks import ATTACKS, Attack, get_attack, register
+from mechunlearn.evaluate.attacks.registry import CurvePlot
 from mechunlearn.evaluate.headline import METRICS, curves, for_objective
 from mechunlearn.evaluate.metric import Metric
 from mechunlearn.experiment import load_config
@@ -50,6 +51,7 @@ def toy():
         "toy", ToyConfig, toy_run, stage="toy", metrics=(Metric("toy.score", "toy score", True, True),),
         headline=lambda result: {"toy.score": result["score"], "toy.n_layers": result["n_layers"]},
         curves=lambda result: {"toy": [[0, 0.0], [1, result["score"]]]}, cost=toy_cost, attacks_unedited=False,
+        plots=(CurvePlot("toy", "toy", "toy attack", "round", "toy score"),),
     ))
     yield attack
     del ATTACKS["toy"]
@@ -93,7 +95,8 @@ def test_a_registered_attack_is_evaluated_and_reported(toy, tiny_llama, split, t
     write_report(tmp_path)
     table = pd.read_csv(tmp_path / "results.csv")
     assert table.set_index("method")["toy.score"].to_dict() == {"random": 12.0, "unedited": 13.0}
-    assert "toy score" in (tmp_path / "report.html").read_text()
+    page = (tmp_path / "report.html").read_text()
+    assert "toy score" in page and 'alt="toy_s"' in page  # its curve is plotted
 
 
 def test_a_registered_attack_is_costed_in_the_run_estimate(toy, tiny_grid, tiny_dir):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from mechunlearn.errors import MechunlearnError
+from mechunlearn.evaluate.attacks.registry import ATTACKS
 from mechunlearn.io import read_json, write_text_atomic
 from mechunlearn.report import budget, plots, sections
 from mechunlearn.report.analysis import AnalysisSpec
@@ -155,13 +156,11 @@ def _per_setting(cells: list[dict], settings: list[str], methods: list[str], out
         here = present(sub)
         parts.append(f"<h3>{html.escape(setting)}</h3><div class=grid>")
         parts.append(sections.img(plots.spider(cells, setting, everyone, here, out_dir / f"spider_{setting}.png")))
-        relearn = {m: _mean_curve([c["curves"].get("relearn", []) for c in sub if c["method"] == m]) for m in everyone}
-        parts.append(sections.img(plots.curves({k: v for k, v in relearn.items() if v}, f"{setting}: relearning",
-                                               "relearning step", "P(true) on held-out forgotten facts",
-                                               out_dir / f"relearn_{setting}.png")))
-        probe = {m: _mean_curve([c["curves"].get("probe_truth", []) for c in sub if c["method"] == m]) for m in everyone}
-        parts.append(sections.img(plots.curves({k: v for k, v in probe.items() if v}, f"{setting}: latent probes",
-                                               "layer", "probe reads the TRUE answer", out_dir / f"probe_{setting}.png")))
+        for plot in (p for attack in ATTACKS.values() for p in attack.plots):
+            series = {m: _mean_curve([c["curves"].get(plot.curve, []) for c in sub if c["method"] == m])
+                      for m in everyone}
+            parts.append(sections.img(plots.curves({k: v for k, v in series.items() if v}, f"{setting}: {plot.title}",
+                                                   plot.xlabel, plot.ylabel, out_dir / f"{plot.file}_{setting}.png")))
         parts.append("</div>")
         summary = []
         for m in everyone:

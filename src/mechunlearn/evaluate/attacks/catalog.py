@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mechunlearn.errors import MechunlearnError
-from mechunlearn.evaluate.attacks.registry import Attack, bind, register
+from mechunlearn.evaluate.attacks.registry import Attack, CurvePlot, bind, register
 from mechunlearn.evaluate.metric import Metric
 
 # ---- relearning (relearn.py)
@@ -149,12 +149,14 @@ register(Attack(
     # relearning the truth into a model that never lost it measures nothing: the unedited model's
     # P(true) is the "before" of every other cell
     attacks_unedited=False,
+    plots=(CurvePlot("relearn", "relearn", "relearning", "relearning step", "P(true) on held-out forgotten facts"),),
 ))
 register(Attack(
     "probe", ProbeConfig, bind("mechunlearn.evaluate.attacks.probe:probe_attack"), stage="probes",
     metrics=(Metric("probe.truth", "probe reads the true answer (mean over the upper half of the layers)", False, True),
              Metric("probe.target", "probe reads the edit target (mean over the upper half of the layers)", True, True)),
     headline=probe_headline, curves=probe_curves,
+    plots=(CurvePlot("probe_truth", "probe", "latent probes", "layer", "probe reads the TRUE answer"),),
 ))
 register(Attack(
     "softprompt", SoftPromptConfig, bind("mechunlearn.evaluate.attacks.softprompt:softprompt_attack"),

@@ -26,6 +26,17 @@ def no_cost(shape, config, n_forget: int, tokens: int, copies: int) -> Stage | N
 
 
 @dataclass(frozen=True)
+class CurvePlot:
+    """One of an attack's curves as the report plots it (each method's mean over the seeds)."""
+
+    curve: str  # a name its ``curves`` function gives
+    file: str  # the plot is report/{file}_{setting}.png
+    title: str
+    xlabel: str
+    ylabel: str
+
+
+@dataclass(frozen=True)
 class Attack:
     # the key in ``EvalConfig.attacks``, in the results' "attacks" and "seeds", and the name of
     # its section of ``EvalConfig``
@@ -40,6 +51,7 @@ class Attack:
     # attack on one model (its passes are multiplied by the models attacked), or None: no stage of its own
     cost: Callable[..., Stage | None] = no_cost
     attacks_unedited: bool = True  # False: the unedited model is not attacked
+    plots: tuple[CurvePlot, ...] = ()  # the curves the report draws per setting
 
 
 # in the order every evaluation runs them, and every result lists them
