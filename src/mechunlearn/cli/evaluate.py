@@ -28,6 +28,7 @@ from mechunlearn.io import load_json_file
 
 if TYPE_CHECKING:
     from mechunlearn.evaluate.config import EvalConfig
+    from mechunlearn.evaluate.result import EvaluationResult
     from mechunlearn.facts import FactSet
 
 HEADLINE_SKIP = (".n", ".n_missing", ".err")
@@ -117,7 +118,7 @@ def _drop_unaskable(facts: FactSet, eval_config: EvalConfig) -> None:
         eval_config.formats = tuple(f for f in eval_config.formats if f not in skipped)
 
 
-def _print_results(result: dict, runs: dict[str, dict]) -> None:
+def _print_results(result: dict, runs: dict[str, EvaluationResult]) -> None:
     from mechunlearn.evaluate.mmlu import describe
 
     table = Table(title="evaluation (base = unedited model)")
