@@ -30,7 +30,7 @@ from mechunlearn.cli.common import (
 )
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.localize.budget import RULES
-from mechunlearn.localize.catalog import METHOD_NAMES, method_defaults, uses_probes
+from mechunlearn.localize.catalog import CATALOG, METHOD_NAMES, method_defaults, uses_probes
 from mechunlearn.localize.scores import GRANULARITIES, candidates
 
 if TYPE_CHECKING:
@@ -178,8 +178,8 @@ def _check_options(method: str, budget: int | None, match: Path | None, rule: st
     from mechunlearn.experiment.config import BudgetSpec
 
     rule = BudgetSpec.rule if rule is None else rule
-    if method not in METHOD_NAMES:
-        raise MechunlearnError(f"unknown method {method!r}: {', '.join(METHOD_NAMES)}")
+    if method not in CATALOG:
+        raise MechunlearnError(f"unknown method {method!r}: {', '.join(CATALOG)}")
     if budget is not None and match is not None:
         raise MechunlearnError("give --budget or --match, not both")
     if rule not in RULES:
