@@ -171,12 +171,40 @@ def test_edit_cli_edits_one_relation_and_evaluate_reports_the_other_as_unrelated
     assert len(log["split"]["forget"]) == 4 and all(i.startswith("s") for i in log["split"]["forget"])
     assert log["facts"]["relation"] == SPORT
     result = tmp_path / "eval.json"
+    bad = CliRunner().invoke(app, ["evaluate", "--model", str(out), "--base", "none", "--relation", TONGUE,
+                                   "--out", str(result)])
+    assert isinstance(bad.exception, MechunlearnError) and "the split is the edit's" in str(bad.exception)
     done = CliRunner().invoke(app, ["evaluate", "--model", str(out), "--base", "none", "--formats", "train",
                                     "--out", str(result)])
     assert done.exit_code == 0, done.output
     unrelated = json.loads(result.read_text())["edited"]["side_effects"]["unrelated"]
     assert unrelated["edited_relations"] == [SPORT] and unrelated["relations"] == [TONGUE]
     assert unrelated["n_facts"] == 5 and unrelated["aggregates"]["train"]["n"] == 5
+
+
+def test_localize_and_evaluate_cli_take_one_relation(tiny_dir, tmp_path):
+    from mechunlearn.cli.app import app
+
+    table = two_relations(tmp_path / "two.csv")
+    common = ["--model", str(tiny_dir), "--dataset", "table", "--data", str(table), "--threshold", "0"]
+    loc_out = tmp_path / "loc.json"
+    bad = CliRunner().invoke(app, ["localize", "--method", "random", *common, "--relation", "capital",
+                                   "--out", str(loc_out)])
+    assert isinstance(bad.exception, MechunlearnError) and str(bad.exception).startswith("--relation: no fact")
+    assert not loc_out.exists()
+    done = CliRunner().invoke(app, ["localize", "--method", "random", *common, "--relation", TONGUE, "--facts", "6",
+                                    "--out", str(loc_out)])
+    assert done.exit_code == 0, done.output
+    localized = json.loads(loc_out.read_text())["fact_ids"]
+    assert len(localized) == 6 and all(i.startswith("t") for i in localized)
+
+    result = tmp_path / "eval.json"
+    done = CliRunner().invoke(app, ["evaluate", *common, "--base", "none", "--formats", "train", "--forget", "4",
+                                    "--relation", SPORT, "--out", str(result)])
+    assert done.exit_code == 0, done.output
+    edited = json.loads(result.read_text())["edited"]
+    assert len(edited["split"]["forget"]) == 4 and all(i.startswith("s") for i in edited["split"]["forget"])
+    assert edited["side_effects"]["unrelated"]["relations"] == [TONGUE]
 
 
 def distinct_answers(path, n=28):

@@ -88,6 +88,14 @@ def check_number(option: str, value: float | None, minimum: float | None = None,
         raise MechunlearnError(f"{option} must be greater than {above}, got {value}")
 
 
+def relation_facts(facts, relation: str | None):
+    """The facts of ``--relation`` (all of them without it), or one line naming the relations there are."""
+    try:
+        return facts.of_relation(relation)
+    except MechunlearnError as e:
+        raise MechunlearnError(f"--relation: {e}") from None
+
+
 def check_threshold(threshold: float | None) -> None:
     check_number("--threshold", threshold, minimum=0)
     if threshold is not None and threshold >= 1:

@@ -31,6 +31,7 @@ from mechunlearn.cli.common import (
     open_model,
     pick_device,
     read_localization,
+    relation_facts,
     resolved_path,
 )
 from mechunlearn.edit.config import DEFAULT_STEPS, EditConfig
@@ -106,10 +107,7 @@ def _check_split_args(facts, forget: int, mode: str, category: str | None, new_t
     if mode not in ("random", "first", "category"):
         raise MechunlearnError(f"unknown --mode {mode!r}: random, first or category")
     if relation is not None:
-        try:
-            edited = facts.of_relation(relation)
-        except MechunlearnError as e:
-            raise MechunlearnError(f"--relation: {e}") from None
+        edited = relation_facts(facts, relation)
         if mode != "category" and forget > len(edited):
             raise MechunlearnError(f"--forget {forget}: the relation {relation!r} has only {len(edited)} facts; "
                                    "forget fewer")

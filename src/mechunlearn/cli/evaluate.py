@@ -21,6 +21,7 @@ from mechunlearn.cli.common import (
     check_threshold,
     known_facts,
     open_model,
+    relation_facts,
 )
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.evaluate.attacks.registry import ATTACKS
@@ -148,6 +149,8 @@ def evaluate(
     data: str = typer.Option(None, "--data", help="Data file (default: the log's; sports: built-in athletes)."),
     forget_from: Path = typer.Option(None, "--forget-from", help="train_log.json of the edit: evaluate its split."),
     forget: int = typer.Option(16, "--forget", help="Without --forget-from: a seeded split of this many known facts."),
+    relation: str = typer.Option(None, "--relation", help="Without --forget-from: the split's edited facts are of "
+                                 "this relation (the other relations' are reported as unrelated)."),
     threshold: float = THRESHOLD,
     formats: str = typer.Option(None, "--formats", help="Comma list of train,qa,mcq,paraphrase,neighborhood (default train,qa,mcq)."),
     attacks: str = typer.Option(None, "--attacks", help=f"Comma list of {', '.join(ATTACKS)} (default none)."),
@@ -180,6 +183,8 @@ def evaluate(
         config, seed, formats=formats, attacks=attacks, mmlu=mmlu, mmlu_shots=mmlu_shots, mmlu_limit=mmlu_limit,
         mmlu_per_subject=mmlu_per_subject, general_text=general_text, relearn=(relearn_method, relearn_steps))
     log = _read_log(forget_from) if forget_from else None
+    if log and relation is not None:
+        raise MechunlearnError("--relation chooses the facts of a new split; with an edit's log the split is the edit's")
     base = base or (log.get("model") if log else None) or "default"
     base = None if str(base).lower() == "none" else str(base)
     check_model_args({"--model": model, "--base": base}, dtype, device)
@@ -191,6 +196,7 @@ def evaluate(
         split = split_from_facts(facts, log["split"])
     else:
         facts = load_facts(dataset or "sports", data, seed=seed)
+        relation_facts(facts, relation)
     _drop_unaskable(facts, eval_config)
     from mechunlearn.evaluate.run import compare_runs, evaluate_run, write_results
 
@@ -201,7 +207,7 @@ def evaluate(
         known, report = known_facts(reference, dataset or "sports", data, seed, threshold, facts=facts)
         del reference  # the base model is freed once it is evaluated
         console.print(f"{len(known)} of {report.total} facts known at P(true) > {report.threshold}")
-        split = split_facts(known, forget=forget, seed=seed)
+        split = split_facts(known, forget=forget, seed=seed, relation=relation)
     console.print(f"split: {split.rule}; sizes {split.sizes()}")
 
     runs = {}

@@ -26,6 +26,7 @@ from mechunlearn.cli.common import (
     check_threshold,
     open_model,
     read_localization,
+    relation_facts,
     total_params,
 )
 from mechunlearn.errors import MechunlearnError
@@ -121,6 +122,8 @@ def localize_command(
     limit: int = typer.Option(None, "--limit", help="Check a seeded sample of N facts for knowing (a run's "
                               "facts.limit)."),
     param: list[str] = typer.Option([], "--param", help="Method parameter KEY=VALUE (repeatable), e.g. n_noise=3."),
+    relation: str = typer.Option(None, "--relation", help="Localize on facts of this relation only (the table's "
+                                 "'relation' column), as a run setting with 'relation:' does."),
 ):
     """Score components with one localization method and choose the ones to train. With --facts
     N and --seed S it localizes on the facts a run with n_facts N localizes on for seed S."""
@@ -137,7 +140,7 @@ def localize_command(
     check_model_args({"--model": model}, dtype, device)
     from mechunlearn.facts import load_facts
 
-    all_facts = limit_facts(load_facts(dataset, data), limit)  # as a run reads its facts
+    all_facts = relation_facts(limit_facts(load_facts(dataset, data), limit), relation)  # as a run reads its facts
     from mechunlearn.localize import localize
 
     lm = open_model(model, dtype, device)
