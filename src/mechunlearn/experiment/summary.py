@@ -10,6 +10,7 @@ from rich.table import Table
 
 def summary_table(run_dir: Path) -> Table:
     from mechunlearn.report import results_table
+    from mechunlearn.report.budget import outside
     from mechunlearn.report.html import load_cells
     from mechunlearn.report.methods import ordered, short
     from mechunlearn.report.metrics import present
@@ -33,4 +34,10 @@ def summary_table(run_dir: Path) -> Table:
                       for m in methods]
             arrow = "↑" if metric.higher_is_better else "↓"
             table.add_row(f"  {metric.name} {arrow}", *["–" if v != v else f"{v:.3f}" for v in values])
+    flagged = outside(cells)
+    if flagged:  # the report says the same at the top and in every verdict involving these arms
+        table.caption = "outside the budget's tolerance: " + "; ".join(
+            f"{short(arm)} in {setting} (" + ", ".join(f"seed {seed} {gap:+.0%}" for seed, gap in gaps) + ")"
+            for (setting, arm), gaps in flagged.items())
+        table.caption_style, table.caption_justify = "bold red", "left"
     return table
