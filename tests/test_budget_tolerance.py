@@ -157,3 +157,23 @@ def test_the_report_flags_an_arm_outside_the_tolerance():
     (line,) = report_budget.section(inside)
     assert line == ("<p class=note>Budget: every compared arm trained within ±10% of the parameter count it was cut "
                     "to (FLU&#x27;s); the largest gap is +5.0% (attribution patching, s, seed 0).</p>")
+
+
+def test_edit_cuts_a_localization_by_the_runs_rule_unless_told_otherwise(arch, tiny_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from mechunlearn.cli.app import app
+
+    path = tmp_path / "ct.json"
+    _loc(arch, {3: 0.9, 2: 0.5}, {0: 0.8, 1: 0.4}).save(path)
+    args = ["edit", "--model", str(tiny_dir), "--localization", str(path), "--budget", "30000", "--force",
+            "--out", str(tmp_path / "e"), "--dry-run"]
+    trained = {}
+    for rule in (None, "under"):
+        done = CliRunner().invoke(app, args + (["--rule", rule] if rule else []))
+        assert done.exit_code == 0, done.output
+        trained[rule] = int(done.output.split(" trained parameters")[0].split()[-1].replace(",", ""))
+    # a run's 'within' mixes matrix sizes to land at 28,672 (-4.4%); 'under' stops at 24,576 (-18%)
+    assert trained == {None: 2 * ATTN + 4_096, "under": 2 * ATTN}  # + one 4,096-parameter q or o matrix
+    bad = CliRunner().invoke(app, args + ["--rule", "nearest"])
+    assert isinstance(bad.exception, MechunlearnError) and "unknown --rule 'nearest'" in str(bad.exception)

@@ -62,6 +62,7 @@ class _Trained:
     match: Localization | Selection | None = None
     budget: int | None = None
     force: bool = False
+    rule: str = "within"  # how --budget / --match cut the localization (localize/budget.py RULES)
 
     def names(self, lm) -> tuple[list[str], str]:
         """The component names in ``lm`` (anything with ``arch`` and ``source``) and where they came from."""
@@ -71,7 +72,7 @@ class _Trained:
             return expand_components(lm.arch, self.components), "--components"
         for item, option in self._files():
             localization_misfit(item, option, lm.arch, lm.source, force=self.force)
-        selection = as_selection(self.loc, lm.arch, budget=self.budget, match=self.match)
+        selection = as_selection(self.loc, lm.arch, budget=self.budget, match=self.match, rule=self.rule)
         return expand_components(lm.arch, selection.components), f"{self.loc.path} ({selection.n_params} parameters)"
 
     def misfits(self, lm, base_hash: str) -> list[str]:
@@ -86,19 +87,25 @@ class _Trained:
 
 
 def _read_selection_args(localization: Path | None, components: str | None, budget: int | None,
-                         match: Path | None, force: bool) -> _Trained:
+                         match: Path | None, force: bool, rule: str | None = None) -> _Trained:
     """The parsed --localization and --match files (cheap: no model needed)."""
+    from mechunlearn.experiment.config import BudgetSpec
+    from mechunlearn.localize.budget import RULES
+
     if (localization is None) == (components is None):
         raise MechunlearnError("give either --localization LOC.json or --components NAMES")
+    if rule is not None and rule not in RULES:
+        raise MechunlearnError(f"unknown --rule {rule!r}: {', '.join(RULES)}")
     if components is not None:
-        if budget is not None or match is not None:
-            raise MechunlearnError("--budget and --match apply to --localization, not to --components")
+        if budget is not None or match is not None or rule is not None:
+            raise MechunlearnError("--budget, --match and --rule apply to --localization, not to --components")
         if not any(c.strip() for c in components.split(",")):
             raise MechunlearnError("--components is empty: name at least one component, e.g. blocks.3.mlp")
         return _Trained(components, force=force)
     check_number("--budget", budget, above=0)
     loc = read_localization(localization, "--localization")
-    return _Trained(None, loc, read_localization(match, "--match") if match is not None else None, budget, force)
+    return _Trained(None, loc, read_localization(match, "--match") if match is not None else None, budget, force,
+                    rule or BudgetSpec.rule)
 
 
 def _check_split_args(facts, forget: int, mode: str, category: str | None, new_target: str | None,
@@ -179,6 +186,8 @@ def edit(
     localization: Path = typer.Option(None, "--localization", help="A localization or selection JSON (mechunlearn localize)."),
     budget: int = typer.Option(None, "--budget", help="Cut the localization to this many trained parameters."),
     match: Path = typer.Option(None, "--match", help="Cut the localization to the size of this localization/selection."),
+    rule: str = typer.Option(None, "--rule", help="How --budget / --match cut the localization: within (default, "
+                             "as a run and localize): within 10% of the budget; closest; under: never above it."),
     components: str = typer.Option(None, "--components", help="Components instead of a localization, e.g. "
                                    "'blocks.2..7.mlp' or 'blocks.3.mlp.in,blocks.4.attn,blocks.2.attn.q.h1'."),
     dataset: str = DATASET, data: str = DATA, threshold: float = THRESHOLD, seed: int = SEED,
@@ -243,7 +252,7 @@ def edit(
     check_threshold(threshold)
     if general_text and not general_text.startswith("hf:"):
         check_input_file(general_text, "--general-text")
-    trained = _read_selection_args(localization, components, budget, match, force)
+    trained = _read_selection_args(localization, components, budget, match, force, rule)
     if device_map is not None and device_map not in DEVICE_MAPS:
         raise typer.BadParameter(f"--device-map {device_map!r}: use one of {', '.join(DEVICE_MAPS)}")
     check_model_args({"--model": model}, dtype, None if device_map else device)
