@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mechunlearn.errors import MechunlearnError
-from mechunlearn.registry import Registry
+from mechunlearn.registry import Registry, bind
 
 if TYPE_CHECKING:
     from mechunlearn.models.memory import ModelShape
@@ -49,9 +49,9 @@ class LocalizerSpec:
     style: ReportStyle
     # (shape, localization facts, probe facts, params) -> the cost of one localization
     cost: Callable[[ModelShape, int, int, dict], Cost]
-    # fn(lm, facts, seed, **params) -> (scores, evidence, chosen), or its "module:function" name, imported
-    # when the method first runs (so that this catalog needs no torch)
-    run: Callable | str
+    # fn(lm, facts, seed, **params) -> (scores, evidence, chosen); the built-ins are bound by name
+    # (mechunlearn.registry.bind), so that this catalog needs no torch
+    run: Callable
     defaults: dict = field(default_factory=dict)
     uses_probes: bool = False  # trains probes on localization.probe_facts facts (and plots their curves)
     default_run: bool = False  # among a run config's default methods
@@ -115,39 +115,41 @@ def _no_model_pass(shape: ModelShape, n_facts: int, probe_facts: int, params: di
     return Cost({})
 
 
-_LOCALIZE = "mechunlearn.localize."
+def _bound(target: str) -> Callable:
+    return bind("mechunlearn.localize." + target)
+
 
 for _spec in [
     LocalizerSpec("fact_lookup", "FLU: probes, extraction heads, MLP path patching into the receiver layer",
-                  "ours", ReportStyle("FLU", "FLU", "#1f77b4", 0), _fact_lookup_cost, _LOCALIZE + "fact_lookup:fact_lookup",
+                  "ours", ReportStyle("FLU", "FLU", "#1f77b4", 0), _fact_lookup_cost, _bound("fact_lookup:fact_lookup"),
                   FACT_LOOKUP_DEFAULTS,
                   uses_probes=True, default_run=True),
     LocalizerSpec("causal_tracing", "ROME causal tracing per head and MLP (3 sigma subject noise, own P(true))",
                   "output tracing", ReportStyle("CT", "causal tracing", "#ff7f0e", 1), _causal_tracing_cost(True),
-                  _LOCALIZE + "causal_tracing:causal_tracing", CAUSAL_TRACING_DEFAULTS, default_run=True),
+                  _bound("causal_tracing:causal_tracing"), CAUSAL_TRACING_DEFAULTS, default_run=True),
     LocalizerSpec("attribution_patching", "linear activation patching per head slice and MLP matrix",
                   "output tracing", ReportStyle("AP", "attribution patching", "#2ca02c", 2), _attribution_cost,
-                  _LOCALIZE + "attribution:attribution_patching", ATTRIBUTION_DEFAULTS, default_run=True),
+                  _bound("attribution:attribution_patching"), ATTRIBUTION_DEFAULTS, default_run=True),
     LocalizerSpec("causal_tracing_mlps", "causal tracing restricted to MLP layers",
                   "output tracing", ReportStyle("CT-mlp", "causal tracing (MLPs)", "#bcbd22", 7),
-                  _causal_tracing_cost(False), _LOCALIZE + "causal_tracing:causal_tracing_mlps",
+                  _causal_tracing_cost(False), _bound("causal_tracing:causal_tracing_mlps"),
                   {k: v for k, v in CAUSAL_TRACING_DEFAULTS.items() if k != "heads"}),
     LocalizerSpec("attribution_patching_mlps", "attribution patching restricted to MLP matrices",
                   "output tracing", ReportStyle("AP-mlp", "attribution patching (MLPs)", "#17becf", 8),
-                  _attribution_cost, _LOCALIZE + "attribution:attribution_patching_mlps",
+                  _attribution_cost, _bound("attribution:attribution_patching_mlps"),
                   {k: v for k, v in ATTRIBUTION_DEFAULTS.items() if k != "blocks"}),
     LocalizerSpec("random", "seeded random matrices (every type, gate included)",
                   "random", ReportStyle("random", "random", "#d62728", 3), _no_model_pass,
-                  _LOCALIZE + "baselines:random_components", default_run=True),
+                  _bound("baselines:random_components"), default_run=True),
     LocalizerSpec("random_mlps", "seeded random MLP layers",
                   "random", ReportStyle("random MLPs", "random MLPs", "#e377c2", 6), _no_model_pass,
-                  _LOCALIZE + "baselines:random_mlps"),
+                  _bound("baselines:random_mlps")),
     LocalizerSpec("all_mlps", "every MLP matrix", "baseline", ReportStyle("all MLPs", "all MLPs", "#9467bd", 4),
-                  _no_model_pass, _LOCALIZE + "baselines:all_mlps", default_run=True,
+                  _no_model_pass, _bound("baselines:all_mlps"), default_run=True,
                   own_size=lambda shape: shape.mlp_params()),
     LocalizerSpec("everything", "every attention and MLP matrix (non-localized)",
                   "baseline", ReportStyle("everything", "everything", "#8c564b", 5), _no_model_pass,
-                  _LOCALIZE + "baselines:everything", own_size=lambda shape: shape.block_params()),
+                  _bound("baselines:everything"), own_size=lambda shape: shape.block_params()),
 ]:
     register(_spec)
 

@@ -4,7 +4,6 @@ registered method as a ``Localizer``."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from importlib import import_module
 
 from mechunlearn.facts import FactSet
 from mechunlearn.localize.base import FunctionLocalizer, Localization, Localizer
@@ -14,11 +13,7 @@ from mechunlearn.models.loading import LoadedModel
 
 def localizer(method: str) -> Localizer:
     spec = spec_of(method)
-    run = spec.run
-    if isinstance(run, str):
-        module, name = run.split(":")
-        run = getattr(import_module(module), name)
-    return FunctionLocalizer(method, spec.description, run, spec.defaults)
+    return FunctionLocalizer(method, spec.description, spec.run, spec.defaults)
 
 
 class _Methods(Mapping[str, Localizer]):

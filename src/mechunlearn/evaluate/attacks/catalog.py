@@ -8,8 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mechunlearn.errors import MechunlearnError
-from mechunlearn.evaluate.attacks.registry import Attack, CurvePlot, bind, register
+from mechunlearn.evaluate.attacks.registry import Attack, CurvePlot, register
 from mechunlearn.evaluate.metric import Metric
+from mechunlearn.registry import bind
 
 # ---- relearning (relearn.py)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import import_module
 from typing import TYPE_CHECKING
 
 from mechunlearn.evaluate.metric import Metric
@@ -58,14 +57,3 @@ class Attack:
 ATTACKS: Registry[Attack] = Registry("attack")
 register = ATTACKS.register
 get_attack = ATTACKS.find
-
-
-def bind(target: str) -> Callable:
-    """The function ``"module:function"``, imported on its first call."""
-    module, name = target.split(":")
-
-    def call(*args, **kwargs):
-        return getattr(import_module(module), name)(*args, **kwargs)
-
-    call.__qualname__ = call.__name__ = name
-    return call
