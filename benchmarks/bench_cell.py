@@ -82,11 +82,12 @@ def _best(fn, repeats: int = 5) -> float:
     return best
 
 
-def bounds(lm, positions: int, tokens: int, peak: float) -> list[dict]:
+def bounds(lm, positions: int, tokens: tuple[int, ...], peak: float) -> list[dict]:
     """What caps a step below the matmul peak, measured alone: the memory bandwidth (a copy of the
     vocabulary matrix), the projection onto the vocabulary at ``positions`` rows (its weight is read
-    once per pass), and a block's MLP matmuls at ``tokens`` rows (narrow: 640 wide on Gemma 3
-    270M); each in fp32 and, where the CPU has it natively, bf16."""
+    once per pass), and a block's MLP matmul at each of ``tokens`` rows (narrow: 640 wide on Gemma 3
+    270M; the relearning step's passes have 64-76 rows, the training step's 128-256), also on one
+    thread at the fewest rows; each in fp32 and, where the CPU has it natively, bf16 at the most rows."""
     from mechunlearn.models.precision import cpu_bf16_native
 
     head = lm.model.get_output_embeddings().weight.detach()
@@ -106,11 +107,21 @@ def bounds(lm, positions: int, tokens: int, peak: float) -> list[dict]:
         rows.append({"what": f"vocabulary projection, {positions} rows, {str(dtype)[6:]}", "seconds": seconds,
                      "gb_per_s": w.numel() * w.element_size() / seconds / 1e9,
                      "fraction_of_peak": flops / seconds / peak})
-        up, x = torch.randn(d_mlp, d_model, dtype=dtype), torch.randn(tokens, d_model, dtype=dtype)
-        seconds = _best(lambda x=x, up=up: torch.nn.functional.linear(x, up))
-        rows.append({"what": f"MLP up-projection {d_model} -> {d_mlp}, {tokens} rows, {str(dtype)[6:]}",
-                     "seconds": seconds, "gb_per_s": up.numel() * up.element_size() / seconds / 1e9,
-                     "fraction_of_peak": 2 * tokens * d_model * d_mlp / seconds / peak})
+        up = torch.randn(d_mlp, d_model, dtype=dtype)
+        threads = torch.get_num_threads()
+        cases = ([(n, threads) for n in tokens] + [(min(tokens), 1)] * (threads > 1)
+                 if dtype == torch.float32 else [(max(tokens), threads)])
+        for n, t in cases:
+            x = torch.randn(n, d_model, dtype=dtype)
+            torch.set_num_threads(t)
+            try:
+                seconds = _best(lambda x=x, up=up: torch.nn.functional.linear(x, up), repeats=20)
+            finally:
+                torch.set_num_threads(threads)
+            on = ", 1 thread" if t != threads else ""
+            rows.append({"what": f"MLP up-projection {d_model} -> {d_mlp}, {n} rows, {str(dtype)[6:]}{on}",
+                         "seconds": seconds, "gb_per_s": up.numel() * up.element_size() / seconds / 1e9,
+                         "fraction_of_peak": 2 * n * d_model * d_mlp / seconds / peak})
     print(f"\n{'bound, measured alone':58s} {'ms':>8s} {'GB/s':>7s} {'of peak':>8s}")
     for r in rows:
         frac = "" if r["fraction_of_peak"] is None else f"{r['fraction_of_peak']:8.1%}"
@@ -138,7 +149,7 @@ def run(config_name: str, overrides: list[str], setting: str | None, method: str
     config_edit = config.edit_config(method, spec, seed) if method in selections else None
     positions = (config_edit.maintain_batch_size + config_edit.general_batch_size * config_edit.general_length
                  if config_edit else 144)
-    limits = bounds(experiment.lm, positions, 300, peak)
+    limits = bounds(experiment.lm, positions, (72, 136, 300), peak)
     return {"config": config_name, "setting": setting, "method": method, "seed": seed, "threads": threads,
             "seconds": total, "matmul_peak_gflop_per_s": peak / 1e9, "stages": rows, "bounds": limits,
             "metrics": cell.metrics, "train_steps": [t["steps"] for t in cell.train.get("target", [])]}
