@@ -99,6 +99,21 @@ def test_a_registered_attack_is_evaluated_and_reported(toy, tiny_llama, split, t
     assert "toy score" in page and 'alt="toy_s"' in page  # its curve is plotted
 
 
+def test_a_registered_attack_is_set_from_a_config_like_a_built_in_one(toy, tiny_llama, split, tiny_grid):
+    config = EvalConfig.from_dict({"formats": ["train"], "attacks": ["toy"], "seed": 5, "lm_windows": 1,
+                                   "lm_window_length": 16, "toy": {"scale": 3.0}})
+    assert config.attack_config("toy") == ToyConfig(scale=3.0, seed=5)  # the top-level seed reaches it too
+    result = evaluate_run(tiny_llama, split, config=config)
+    assert result.attacks["toy"]["score"] == 18.0 and result.seeds["toy"] == 5
+    assert result.to_json()["config"]["toy"] == {"scale": 3.0, "seed": 5}  # recorded as a section of its own
+    assert "later_attacks" not in result.to_json()["config"]
+    with pytest.raises(MechunlearnError, match="unknown toy setting"):
+        EvalConfig.from_dict({"toy": {"scael": 3.0}})
+    run = load_config(str(tiny_grid(evaluation={"formats": ["train"], "attacks": ["toy"],
+                                                "config": {"toy": {"scale": 4.0}}})))
+    assert run.eval_config(run.settings[0], seed=1).attack_config("toy") == ToyConfig(scale=4.0, seed=1)
+
+
 def test_a_registered_attack_is_costed_in_the_run_estimate(toy, tiny_grid, tiny_dir):
     config = load_config(str(tiny_grid(evaluation={"formats": ["train"], "attacks": ["toy"]})))
     estimate = run_estimate(config, plan(config), model_shape(str(tiny_dir)), {"edit4": ["The sport of X is"]})

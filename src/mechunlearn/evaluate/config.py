@@ -4,8 +4,9 @@ command line check them before any model is loaded. Each registered attack
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.evaluate.attacks.registry import ATTACKS
@@ -46,6 +47,8 @@ class EvalConfig:
     mmlu_shots: int = 1
     mmlu_limit: int | None = None  # a seeded sample of this many questions
     mmlu_per_subject: int | None = None  # or a seeded sample of this many questions of every subject
+    # the configs of attacks registered after this class was built, which have no field of their own
+    later_attacks: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self):
         self.formats = tuple(self.formats)
@@ -60,16 +63,33 @@ class EvalConfig:
         return FormatStyle(self.qa_template, self.mcq_format)
 
     def attack_config(self, name: str):
-        """The config of attack ``name``: its section, or its defaults for an attack registered
-        after this class was built (it has no section)."""
-        return getattr(self, name) if name in _sections(type(self)) else ATTACKS[name].config()
+        """The config of attack ``name``: its section; an attack registered after this class was
+        built keeps its config in ``later_attacks`` (its defaults until set)."""
+        if name in _sections(type(self)):
+            return getattr(self, name)
+        return self.later_attacks.setdefault(name, ATTACKS[name].config())
+
+    @classmethod
+    def config_keys(cls) -> dict[str, object]:
+        """The keys a config file may set and their types: the fields, and a section for every
+        attack registered now (also one registered after this class was built)."""
+        hints = typing.get_type_hints(cls)
+        keys = {f.name: hints[f.name] for f in fields(cls) if f.name != "later_attacks"}
+        return {**keys, **{name: attack.config for name, attack in ATTACKS.items()}}
+
+    def to_json(self) -> dict:
+        """Plain values, every attack's config as a section of its own name."""
+        out = asdict(self)
+        out.update(out.pop("later_attacks"))
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> EvalConfig:
-        """Build from plain values (e.g. a JSON/YAML file); nested attack configs are dicts. A
-        top-level ``seed`` also seeds the attacks, unless their own section sets one."""
-        nested = _sections(cls)
-        known = {f.name for f in fields(cls)}
+        """Build from plain values (e.g. a JSON/YAML file); nested attack configs are dicts, also
+        for an attack registered after this class was built. A top-level ``seed`` also seeds the
+        attacks, unless their own section sets one."""
+        nested = {name: attack.config for name, attack in ATTACKS.items()}
+        known = {f.name for f in fields(cls)} - {"later_attacks"} | set(nested)
         unknown = set(data) - known
         if unknown:
             raise MechunlearnError(f"unknown evaluation setting(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -88,7 +108,9 @@ class EvalConfig:
                 tuples = {k: tuple(v) for k, v in value.items() if isinstance(v, list)}
                 value = nested[key](**{**value, **tuples})
             values[key] = value
-        return cls(**values)
+        fielded = {f.name for f in fields(cls)}
+        later = {k: values.pop(k) for k in list(values) if k not in fielded}
+        return cls(**values, later_attacks=later)
 
 
 def _sections(cls: type) -> dict[str, type]:

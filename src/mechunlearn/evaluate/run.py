@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -67,7 +66,7 @@ def evaluate_run(
     result = EvaluationResult(
         model=lm.spec,
         source=lm.source,
-        config={**asdict(config), "formats": list(formats), "attacks": list(attacks)},
+        config={**config.to_json(), "formats": list(formats), "attacks": list(attacks)},
         templates=format_templates(split.forget_eval, formats, config.style),
         seeds={"evaluation": config.seed, "split": split.seed,
                **{name: config.attack_config(name).seed for name in ATTACKS}},

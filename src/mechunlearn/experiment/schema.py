@@ -22,8 +22,17 @@ def _type_name(hint) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
+def _keys(cls) -> dict[str, Any]:
+    """Each key ``cls`` reads and its type; a class may list them itself (``config_keys()``), e.g.
+    to take sections for entries registered at run time."""
+    if hasattr(cls, "config_keys"):
+        return cls.config_keys()
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
 def check_keys(cls, data: dict, path: str) -> None:
-    known = [f.name for f in fields(cls)]
+    known = list(_keys(cls))
     for key in data:
         if key not in known:
             near = difflib.get_close_matches(str(key), known, n=1)
@@ -37,12 +46,9 @@ def read_fields(cls, data: Any, path: str, partial: bool = False) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"config {path or 'file'} must be a mapping, got {_shown(data)}")
     check_keys(cls, data, path)
-    hints = typing.get_type_hints(cls)
-    out = {}
+    out = {key: convert(hint, data[key], _join(path, key)) for key, hint in _keys(cls).items() if key in data}
     for f in fields(cls):
-        if f.name in data:
-            out[f.name] = convert(hints[f.name], data[f.name], _join(path, f.name))
-        elif not partial and f.default is MISSING and f.default_factory is MISSING:
+        if f.name not in out and not partial and f.default is MISSING and f.default_factory is MISSING:
             raise ConfigError(f"config key {_join(path, f.name)!r} is required")
     return out
 
