@@ -7,6 +7,7 @@ import csv
 import io
 import json
 
+import pandas as pd
 import pytest
 import yaml
 from rich.console import Console
@@ -205,6 +206,22 @@ def test_localize_and_evaluate_cli_take_one_relation(tiny_dir, tmp_path):
     edited = json.loads(result.read_text())["edited"]
     assert len(edited["split"]["forget"]) == 4 and all(i.startswith("s") for i in edited["split"]["forget"])
     assert edited["side_effects"]["unrelated"]["relations"] == [TONGUE]
+
+
+def test_facts_known_scores_one_relation(tiny_dir, tmp_path):
+    from mechunlearn.cli.app import app
+
+    table = two_relations(tmp_path / "two.csv")
+    args = ["facts", "known", "--model", str(tiny_dir), "--dataset", "table", "--data", str(table), "--threshold", "0"]
+    out = tmp_path / "known.csv"
+    bad = CliRunner().invoke(app, [*args, "--relation", "capital", "--out", str(out)])
+    assert isinstance(bad.exception, MechunlearnError) and str(bad.exception).startswith("--relation: no fact")
+    assert not out.exists()
+    done = CliRunner().invoke(app, [*args, "--relation", SPORT, "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    rows = pd.read_csv(out)
+    assert len(rows) == 24 and rows.id.str.startswith("s").all()
+    assert f"of the relation '{SPORT}'" in " ".join(done.output.split())
 
 
 def distinct_answers(path, n=28):

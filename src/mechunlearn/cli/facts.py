@@ -19,6 +19,7 @@ from mechunlearn.cli.common import (
     check_threshold,
     known_facts,
     open_model,
+    relation_facts,
 )
 from mechunlearn.io import write_text_atomic
 
@@ -34,6 +35,8 @@ def known(
     model: str = MODEL, dataset: str = DATASET, data: str = DATA, threshold: float = THRESHOLD,
     dtype: str = DTYPE, device: str = DEVICE, seed: int = SEED,
     out: Path = typer.Option(Path("known.csv"), "--out", help="CSV of every fact with P(true) and whether it is known."),
+    relation: str = typer.Option(None, "--relation", help="Score the facts of this relation only (the table's "
+                                 "'relation' column), as a run setting with 'relation:' reads them."),
 ):
     """Score every fact's true answer and report how many the model knows, per answer."""
     check_out_file(out)
@@ -43,7 +46,7 @@ def known(
 
     from mechunlearn.facts import load_facts
 
-    facts = load_facts(dataset, data, seed=seed)
+    facts = relation_facts(load_facts(dataset, data, seed=seed), relation)
     from mechunlearn.facts.known import FEW_KNOWN_REMEDY, NoFactsKnownError
 
     lm = open_model(model, dtype, device)
@@ -56,7 +59,8 @@ def known(
                           "known": f.id in known_ids} for f in facts])
     write_text_atomic(out, rows.to_csv(index=False))
 
-    table = Table(title=f"facts known by {model} (P(true) > {used})")
+    of = f" of the relation {relation!r}" if relation else ""
+    table = Table(title=f"facts{of} known by {model} (P(true) > {used})")
     table.add_column("answer")
     table.add_column("known", justify="right")
     table.add_column("total", justify="right")
