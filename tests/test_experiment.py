@@ -405,8 +405,8 @@ def test_localization_facts_are_never_evaluated_and_sequential_blocks_relocalize
 
 
 def test_the_sweep_chooses_on_facts_that_are_never_evaluated(tiny_dir, tmp_path):
+    from mechunlearn.edit.sweep import validation_split
     from mechunlearn.experiment.facts import evaluated_ids, seed_facts
-    from mechunlearn.experiment.sweep import validation_split
     from mechunlearn.facts import load_facts
 
     cfg = load_config(_config(tiny_dir, tmp_path))

@@ -118,7 +118,7 @@ def test_category_split_trains_on_half_and_targets_new_answer():
 
 
 def test_a_split_records_its_mode_for_code_and_its_rule_for_people():
-    from mechunlearn.experiment.sweep import validation_split
+    from mechunlearn.edit.sweep import validation_split
     from mechunlearn.facts.splits import sequential_blocks, split_from_facts
 
     facts = load_builtin_athletes()

@@ -26,7 +26,7 @@ PACKAGED = Path(__file__).resolve().parents[1] / "configs"
 MODES = ("random", "first", "category")
 LOCALIZE_BLOCKS = ("per_block", "once")
 # an arm that misses the target at lr 1e-4 (EditConfig's) is trained again at the one of these the
-# validation carve chooses (sweep.py): the ladder of docs/results.yaml
+# validation carve chooses (edit/sweep.py): the ladder of docs/results.yaml
 DEFAULT_LR_LADDER = (3.0e-4, 1.0e-3, 3.0e-3)
 
 
@@ -107,10 +107,10 @@ class TrainingSpec:
     # an arm whose check lands above target + band is walked back along its last step into
     # [target, target + band], so every arm ends within the band; null: no walk-back
     target_band: float | None = 0.05
-    # EditConfig fields -> lists of values, tried on a validation carve (see sweep.py)
+    # EditConfig fields -> lists of values, tried on a validation carve (see edit/sweep.py)
     sweep: dict | None = None
     # learning rates for an arm that misses the target within the cap at its configured lr: one is
-    # chosen on the validation carve (sweep.py's rule) and the arm is trained again at it; on by
+    # chosen on the validation carve (edit/sweep.py's rule) and the arm is trained again at it; on by
     # default wherever there is a target and no sweep (from_dict); null: off
     lr_ladder: tuple[float, ...] | None = DEFAULT_LR_LADDER
 

@@ -25,6 +25,7 @@ from rich.markup import escape
 from mechunlearn.edit import EditConfig, TrainResult
 from mechunlearn.edit.pipeline import train_split
 from mechunlearn.edit.saving import weights_hash
+from mechunlearn.edit.sweep import LADDER_RULE, sweep
 from mechunlearn.errors import FactDataError, MechunlearnError, TrainingDivergedError
 from mechunlearn.evaluate import evaluate_run
 from mechunlearn.evaluate.attacks import get_attack
@@ -45,7 +46,6 @@ from mechunlearn.experiment.estimate import run_guard
 from mechunlearn.experiment.localizations import Localizations
 from mechunlearn.experiment.schema import ConfigError
 from mechunlearn.experiment.summary import summary_table
-from mechunlearn.experiment.sweep import LADDER_RULE, sweep
 from mechunlearn.facts import FactSet, filter_known
 from mechunlearn.facts.splits import EXAMPLE_RULE, Split
 from mechunlearn.io import read_json, remove_partial_writes, write_json_atomic

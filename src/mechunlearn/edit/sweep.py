@@ -14,7 +14,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import replace
 
-from mechunlearn.edit import EditConfig
+from mechunlearn.edit.config import EditConfig
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.facts import Split, answer_probs
 
