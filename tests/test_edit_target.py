@@ -284,3 +284,38 @@ def test_cli_nan_settings_and_nan_training_exit_2_without_output(sharp_on_disk, 
                                                       "--grad-clip", "0", "--steps", "4"))
     assert code == 2 and "nothing was written" in _flat(err) and "Traceback" not in err, err
     assert not out.exists()
+
+
+def test_cli_lr_ladder_trains_again_at_the_rate_the_validation_carve_chooses(sharp_on_disk, monkeypatch, capsys):
+    args = ("--steps", "20", "--target", "0.5", "--c-maintain", "0", "--c-general", "0")
+    out = sharp_on_disk / "ladder"
+    result = CliRunner().invoke(app, _edit_args(sharp_on_disk, out, "--lr", "1e-9", "--lr-ladder", "1e-9,3e-3",
+                                                *args))
+    assert result.exit_code == 0, result.output
+    log = json.loads((out / "train_log.json").read_text())
+    ladder = log["lr_ladder"]
+    assert ladder["first_attempt"]["lr"] == 1e-9 and ladder["first_attempt"]["reached"] is False
+    assert ladder["first_attempt"]["steps"] == 20
+    trials = {t["values"]["lr"]: t for t in ladder["sweep"]["trials"]}
+    assert set(trials) == {1e-9, 3e-3} and trials[3e-3]["reached"] and not trials[1e-9]["reached"]
+    assert ladder["sweep"]["chosen"] == {"lr": 3e-3} and log["config"]["lr"] == 3e-3
+    # trained again from the original weights: the same edit as asking for lr 3e-3 at once
+    direct = sharp_on_disk / "direct"
+    assert CliRunner().invoke(app, _edit_args(sharp_on_disk, direct, "--lr", "3e-3", *args)).exit_code == 0
+    again = json.loads((direct / "train_log.json").read_text())
+    assert log["target"] == again["target"] and log["target"]["reached"]
+    assert [h["loss"] for h in log["history"]] == [h["loss"] for h in again["history"]]
+    assert "lr ladder:" in _flat(result.output) and "trained again at lr 0.003" in _flat(result.output)
+    assert "target not reached" not in result.output
+    # a ladder that cannot help still ends in the missed-target warning; bad ladders are one line, before work
+    result = CliRunner().invoke(app, _edit_args(sharp_on_disk, sharp_on_disk / "low", "--lr", "1e-9",
+                                                "--lr-ladder", "1e-9", *args))
+    assert result.exit_code == 0 and "target not reached" in result.output
+    for bad, message in (("3e-4,x", "separated by commas"), ("0,1e-3", "positive finite"),
+                         ("nan", "positive finite")):
+        code, err = _main(monkeypatch, capsys, _edit_args(sharp_on_disk, sharp_on_disk / "bad", "--lr-ladder", bad))
+        assert code == 2 and message in err and "Traceback" not in err
+    code, err = _main(monkeypatch, capsys, _edit_args(sharp_on_disk, sharp_on_disk / "bad", "--lr-ladder", "1e-3",
+                                                      "--target", "0"))
+    assert code == 2 and "no target" in err
+    assert not (sharp_on_disk / "bad").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,22 @@ def _open(model: str, dtype: str, device: str | None, device_map: str | None):
     return open_model(model, dtype, str(accelerator.device) if accelerator is not None else device), accelerator
 
 
+def _read_ladder(text: str | None, config: EditConfig) -> tuple[float, ...]:
+    if text is None:
+        return ()
+    try:
+        ladder = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise MechunlearnError(f"--lr-ladder {text!r}: write learning rates separated by commas, e.g. "
+                               "3e-4,1e-3,3e-3") from None
+    if not all(math.isfinite(v) and v > 0 for v in ladder):
+        raise MechunlearnError(f"--lr-ladder {text!r}: every learning rate must be a positive finite number")
+    if config.target is None:
+        raise MechunlearnError("--lr-ladder is climbed when --target is missed; with --target 0 (a fixed number of "
+                               "steps) there is no target: drop one of them")
+    return ladder
+
+
 def _warn(message: str) -> None:
     console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
 
@@ -171,6 +188,11 @@ def _print_outcome(outcome: EditOutcome, config: EditConfig, n_components: int, 
     for key in before:
         table.add_row(key, f"{before[key]:.3f}", f"{after[key]:.3f}")
     console.print(table)
+    if outcome.ladder is not None:
+        first = outcome.ladder["first_attempt"]
+        console.print(f"lr ladder: {first['strength']:.3f} after {first['steps']} steps at lr {first['lr']:g} missed "
+                      f"the target; trained again at lr {result.config.lr:g}, chosen on the validation carve",
+                      soft_wrap=True)
     if result.target is not None:
         console.print(f"target {result.target['target']}: {result.target['strength']:.3f} after "
                       f"{result.target['steps']} of at most {config.steps} steps ({result.target['measure']})",
@@ -210,6 +232,9 @@ def edit(
     require_target: bool = typer.Option(False, "--require-target", help="Exit 2 and write nothing when the "
                                         "target is not reached within --steps."),
     lr: float = typer.Option(DEFAULTS.lr, "--lr"),
+    lr_ladder: str = typer.Option(None, "--lr-ladder", help="Learning rates, e.g. 3e-4,1e-3,3e-3: when --target is "
+                                  "missed at --lr, train again from the original weights at the one the validation "
+                                  "carve of the maintain facts chooses (as a run's arms do)."),
     c_forget: float = typer.Option(None, "--c-forget", help="Weight of the edit/unlearning term (default: 0.2 for "
                                    "log1m, 1 for the others)."),
     c_maintain: float = typer.Option(DEFAULTS.c_maintain, "--c-maintain"),
@@ -248,6 +273,7 @@ def edit(
         mask_threshold=mask_threshold, target=target if target != 0 else None, check_every=check_every,
         target_band=target_band,
     ).validate()
+    ladder = _read_ladder(lr_ladder, config)
     check_out_folder(out, "--out", (LOG_FILE, DIFF_FILE))
     check_threshold(threshold)
     if general_text and not general_text.startswith("hf:"):
@@ -281,7 +307,7 @@ def edit(
     output = EditOutput(out, resolved_path(model), resolved_path(data), source)
     outcome = edit_facts(lm, names, all_facts, choice, config, output, base_hash=base_hash, accelerator=accelerator,
                          memory_stage=None if device_map else estimate.stage("edit step"),
-                         require_target=require_target, warn=_warn)
+                         require_target=require_target, warn=_warn, ladder=ladder)
     if outcome is not None:
         _print_outcome(outcome, config, len(names), out)
 

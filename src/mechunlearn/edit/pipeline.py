@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 from mechunlearn.edit.config import EditConfig
 from mechunlearn.edit.files import DIFF_FILE, LOG_FILE
 from mechunlearn.edit.saving import check_output_dir, save_edit
+from mechunlearn.edit.selection import TrainableWeights, expand_components
+from mechunlearn.edit.sweep import LADDER_RULE, sweep
 from mechunlearn.edit.trainer import TrainResult, train
 from mechunlearn.errors import MechunlearnError, TrainingDivergedError
 from mechunlearn.facts import FactSet, KnownReport, Split, answer_probs, filter_known, split_facts
@@ -58,6 +60,7 @@ class EditOutcome:
     result: TrainResult
     before: dict[str, float]  # quick_eval before and after the training
     after: dict[str, float]
+    ladder: dict | None = None  # the first attempt and the sweep, when a missed target climbed the lr ladder
 
 
 def known_split(lm: LoadedModel, facts: FactSet, choice: FactChoice) -> tuple[Split, KnownReport]:
@@ -99,37 +102,75 @@ def train_split(lm: LoadedModel, components: Sequence[str], split: Split, config
     """Train ``components`` of ``lm`` on ``split`` from the weights hashed ``base_hash``. A missed
     target goes to ``warn``, or with ``require_target`` is an error before anything is written."""
     result = train(lm, components, split, config, progress=progress, accelerator=accelerator, base_hash=base_hash)
+    _report_missed(result, require_target, warn)
+    return result
+
+
+def _report_missed(result: TrainResult, require_target: bool, warn: Callable[[str], None] | None) -> None:
     missed = missed_target(result)
     if missed is not None and require_target:
         raise MechunlearnError(missed + "; nothing was written")
     if missed is not None and warn is not None:
         warn(missed)
-    return result
+
+
+def train_with_ladder(lm: LoadedModel, components: Sequence[str], split: Split, config: EditConfig,
+                      ladder: Sequence[float], *, base_hash: str) -> tuple[TrainResult, dict | None]:
+    """Train; when the target is missed at ``config.lr``, train again from the original weights
+    at the learning rate of ``ladder`` that the sweep chooses on the split's validation carve (as a
+    run's arms do). Returns the result and what the ladder did (None when it was not climbed)."""
+    original = TrainableWeights(lm.model, [lm.arch.component(n) for n in expand_components(lm.arch, components)])
+
+    def fresh() -> LoadedModel:
+        original.restore_original()
+        return lm
+
+    first = train(lm, components, split, config, base_hash=base_hash)
+    if first.target is None or first.target["reached"]:
+        return first, None
+    chosen, record = sweep(config, {"lr": list(ladder)}, split, fresh,
+                           lambda m, carve, c: train(m, components, carve, c, progress=False, base_hash=base_hash))
+    fresh()
+    result = train(lm, components, split, chosen, base_hash=base_hash)
+    return result, {"rule": LADDER_RULE.format(ladder=", ".join(f"{lr:g}" for lr in ladder)),
+                    "first_attempt": {"lr": config.lr, **first.target}, "sweep": record}
 
 
 def edit_facts(lm: LoadedModel, components: Sequence[str], facts: FactSet, choice: FactChoice, config: EditConfig,
                output: EditOutput, *, base_hash: str, memory_stage: Stage | None = None, accelerator=None,
-               require_target: bool = False, warn: Callable[[str], None] | None = None) -> EditOutcome | None:
+               require_target: bool = False, warn: Callable[[str], None] | None = None,
+               ladder: Sequence[float] = ()) -> EditOutcome | None:
     """Edit the known facts of ``facts`` chosen by ``choice`` and write the edit to ``output``
     (``edit/saving.py``: the model, its diff and the train log). ``memory_stage`` is checked
-    against the memory left before the training. None in a process of a multi-process launch
+    against the memory left before the training. A ``ladder`` of learning rates is climbed when
+    the target is missed (``train_with_ladder``). None in a process of a multi-process launch
     other than the main one, which writes."""
+    if ladder and accelerator is not None:
+        raise MechunlearnError("the lr ladder runs in one process; launch without accelerate or leave it out")
     check_output_dir(lm, output.folder, (LOG_FILE, DIFF_FILE))
     split, report = known_split(lm, facts, choice)
     before = quick_eval(lm, split)
     if memory_stage is not None:
         check_stage(memory_stage, lm.device, loaded=True)
-    result = train_split(lm, components, split, config, base_hash=base_hash, accelerator=accelerator,
-                         require_target=require_target, warn=warn)
+    climbed = None
+    if ladder:
+        result, climbed = train_with_ladder(lm, components, split, config, ladder, base_hash=base_hash)
+        _report_missed(result, require_target, warn)
+    else:
+        result = train_split(lm, components, split, config, base_hash=base_hash, accelerator=accelerator,
+                             require_target=require_target, warn=warn)
     if accelerator is not None and not accelerator.is_main_process:
         return None
     after = quick_eval(lm, split)
     if set(after) != set(before) or not all(math.isfinite(v) for v in after.values()):
         raise TrainingDivergedError(f"the edited model's quick evaluation is not a number ({after}): the edit "
                                     "diverged; nothing was written")
+    extra = {"selection": output.selection, "quick_eval": {"before": before, "after": after}}
+    if climbed is not None:
+        extra["lr_ladder"] = climbed
     save_edit(lm, result, output.folder, base_spec=output.base_spec, facts=_facts_record(choice, report, output),
-              extra={"selection": output.selection, "quick_eval": {"before": before, "after": after}})
-    return EditOutcome(report, split, result, before, after)
+              extra=extra)
+    return EditOutcome(report, split, result, before, after, climbed)
 
 
 def _facts_record(choice: FactChoice, report: KnownReport, output: EditOutput) -> dict:
