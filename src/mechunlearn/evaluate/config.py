@@ -89,7 +89,7 @@ class EvalConfig:
         for an attack registered after this class was built. A top-level ``seed`` also seeds the
         attacks, unless their own section sets one."""
         nested = {name: attack.config for name, attack in ATTACKS.items()}
-        known = {f.name for f in fields(cls)} - {"later_attacks"} | set(nested)
+        known = set(cls.config_keys())
         unknown = set(data) - known
         if unknown:
             raise MechunlearnError(f"unknown evaluation setting(s) {sorted(unknown)}; known: {sorted(known)}")
