@@ -100,7 +100,7 @@ def cases(ws: Path) -> list[tuple[str, list[str]]]:
                           ("--dtype", "int4"), ("--device", "tpu"), ("--model", ""), ("--model", str(ws / "mamba")),
                           ("--data", str(ws / "empty.csv")), ("--data", str(ws / "ragged.csv")),
                           ("--data", str(ws / "nope.csv")), ("--out", str(ws / "user_folder")),
-                          ("--out", "/proc/x"), ("--dataset", "wikidata")):
+                          ("--out", "/proc/x"), ("--dataset", "wikidata"), ("--relation", "capital")):
         out.append((f"facts known {option} {value!r}", [*known, option, value]))
     out += [("facts known counterfact \\N", ["facts", "known", *m, "--dataset", "counterfact", "--data",
                                              str(ws / "cf_escape.csv"), "--out", str(ws / "k.csv")]),
@@ -126,6 +126,8 @@ def cases(ws: Path) -> list[tuple[str, list[str]]]:
             argv = [a for a in argv if a not in ("--components", "blocks.1.mlp")] + ["--budget", "8192"]
         out.append((f"edit {option} {value!r}", argv))
     out.append(("edit --target-band with --target 0", [*edit, "--target-band", "0.05"]))
+    for value in ("3e-4,abc", "0,1e-3", "nan", "", "1e-3"):  # the last: a ladder with --target 0
+        out.append((f"edit --lr-ladder {value!r}", [*edit, "--lr-ladder", value]))
     out.append(("edit every loss weight 0", [*edit, "--c-forget", "0", "--c-maintain", "0", "--c-general", "0"]))
     for option, value in (("--mmlu-limit", "-1"), ("--mmlu-shots", "-2"), ("--formats", ","),
                           ("--formats", "haiku"), ("--attacks", "jailbreak"), ("--forget-from", str(ws / "list.json")),
