@@ -116,3 +116,38 @@ def test_a_run_holds_each_variant_beside_the_run_s_flu_with_arms_at_its_budget(t
     assert sel["random"]["budget"] == sel["fact_lookup"]["n_params"]
     assert [c for c in plan(config).cells if "@" in c[1]] == [("edit4", "fact_lookup@wide", 0),
                                                                  ("edit4", "random@wide", 0)]
+
+
+def test_an_arm_that_trains_what_another_arm_trained_copies_its_cell(tiny_grid, tmp_path, one_thread):
+    import json
+
+    from mechunlearn.experiment import Experiment, load_config
+    from mechunlearn.models.tiny import tiny_model
+
+    model = tmp_path / "tiny"
+    lm = tiny_model("llama", n_layers=6)
+    lm.model.save_pretrained(model)
+    lm.tokenizer.save_pretrained(model)
+    wide = {"top_heads": 1, "relative": -1.0, "threshold": -1.0}
+    localization = {"n_facts": 6, "probe_facts": 0, "methods": ["fact_lookup", "random", "all_mlps"],
+                    "budget": {"match": "fact_lookup", "rule": "closest", "granularity": "matrix"},
+                    "params": {"fact_lookup": {"relative": 0.9}}, "variants": {"a": wide, "b": dict(wide)}}
+    both, alone = tmp_path / "both", tmp_path / "alone"
+    Experiment(load_config(tiny_grid(model=str(model), seeds=[0], localization=localization)), both).run()
+    cells = {p.stem.split("__")[1]: json.loads(p.read_text()) for p in (both / "cells").glob("*.json")}
+    for arm in ("fact_lookup", "random"):
+        copy, source = cells[f"{arm}@b"], cells[f"{arm}@a"]
+        assert copy["train"]["same_as"] == f"{arm}@a" and "same_as" not in source["train"]
+        assert copy["components"] == source["components"] and copy["metrics"] == source["metrics"]
+        assert copy["method"] == f"{arm}@b" and copy["seconds"] == 0.0
+    assert "same_as" not in cells["fact_lookup"]["train"]  # the run's own FLU chose fewer MLPs: computed
+    assert cells["random@b"]["budget"]["matched_to"] == "fact_lookup@b"  # its own budget record
+
+    # the copy holds what computing the arm gives
+    localization["variants"] = {"b": wide}
+    Experiment(load_config(tiny_grid(model=str(model), seeds=[0], localization=localization)), alone).run()
+    for arm in ("fact_lookup@b", "random@b"):
+        computed = json.loads((alone / "cells" / f"edit4__{arm}__s0.json").read_text())
+        assert "same_as" not in computed["train"] and computed["metrics"] == cells[arm]["metrics"]
+        untimed = [{k: v for k, v in c["evaluation"].items() if k != "seconds"} for c in (computed, cells[arm])]
+        assert untimed[0] == untimed[1]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -203,6 +204,27 @@ class Experiment:
             seconds=time.perf_counter() - start,
         )
 
+    def twin(self, setting: SettingSpec, method: str, seed: int, facts: run_facts.SeedFacts,
+             selections: dict[str, Selection]) -> Cell | None:
+        """A finished cell of this setting and seed whose arm trains the same components in the same
+        order with the same training config (e.g. two FLU rules that choose the same MLPs, and the
+        arms cut to their equal budgets): this arm would compute the same numbers. None for the
+        unedited model and for sequential blocks, which localize again per block."""
+        mine = selections.get(method)
+        if mine is None or len(facts.splits) > 1:
+            return None
+        config = self.config.edit_config(method, setting, seed)
+        for other, selection in selections.items():
+            path = self.cell_path(setting.name, other, seed)
+            if (other != method and selection.components == mine.components
+                    and self.config.edit_config(other, setting, seed) == config and self.cell_done(path)):
+                return Cell.read(path)
+        return None
+
+    def copied_cell(self, twin: Cell, method: str, selection: Selection) -> Cell:
+        return replace(twin, method=method, budget=self.locs.budget_record(method, selection), seconds=0.0,
+                       train={**twin.train, "same_as": twin.train.get("same_as", twin.method)})
+
     def sweep_on_carve(self, cfg: EditConfig, grid: dict, selection: Selection, split: Split) -> tuple[EditConfig, dict]:
         return sweep(cfg, grid, split, self.fresh_model,
                      lambda m, carve, c: train_split(m, selection.components, carve, c, progress=False,
@@ -259,6 +281,13 @@ class Experiment:
                 if selections is None and method != BASE:  # one process localizes; the others wait for its files
                     with claims.wait_for(self.out / "localizations" / f"{tag}s{seed}.claim"):
                         selections = self.locs.selections(self.fresh_model, facts, seed, tag)
+                twin = self.twin(setting, method, seed, facts, selections or {})
+                if twin is not None:  # the same training of the same components: the same numbers
+                    write_json_atomic(path, self.copied_cell(twin, method, selections[method]).to_json())
+                    self.console.print(f"[b]{setting.name}[/b] · {method} · seed {seed}: trains what "
+                                       f"{twin.method} trained; its cell is copied")
+                    self.computed.append(path.stem)
+                    continue
                 self.console.print(f"[b]{setting.name}[/b] · {method} · seed {seed}")
                 try:
                     cell = self.run_cell(setting, method, seed, facts, (selections or {}).get(method),
