@@ -349,9 +349,19 @@ def test_the_report_leads_with_the_run_the_training_and_the_verdict(run_dir):
     glance = re.sub(r"<[^>]+>", " ", text[text.index("At a glance"):text.index("What the comparison found")])
     assert "Run: 1 setting(s) (edit16), 3 seed(s) (0, 1, 2); arms and trained parameters: FLU 1,000; causal " \
            "tracing 1,000; all MLPs 1,000." in glance
-    assert "Training: no strength target was recorded" in glance
+    assert "Training: no strength target was recorded" in glance and "Incomplete" not in glance
     assert "Verdict on the 3 primary comparisons (FLU better / worse / equivalent / inconclusive): 3 / 0 / 0 / 0" \
            in glance
+
+
+def test_the_report_names_the_cells_a_seed_lacks(run_dir):
+    (run_dir / "cells" / "edit16__causal_tracing__s2.json").unlink()  # a run still computing seed 2
+    text = html.unescape(write_report(run_dir).read_text())
+    glance = " ".join(re.sub(r"<[^>]+>", " ", text[text.index("At a glance"):text.index("What the comparison found")]).split())
+    assert "Incomplete: seed 2 lacks 1 of its cells (edit16 · causal tracing). Each comparison pairs the seeds " \
+           "both of its arms have" in glance
+    written = json.loads((run_dir / "verdicts.json").read_text())
+    assert {v["n"] for v in written if v["vs"] == "causal_tracing"} == {2}  # seeds 0 and 1
 
 
 def test_the_report_says_when_the_unedited_model_is_at_chance_on_mmlu(run_dir):

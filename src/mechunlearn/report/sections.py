@@ -37,6 +37,15 @@ def _p(text: str, cls: str | None = None) -> str:
     return f"<p{f' class={cls}' if cls else ''}>{html.escape(text)}</p>"
 
 
+def incomplete_seeds(cells: list[dict]) -> dict[int, list[str]]:
+    """Per seed, the cells (setting · arm) that another seed has and it lacks."""
+    grid = sorted({(c["setting"], c["method"]) for c in cells})
+    have = {(c["setting"], c["method"], c["seed"]) for c in cells}
+    gaps = {seed: [f"{s} · {label(m)}" for s, m in grid if (s, m, seed) not in have]
+            for seed in sorted({c["seed"] for c in cells})}
+    return {seed: v for seed, v in gaps.items() if v}
+
+
 def at_a_glance(cells: list[dict], found: list[dict], spec: AnalysisSpec) -> list[str]:
     """What was run, how hard each arm was trained, and the verdict or why there is none."""
     settings = sorted({c["setting"] for c in cells})
@@ -48,6 +57,12 @@ def at_a_glance(cells: list[dict], found: list[dict], spec: AnalysisSpec) -> lis
     arms = "; ".join(f"{label(m)} {'/'.join(_size(n) for n in sorted(sizes[m]))}" for m in ordered(sizes))
     items = [f"Run: {len(settings)} setting(s) ({', '.join(settings)}), {len(seeds)} seed(s) "
              f"({', '.join(map(str, seeds))}); arms and trained parameters: {arms or 'none'}."]
+    gaps = incomplete_seeds(cells)
+    if gaps:
+        items.append("Incomplete: " + "; ".join(f"seed {seed} lacks {len(v)} of its cells ({', '.join(v)})"
+                                                for seed, v in gaps.items())
+                     + ". Each comparison pairs the seeds both of its arms have (a run still computing, or cells "
+                       "that failed).")
     targets = training.targets_used(cells)
     missed = training.unreached_seeds(cells)
     trained = sum(1 for c in cells if c["method"] != BASE)
