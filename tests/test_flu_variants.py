@@ -143,6 +143,17 @@ def test_an_arm_that_trains_what_another_arm_trained_copies_its_cell(tiny_grid, 
     assert "same_as" not in cells["fact_lookup"]["train"]  # the run's own FLU chose fewer MLPs: computed
     assert cells["random@b"]["budget"]["matched_to"] == "fact_lookup@b"  # its own budget record
 
+    # a cell that other code computed (an older version, a snapshot) is never copied
+    for arm in ("fact_lookup@a", "random@a"):
+        path = both / "cells" / f"edit4__{arm}__s0.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "code": "other"}))
+    for arm in ("fact_lookup@b", "random@b"):
+        (both / "cells" / f"edit4__{arm}__s0.json").unlink()
+    Experiment(load_config(tiny_grid(model=str(model), seeds=[0], localization=localization)), both).run()
+    for arm in ("fact_lookup@b", "random@b"):
+        again = json.loads((both / "cells" / f"edit4__{arm}__s0.json").read_text())
+        assert "same_as" not in again["train"] and again["seconds"] > 0 and again["metrics"] == cells[arm]["metrics"]
+
     # the copy holds what computing the arm gives
     localization["variants"] = {"b": wide}
     Experiment(load_config(tiny_grid(model=str(model), seeds=[0], localization=localization)), alone).run()

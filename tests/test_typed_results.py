@@ -19,7 +19,7 @@ def test_a_cell_round_trips_through_its_json_with_the_keys_in_order(tmp_path):
     cell = _cell()
     data = cell.to_json()
     assert list(data) == ["setting", "method", "seed", "objective", "n_params", "budget", "components", "metrics",
-                          "curves", "train", "evaluation", "seconds"]
+                          "curves", "train", "evaluation", "seconds", "code"]
     path = tmp_path / "c.json"
     path.write_text(json.dumps(data))
     assert Cell.read(path) == cell and Cell.read(path).to_json() == data
@@ -28,8 +28,8 @@ def test_a_cell_round_trips_through_its_json_with_the_keys_in_order(tmp_path):
 def test_a_cell_keeps_keys_it_does_not_know_and_names_what_is_missing(tmp_path):
     data = {**_cell().to_json(), "added_later": [1, 2]}
     assert Cell.from_json(data).to_json() == data
-    older = {k: v for k, v in data.items() if k not in ("budget", "curves")}  # written before those keys existed
-    assert Cell.from_json(older).budget is None
+    older = {k: v for k, v in data.items() if k not in ("budget", "curves", "code")}  # before those keys existed
+    assert Cell.from_json(older).budget is None and Cell.from_json(older).code is None
     (tmp_path / "bad.json").write_text(json.dumps({"setting": "edit4", "method": "random"}))
     with pytest.raises(MechunlearnError, match="lacks the keys of a cell"):
         Cell.read(tmp_path / "bad.json")

@@ -3,7 +3,9 @@ evaluated; ``cells/{setting}__{method}__s{seed}.json`` in the run folder."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, fields
+from functools import cache
 from pathlib import Path
 
 from mechunlearn.errors import MechunlearnError
@@ -26,6 +28,7 @@ class Cell:
     train: dict  # the training record (empty for the unedited model)
     evaluation: dict  # the whole evaluation (evaluate_run)
     seconds: float
+    code: str | None = None  # code_fingerprint() of the code that computed it (None: an older version's cell)
     extra: dict = field(default_factory=dict)  # keys a later version added, kept as read
 
     def to_json(self) -> dict:
@@ -47,3 +50,13 @@ class Cell:
         except (OSError, ValueError) as e:
             raise MechunlearnError(f"cell {path} cannot be read ({e}); rerun the run to compute it again") from None
         return cls.from_json(data, f"cell {path}")
+
+
+@cache
+def code_fingerprint() -> str:
+    """A hash of the package's source files: two cells computed by the same code carry the same one."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]

@@ -41,7 +41,7 @@ from mechunlearn.evaluate.headline import curves, for_objective
 from mechunlearn.evaluate.result import EvaluationResult
 from mechunlearn.experiment import claims
 from mechunlearn.experiment import facts as run_facts
-from mechunlearn.experiment.cell import Cell
+from mechunlearn.experiment.cell import Cell, code_fingerprint
 from mechunlearn.experiment.config import RunConfig, SettingSpec, from_dict
 from mechunlearn.experiment.estimate import run_guard
 from mechunlearn.experiment.localizations import Localizations
@@ -201,15 +201,16 @@ class Experiment:
             metrics=for_objective(evaluated.aggregates, setting.objective),
             curves=curves(evaluated.attacks),
             train=train_info, evaluation=evaluated.to_json(),
-            seconds=time.perf_counter() - start,
+            seconds=time.perf_counter() - start, code=code_fingerprint(),
         )
 
     def twin(self, setting: SettingSpec, method: str, seed: int, facts: run_facts.SeedFacts,
              selections: dict[str, Selection]) -> Cell | None:
-        """A finished cell of this setting and seed whose arm trains the same components in the same
-        order with the same training config (e.g. two FLU rules that choose the same MLPs, and the
-        arms cut to their equal budgets): this arm would compute the same numbers. None for the
-        unedited model and for sequential blocks, which localize again per block."""
+        """A finished cell of this setting and seed, computed by this code, whose arm trains the same
+        components in the same order with the same training config (e.g. two FLU rules that choose
+        the same MLPs, and the arms cut to their equal budgets): this arm would compute the same
+        numbers. None for the unedited model and for sequential blocks, which localize again per
+        block."""
         mine = selections.get(method)
         if mine is None or len(facts.splits) > 1:
             return None
@@ -218,7 +219,9 @@ class Experiment:
             path = self.cell_path(setting.name, other, seed)
             if (other != method and selection.components == mine.components
                     and self.config.edit_config(other, setting, seed) == config and self.cell_done(path)):
-                return Cell.read(path)
+                cell = Cell.read(path)
+                if cell.code == code_fingerprint():
+                    return cell
         return None
 
     def copied_cell(self, twin: Cell, method: str, selection: Selection) -> Cell:
