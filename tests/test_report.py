@@ -362,6 +362,11 @@ def test_the_report_names_the_cells_a_seed_lacks(run_dir):
            "both of its arms have" in glance
     written = json.loads((run_dir / "verdicts.json").read_text())
     assert {v["n"] for v in written if v["vs"] == "causal_tracing"} == {2}  # seeds 0 and 1
+    assert "Code:" not in glance
+    path = run_dir / "cells" / "edit16__causal_tracing__s1.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "code": "abc123"}))
+    text = " ".join(html.unescape(write_report(run_dir).read_text()).split())
+    assert "Code: the cells were computed by 2 versions of mechunlearn (fingerprints abc123, none;" in text
 
 
 def test_the_report_says_when_the_unedited_model_is_at_chance_on_mmlu(run_dir):

@@ -57,6 +57,11 @@ def at_a_glance(cells: list[dict], found: list[dict], spec: AnalysisSpec) -> lis
     arms = "; ".join(f"{label(m)} {'/'.join(_size(n) for n in sorted(sizes[m]))}" for m in ordered(sizes))
     items = [f"Run: {len(settings)} setting(s) ({', '.join(settings)}), {len(seeds)} seed(s) "
              f"({', '.join(map(str, seeds))}); arms and trained parameters: {arms or 'none'}."]
+    codes = sorted({c.get("code") or "none" for c in cells})
+    if len(codes) > 1:
+        items.append(f"Code: the cells were computed by {len(codes)} versions of mechunlearn (fingerprints "
+                     f"{', '.join(codes)}; 'none': a version that did not record it); where the code changed between "
+                     "them, so may the numbers.")
     gaps = incomplete_seeds(cells)
     if gaps:
         items.append("Incomplete: " + "; ".join(f"seed {seed} lacks {len(v)} of its cells ({', '.join(v)})"
