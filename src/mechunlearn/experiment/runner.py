@@ -409,17 +409,27 @@ def _fixed(config: dict) -> dict:
     return out
 
 
+def _changed_keys(stored, new, path: str = "") -> list[str]:
+    """The key paths where two configs differ."""
+    if isinstance(stored, dict) and isinstance(new, dict):
+        return [k for key in sorted(set(stored) | set(new), key=str)
+                for k in _changed_keys(stored.get(key), new.get(key), f"{path}.{key}" if path else str(key))]
+    return [] if stored == new else [path or "the config"]
+
+
 def _write_config(path: Path, config: dict) -> None:
     """A run folder keeps its config, but for ``OPEN_KEYS``, once work is in it; before that a
     corrected config may replace a failed start's."""
     if path.exists():
         try:
-            same = _fixed(read_json(path)) == _fixed(config)
+            changed = _changed_keys(_fixed(read_json(path)), _fixed(config))
         except (ValueError, MechunlearnError, AttributeError, TypeError):
-            same = False
+            changed = ["(its config.json cannot be read)"]
         work = [p for d in ("cells", "localizations") for p in (path.parent / d).glob("*.json")]
-        if not same and work:
-            raise MechunlearnError(f"{path.parent} holds a run with a different config; use another --out folder")
+        if changed and work:
+            more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+            raise MechunlearnError(f"{path.parent} holds a run with a different config ({', '.join(changed[:5])}{more} "
+                                   f"differ; only {', '.join(OPEN_KEYS)} may change); use another --out folder")
     write_json_atomic(path, json.loads(json.dumps(config)))
 
 
