@@ -17,7 +17,7 @@ from mechunlearn.edit.config import EditConfig
 from mechunlearn.edit.files import DIFF_FILE, LOG_FILE
 from mechunlearn.edit.saving import check_output_dir, save_edit
 from mechunlearn.edit.selection import TrainableWeights, expand_components
-from mechunlearn.edit.sweep import LADDER_RULE, sweep
+from mechunlearn.edit.sweep import LADDER_RULE, first_attempt, sweep
 from mechunlearn.edit.trainer import TrainResult, train
 from mechunlearn.errors import MechunlearnError, TrainingDivergedError
 from mechunlearn.facts import FactSet, KnownReport, Split, answer_probs, filter_known, split_facts
@@ -133,7 +133,7 @@ def train_with_ladder(lm: LoadedModel, components: Sequence[str], split: Split, 
     fresh()
     result = train(lm, components, split, chosen, base_hash=base_hash)
     return result, {"rule": LADDER_RULE.format(ladder=", ".join(f"{lr:g}" for lr in ladder)),
-                    "first_attempt": {"lr": config.lr, **first.target}, "sweep": record}
+                    "first_attempt": first_attempt([first]), "sweep": record}
 
 
 def edit_facts(lm: LoadedModel, components: Sequence[str], facts: FactSet, choice: FactChoice, config: EditConfig,

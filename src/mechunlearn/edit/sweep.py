@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from mechunlearn.edit.config import EditConfig
+from mechunlearn.edit.trainer import TrainResult
 from mechunlearn.errors import MechunlearnError
 from mechunlearn.facts import Split, answer_probs
 
@@ -89,3 +90,13 @@ def choose(trials: list[dict], max_drop: float, with_target: bool) -> dict:
     if within:
         return max(within, key=lambda t: t["forget_score"])
     return min(trials, key=lambda t: t["maintain_drop"])
+
+
+def first_attempt(results: list[TrainResult]) -> dict:
+    """What the configured lr reached before the arm climbed the ladder (sequential: over its blocks)."""
+    if len(results) == 1:
+        return {"lr": results[0].config.lr, **results[0].target}
+    targets = [r.target for r in results]
+    return {"lr": results[0].config.lr, "reached": False, "steps": sum(t["steps"] for t in targets),
+            "strength": sum(t["strength"] for t in targets) / len(targets),
+            "missed_blocks": [i + 1 for i, t in enumerate(targets) if not t["reached"]]}

@@ -26,7 +26,7 @@ from rich.markup import escape
 from mechunlearn.edit import EditConfig, TrainResult
 from mechunlearn.edit.pipeline import train_split
 from mechunlearn.edit.saving import weights_hash
-from mechunlearn.edit.sweep import LADDER_RULE, sweep
+from mechunlearn.edit.sweep import LADDER_RULE, first_attempt, sweep
 from mechunlearn.errors import FactDataError, MechunlearnError, TrainingDivergedError
 from mechunlearn.evaluate import evaluate_run
 from mechunlearn.evaluate.attacks import get_attack
@@ -431,13 +431,3 @@ def _write_config(path: Path, config: dict) -> None:
             raise MechunlearnError(f"{path.parent} holds a run with a different config ({', '.join(changed[:5])}{more} "
                                    f"differ; only {', '.join(OPEN_KEYS)} may change); use another --out folder")
     write_json_atomic(path, json.loads(json.dumps(config)))
-
-
-def first_attempt(results: list[TrainResult]) -> dict:
-    """What the configured lr reached before the arm climbed the ladder (sequential: over its blocks)."""
-    if len(results) == 1:
-        return {"lr": results[0].config.lr, **results[0].target}
-    targets = [r.target for r in results]
-    return {"lr": results[0].config.lr, "reached": False, "steps": sum(t["steps"] for t in targets),
-            "strength": sum(t["strength"] for t in targets) / len(targets),
-            "missed_blocks": [i + 1 for i, t in enumerate(targets) if not t["reached"]]}
