@@ -357,3 +357,31 @@ def test_a_diverged_cell_is_named_and_set_aside(ws, tmp_path, monkeypatch, stop)
     assert failed == (["s__unedited__s0.json"] if stop else ["s__random__s0.json", "s__unedited__s0.json"])
     assert "s__unedited__s0" in str(e.value) and "forget loss is nan" in str(e.value)
     assert not list((tmp_path / "run" / "cells").glob("*.json"))
+
+
+# ---- values that nothing reads are accepted with a warning
+
+
+def test_values_that_nothing_reads_are_named_and_meaningful_ones_are_not():
+    assert EditConfig(mask_l1=0.1, mask_threshold=0.5, target_band=0.1).inert() == [
+        "mask_l1 0.1 has no effect without weight_mask", "mask_threshold 0.5 has no effect without weight_mask",
+        "target_band 0.1 has no effect without a target"]
+    assert EditConfig(target=0.9, steps=5, check_every=7).inert() == [
+        "check_every 7 is not below steps 5: the target is checked only after the last step, so training never "
+        "stops early"]
+    for used in (EditConfig(weight_mask=True, mask_l1=0.1, mask_threshold=0.5), EditConfig(target=0.9, steps=1),
+                 EditConfig(target=0.9, target_band=0.05, steps=5, check_every=4), EditConfig()):
+        assert used.inert() == []
+
+
+def test_edit_and_run_warn_of_a_value_that_nothing_reads(ws, tmp_path, capsys):
+    status, lines = run(edit_args(ws, tmp_path / "e", "--components", "blocks.1.mlp", "--mask-l1", "0.1", "--dry-run"), capsys)
+    assert status == 0 and "warning: mask_l1 0.1 has no effect without weight_mask" in lines
+    (tmp_path / "c.yaml").write_text("training:\n  default: {mask_threshold: 0.5}\nsettings:\n"
+                                     "  - {name: a, forget: 3}\n  - {name: b, forget: 3, training: {mask_threshold: 0.7}}\n")
+    status, lines = run(["run", tmp_path / "c.yaml", "--out", tmp_path / "r", "--dry-run"], capsys)
+    assert status == 0
+    assert [line for line in lines if line.startswith("warning")] == [
+        "warning: setting 'a': mask_threshold 0.5 has no effect without weight_mask",
+        "warning: setting 'b': mask_threshold 0.7 has no effect without weight_mask"]
+    assert not (tmp_path / "r").exists()

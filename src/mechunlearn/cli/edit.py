@@ -273,6 +273,8 @@ def edit(
         mask_threshold=mask_threshold, target=target if target != 0 else None, check_every=check_every,
         target_band=target_band,
     ).validate()
+    for line in config.inert():
+        _warn(line)
     ladder = _read_ladder(lr_ladder, config)
     check_out_folder(out, "--out", (LOG_FILE, DIFF_FILE))
     check_threshold(threshold)

@@ -4,6 +4,7 @@ import time
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from mechunlearn.cli.app import app, console, on_interrupt
 
@@ -43,6 +44,8 @@ def run(
     resolved = load_config(config, parse_overrides(set_))
     if settings:
         resolved = only_settings(resolved, [s.strip() for s in settings.split(",") if s.strip()])
+    for line in resolved.inert():
+        console.print(f"[yellow]warning:[/yellow] {escape(line)}", soft_wrap=True)
     if dry_run:
         from mechunlearn.experiment.estimate import run_guard
         from mechunlearn.models.memory_guard import print_estimate

@@ -124,6 +124,20 @@ class EditConfig:
                                    f"target), got {self.target_band}")
         return self
 
+    def inert(self) -> list[str]:
+        """Values that nothing reads in this config (accepted, since each means something in
+        another one): what a user would want to hear before a run ignores them."""
+        defaults = EditConfig()
+        lines = [f"{name} {getattr(self, name)} has no effect without weight_mask"
+                 for name in ("mask_l1", "mask_threshold") if not self.weight_mask
+                 and getattr(self, name) != getattr(defaults, name)]
+        if self.target is None and self.target_band is not None:
+            lines.append(f"target_band {self.target_band} has no effect without a target")
+        if self.target is not None and 1 < self.steps <= self.check_every:
+            lines.append(f"check_every {self.check_every} is not below steps {self.steps}: the target is checked "
+                         "only after the last step, so training never stops early")
+        return lines
+
     def _check_types(self) -> None:
         """Numbers are numbers (finite ones for floats) and flags are booleans: a NaN coefficient
         would pass every range check and silently switch a term off."""
