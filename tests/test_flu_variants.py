@@ -63,8 +63,29 @@ def test_each_rule_has_its_own_family_and_the_report_says_which_outcomes_change(
     assert "FLU [span] better than random [span]" in found[("fact_lookup@span", "random@span")]["text"]
     text = html.unescape(write_report(tmp_path).read_text())
     assert "Does the verdict depend on FLU's rule?" in text
-    assert "Outcomes that differ between the rules: 1 of the 1 comparisons made under more than one rule." in text
+    assert "Outcomes that differ from the run's rule: 1 of the 1 comparisons made under both." in text
     assert "Per setting: s: 1, s [span]: 2." in text
+    assert "better (+0.300, MDE" in text and "equivalent (+0.000, MDE" in text and "5 seeds)" in text
+
+
+def test_a_variant_on_fewer_seeds_is_set_beside_the_run_s_rule_on_those_seeds(tmp_path):
+    """Two variants train the same arms as the run's rule on seeds 0-2: at five seeds the run's rule
+    is better, at three seeds neither is: the outcome moved with the power, not with the rule."""
+    cells = []
+    for seed, gap in enumerate((0.05, 0.15, 0.02, 0.12, 0.10)):
+        arms = [("fact_lookup", 0.5 + gap), ("causal_tracing", 0.5)]
+        cells += [_cell(m, seed, qa) for m, qa in arms]
+        if seed < 3:
+            cells += [_cell(m + rule, seed, qa) for m, qa in arms for rule in ("@late", "@other")]
+    for c in cells:
+        write_json_atomic(tmp_path / "cells" / f"{c['setting']}__{c['method']}__s{c['seed']}.json", c)
+    found = {v["ours"]: v for v in verdicts(cells) if v["primary"]}
+    assert (found["fact_lookup"]["outcome"], found["fact_lookup@late"]["outcome"]) == ("better", "inconclusive")
+    text = html.unescape(write_report(tmp_path).read_text())
+    section = text[text.index("Does the verdict depend on FLU's rule?"):]
+    assert "Outcomes that differ from the run's rule: 0 of the 2 comparisons made under both." in section
+    assert "the run's rule on the seeds of late, other" in section  # one column for the two variants
+    assert section.count("inconclusive (+0.073, MDE") == 3 and "better (+0.088, MDE" in section
 @pytest.mark.parametrize("rule", ["span", "paper_cf"])
 def test_named_rules_pass_the_config(rule):
     from mechunlearn.experiment.config import from_dict

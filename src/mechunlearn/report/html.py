@@ -92,7 +92,7 @@ def write_report(run_dir: str | Path) -> Path:
     parts += sections.at_a_glance(cells, found, spec)
     parts += budget.section(cells)  # an arm outside the budget tolerance, flagged at the top
     parts += _non_finite(cells)
-    parts += sections.comparison(found, spec)
+    parts += sections.comparison(found, cells, spec)
     parts += sections.fairness(cells, settings)
     parts += _data(data, cells, settings)
     parts += sections.mmlu_at_chance(cells)

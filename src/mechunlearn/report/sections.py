@@ -13,7 +13,7 @@ from mechunlearn.report import stability, training
 from mechunlearn.report.analysis import AnalysisSpec
 from mechunlearn.report.methods import BASE, label, ordered, split_arm
 from mechunlearn.report.metrics import METRICS
-from mechunlearn.report.verdicts import decision_rule, one_seed_note
+from mechunlearn.report.verdicts import decision_rule, one_seed_note, verdicts
 
 NOT_RECORDED = "not recorded"
 
@@ -110,7 +110,7 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 100_000 else f"{n:,}"
 
 
-def comparison(found: list[dict], spec: AnalysisSpec) -> list[str]:
+def comparison(found: list[dict], cells: list[dict], spec: AnalysisSpec) -> list[str]:
     """The primary comparisons' outcomes (one sentence each, or one sentence for a one-seed run),
     their table, and the secondary comparisons as a descriptive table."""
     parts = ["<h2>What the comparison found</h2>"]
@@ -137,7 +137,7 @@ def comparison(found: list[dict], spec: AnalysisSpec) -> list[str]:
             "Holm p, equivalence": _num(v.get("p_equivalence_holm")), "MDE (80% power)": _num(v.get("mde"), ".3f"),
             "seeds for MDE = delta": _seeds(v),
         } for v in primary])))
-    parts += rule_sensitivity(found)
+    parts += rule_sensitivity(found, cells, spec)
     secondary = [v for v in found if not v["primary"]]
     if secondary:
         parts.append("<h3>Secondary comparisons (descriptive)</h3>")
@@ -149,26 +149,60 @@ def comparison(found: list[dict], spec: AnalysisSpec) -> list[str]:
     return parts
 
 
-def rule_sensitivity(found: list[dict]) -> list[str]:
+def rule_sensitivity(found: list[dict], cells: list[dict], spec: AnalysisSpec) -> list[str]:
     """Each primary outcome under the run's own FLU rule and under every FLU variant it holds (each
-    compared with the arms cut to its own budget), and whether any outcome changes."""
+    compared with the arms cut to its own budget), and whether any outcome changes. A variant run on
+    fewer seeds than the run's rule is set beside the run's rule judged on those seeds alone, so an
+    outcome that moves with the power is not taken for one that moves with the rule."""
     rules = sorted({v["rule"] for v in found if v["primary"]})
     if len(rules) < 2:
         return []
+    columns = {RUN_RULE: [v for v in found if v["primary"] and not v["rule"]]}
+    baseline = {}  # variant -> the column of the run's rule it is compared with
+    by_seeds: dict[tuple, list[str]] = {}  # the variants' seeds per setting, where they differ from the run's
+    for rule in rules[1:]:
+        columns[rule] = [v for v in found if v["primary"] and v["rule"] == rule]
+        seeds = tuple((s, tuple(_seeds_in(columns[rule], s))) for s in sorted({v["setting"] for v in columns[rule]}))
+        if all(list(chosen) == _seeds_in(columns[RUN_RULE], s) for s, chosen in seeds):
+            baseline[rule] = RUN_RULE
+        else:
+            by_seeds.setdefault(seeds, []).append(rule)
+    for seeds, sharing in by_seeds.items():
+        name = f"{RUN_RULE} on the seeds of {', '.join(sharing)}"
+        columns[name] = [v for s, chosen in seeds for v in _run_rule_on_seeds(columns[RUN_RULE], cells, spec, s,
+                                                                                list(chosen))]
+        baseline.update(dict.fromkeys(sharing, name))
     table_rows: dict[tuple, dict] = {}
-    for v in (v for v in found if v["primary"]):
-        key = (v["setting"], _metric_label(v["metric"]), label(split_arm(v["vs"])[0]))
-        row = table_rows.setdefault(key, {"setting": key[0], "primary endpoint": key[1], "FLU vs": key[2]})
-        row[v["rule"] or "the run's rule"] = f"{v['outcome']} ({v['advantage']:+.3f}, MDE {_num(v.get('mde'), '.3f')})"
-    names = ["the run's rule", *rules[1:]]
-    outcomes = [{r[n].split(" ")[0] for n in names if n in r} for r in table_rows.values()]
-    both = [o for o, r in zip(outcomes, table_rows.values(), strict=True) if sum(n in r for n in names) > 1]
-    changed = sum(len(o) > 1 for o in both)
+    for name, found_there in columns.items():
+        for v in found_there:
+            key = (v["setting"], _metric_label(v["metric"]), label(split_arm(v["vs"])[0]))
+            row = table_rows.setdefault(key, {"setting": key[0], "primary endpoint": key[1], "FLU vs": key[2]})
+            row[name] = (f"{v['outcome']} ({v['advantage']:+.3f}, MDE {_num(v.get('mde'), '.3f')}, "
+                         f"{v['n']} seed{'s' if v['n'] != 1 else ''})")
+    pairs = [(row[rule], row[base]) for row in table_rows.values() for rule, base in baseline.items()
+             if rule in row and base in row]
+    changed = sum(a.split(" ")[0] != b.split(" ")[0] for a, b in pairs)
     return ["<h3>Does the verdict depend on FLU's rule?</h3>",
-            _p(f"Each FLU variant is compared with the other methods cut to its own budget. Outcomes that differ "
-               f"between the rules: {changed} of the {len(both)} comparisons made under more than one rule.",
-               "lose" if changed else "note"),
+            _p(f"Each FLU variant is compared with the other methods cut to its own budget, and its outcomes with "
+               f"the run's rule on the same seeds. Outcomes that differ from the run's rule: {changed} of the "
+               f"{len(pairs)} comparisons made under both.", "lose" if changed else "note"),
             table(pd.DataFrame(list(table_rows.values())).fillna("–"))]
+
+
+def _seeds_in(rows: list[dict], setting: str) -> list[int]:
+    return sorted({seed for v in rows if v["setting"] == setting for seed in v["seeds"]})
+
+
+def _run_rule_on_seeds(own: list[dict], cells: list[dict], spec: AnalysisSpec, setting: str,
+                       seeds: list[int]) -> list[dict]:
+    """The primary outcomes of the run's own rule (``own``) in ``setting``, judged on ``seeds`` alone."""
+    if _seeds_in(own, setting) == seeds:
+        return [v for v in own if v["setting"] == setting]
+    chosen = [c for c in cells if c["setting"] == setting and c["seed"] in seeds and not split_arm(c["method"])[1]]
+    return [v for v in verdicts(chosen, spec) if v["primary"]]
+
+
+RUN_RULE = "the run's rule"
 
 
 OUTCOME_CLASS = {"better": "win", "worse": "lose", "equivalent": "tie", "inconclusive": "tie", "descriptive": "tie"}
