@@ -179,11 +179,11 @@ class RunConfig:
                   "objective": setting.objective, "seed": seed}
         return EditConfig(**values)
 
-
     def inert(self) -> list[str]:
         """Training values that no arm reads (``EditConfig.inert``), once per setting."""
         return sorted({f"setting {s.name!r}: {line}" for s in self.settings for m in self.arms()
                        for line in self.edit_config(m, s, 0).inert()})
+
 
 def _merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)

@@ -149,6 +149,9 @@ def comparison(found: list[dict], cells: list[dict], spec: AnalysisSpec) -> list
     return parts
 
 
+RUN_RULE = "the run's rule"
+
+
 def rule_sensitivity(found: list[dict], cells: list[dict], spec: AnalysisSpec) -> list[str]:
     """Each primary outcome under the run's own FLU rule and under every FLU variant it holds (each
     compared with the arms cut to its own budget), and whether any outcome changes. A variant run on
@@ -200,9 +203,6 @@ def _run_rule_on_seeds(own: list[dict], cells: list[dict], spec: AnalysisSpec, s
         return [v for v in own if v["setting"] == setting]
     chosen = [c for c in cells if c["setting"] == setting and c["seed"] in seeds and not split_arm(c["method"])[1]]
     return [v for v in verdicts(chosen, spec) if v["primary"]]
-
-
-RUN_RULE = "the run's rule"
 
 
 OUTCOME_CLASS = {"better": "win", "worse": "lose", "equivalent": "tie", "inconclusive": "tie", "descriptive": "tie"}
