@@ -30,6 +30,44 @@ def test_seeds_added_to_a_run_folder_compute_only_the_new_cells(tiny_grid, tmp_p
         Experiment(changed, out).run()
 
 
+def test_settings_run_one_at_a_time_share_one_folder(tiny_grid, tmp_path, one_thread):
+    """``--settings``: the folder keeps the whole config, so each subset resumes the same run."""
+    two = [{"name": "edit4", "objective": "edit", "forget": 4}, {"name": "unlearn4", "objective": "log1m", "forget": 4}]
+    config = load_config(tiny_grid(seeds=[0], settings=two))
+    out = tmp_path / "run"
+    Experiment(config, out, only=["edit4"]).run()
+    cells = lambda: sorted(p.stem for p in (out / "cells").glob("*.json"))  # noqa: E731
+    assert cells() == ["edit4__all_mlps__s0", "edit4__random__s0", "edit4__unedited__s0"]
+    assert [s["name"] for s in json.loads((out / "config.json").read_text())["settings"]] == ["edit4", "unlearn4"]
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+
+    Experiment(config, out, only=["unlearn4"]).run()
+    assert cells() == ["edit4__all_mlps__s0", "edit4__random__s0", "edit4__unedited__s0",
+                       "unlearn4__all_mlps__s0", "unlearn4__random__s0", "unlearn4__unedited__s0"]
+    assert all((out / "cells" / n).stat().st_mtime_ns == t for n, t in stamps.items())
+    rows = (out / "results.csv").read_text().splitlines()
+    assert {r.split(",")[0] for r in rows[1:]} >= {"edit4", "unlearn4"}, rows[:3]
+
+    with pytest.raises(MechunlearnError, match=r"unknown setting\(s\) \['edit5'\]"):
+        Experiment(config, out, only=["edit5"])
+    changed = load_config(tiny_grid(seeds=[0], settings=[two[0], {**two[1], "forget": 5}]))
+    with pytest.raises(MechunlearnError, match=r"different config \(settings.unlearn4.forget differ"):
+        Experiment(changed, out, only=["edit4"]).run()
+
+
+def test_a_folder_started_on_some_settings_takes_the_config_that_adds_others(tiny_grid, tmp_path, one_thread):
+    one = [{"name": "edit4", "objective": "edit", "forget": 4}]
+    out = tmp_path / "run"
+    Experiment(load_config(tiny_grid(seeds=[0], settings=one)), out).run()
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    more = load_config(tiny_grid(seeds=[0], settings=[*one, {"name": "unlearn4", "objective": "log1m", "forget": 4}]))
+    Experiment(more, out).run()
+    assert len(list((out / "cells").glob("unlearn4__*.json"))) == 3
+    assert all((out / "cells" / n).stat().st_mtime_ns == t for n, t in stamps.items())
+    with pytest.raises(MechunlearnError, match=r"different config \(settings.unlearn4 differ"):
+        Experiment(load_config(tiny_grid(seeds=[0], settings=one)), out).run()
+
+
 @pytest.mark.parametrize("analysis, words", [
     ({"primary": ["edit.qa.p_nwe"]}, ["analysis.primary[0]", "edit.qa.p_new"]),
     ({"primary": []}, ["analysis.primary", "empty"]),

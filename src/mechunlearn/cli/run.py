@@ -26,7 +26,7 @@ def run(
     out: Path = typer.Option(..., "--out", help="Run folder; rerunning with the same folder resumes."),
     set_: list[str] = typer.Option([], "--set", help="Override a config value: KEY.PATH=YAML, e.g. seeds=[0,1,2] "
                                    "or data_dir=../shared/data. Repeatable."),
-    settings: str | None = typer.Option(None, "--settings", help="Run only these settings (comma-separated names)."),
+    settings: str | None = typer.Option(None, "--settings", help="Compute only these settings' cells (comma-separated names); the run folder keeps the whole config, so a later run with other settings (or none) resumes it."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the memory estimate and the forward/backward "
                                  "passes of each stage, and exit without loading the weights or writing anything."),
     stop_on_failure: bool = typer.Option(False, "--stop-on-failure", help="Stop at a cell whose training "
@@ -42,15 +42,15 @@ def run(
     from mechunlearn.experiment.config import load_config, only_settings, parse_overrides
 
     resolved = load_config(config, parse_overrides(set_))
-    if settings:
-        resolved = only_settings(resolved, [s.strip() for s in settings.split(",") if s.strip()])
+    only = [s.strip() for s in settings.split(",") if s.strip()] if settings else None
+    work = only_settings(resolved, only) if only else resolved  # the folder keeps the whole config
     for line in resolved.inert():
         console.print(f"[yellow]warning:[/yellow] {escape(line)}", soft_wrap=True)
     if dry_run:
         from mechunlearn.experiment.estimate import run_guard
         from mechunlearn.models.memory_guard import print_estimate
 
-        print_estimate(run_guard(resolved).estimate)
+        print_estimate(run_guard(work).estimate)
         return
     _resumable(out)
     start = time.perf_counter()
@@ -59,12 +59,12 @@ def run(
     if workers:
         from mechunlearn.experiment.distributed import run_on_ray
 
-        run_on_ray(resolved, out, workers, address, console)
+        run_on_ray(resolved, out, workers, address, console, only)
         console.print(f"finished in {time.perf_counter() - start:.0f} s")
         return
     from mechunlearn.experiment.runner import Experiment
 
-    experiment = Experiment(resolved, out, console)
+    experiment = Experiment(resolved, out, console, only)
     experiment.stop_on_failure = stop_on_failure
     experiment.locs.force = force
     experiment.run()

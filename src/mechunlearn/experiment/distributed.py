@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from mechunlearn.errors import MechunlearnError
-from mechunlearn.experiment.config import RunConfig, from_dict
+from mechunlearn.experiment.config import RunConfig, from_dict, only_settings
 from mechunlearn.experiment.plan import plan
 from mechunlearn.experiment.runner import Experiment
 from mechunlearn.report import write_report
@@ -26,11 +26,11 @@ def _worker(threads: int):
 
     @ray.remote(max_restarts=0)
     class Worker:
-        def run(self, config: dict, out: str) -> dict:
+        def run(self, config: dict, out: str, only: list[str] | None) -> dict:
             import torch
 
             torch.set_num_threads(threads)
-            experiment = Experiment(from_dict(config), out, Console(stderr=True))
+            experiment = Experiment(from_dict(config), out, Console(stderr=True), only)
             try:
                 experiment.run(report=False)
             except MechunlearnError as e:  # skipped settings, diverged cells: the driver reports them
@@ -41,7 +41,7 @@ def _worker(threads: int):
 
 
 def run_on_ray(config: RunConfig, out: str | Path, workers: int, address: str | None = None,
-               console: Console | None = None) -> Path | None:
+               console: Console | None = None, only: list[str] | None = None) -> Path | None:
     try:
         import ray
     except ImportError:
@@ -50,7 +50,7 @@ def run_on_ray(config: RunConfig, out: str | Path, workers: int, address: str | 
 
     console = console or Console(stderr=True)
     out = Path(out)
-    Experiment(config, out, console).check()
+    Experiment(config, out, console, only).check()
     cuda = torch.cuda.is_available() and config.device in (None, "cuda")
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=True,
@@ -58,7 +58,7 @@ def run_on_ray(config: RunConfig, out: str | Path, workers: int, address: str | 
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
     Worker = _worker(threads=cpus)
     options = {"num_gpus": 1, "num_cpus": 1} if cuda else {"num_cpus": cpus}
-    every = {f"{s}__{m}__s{seed}" for s, m, seed in plan(config).cells}
+    every = {f"{s}__{m}__s{seed}" for s, m, seed in plan(only_settings(config, only) if only else config).cells}
 
     def missing() -> list[str]:
         return sorted(every - {p.stem for p in (out / "cells").glob("*.json")})
@@ -66,7 +66,7 @@ def run_on_ray(config: RunConfig, out: str | Path, workers: int, address: str | 
     errors: set[str] = set()
     for _ in range(ROUNDS):
         actors = [Worker.options(**options).remote() for _ in range(workers)]
-        for ref in [a.run.remote(config.to_json(), str(out)) for a in actors]:
+        for ref in [a.run.remote(config.to_json(), str(out), only) for a in actors]:
             try:
                 result = ray.get(ref)
                 console.print(f"a worker computed {len(result['computed'])} cell(s)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from mechunlearn.evaluate.result import EvaluationResult
 from mechunlearn.experiment import claims
 from mechunlearn.experiment import facts as run_facts
 from mechunlearn.experiment.cell import Cell, code_fingerprint
-from mechunlearn.experiment.config import RunConfig, SettingSpec, from_dict
+from mechunlearn.experiment.config import RunConfig, SettingSpec, from_dict, only_settings
 from mechunlearn.experiment.estimate import run_guard
 from mechunlearn.experiment.localizations import Localizations
 from mechunlearn.experiment.schema import ConfigError
@@ -59,8 +60,12 @@ from mechunlearn.report.methods import BASE
 
 
 class Experiment:
-    def __init__(self, config: RunConfig, out: str | Path, console: Console | None = None):
+    def __init__(self, config: RunConfig, out: str | Path, console: Console | None = None,
+                 only: Sequence[str] | None = None):
+        """``only``: the names of the settings whose cells this process computes (the folder keeps
+        the whole config)."""
         self.config = config
+        self.work = only_settings(config, list(only)) if only else config
         self.out = Path(out)
         self.console = console or Console(stderr=True)
         self.locs = Localizations(config, self.out / "localizations", self.console)
@@ -118,7 +123,7 @@ class Experiment:
     def check(self) -> None:
         """Data files and what the settings need of them, right after the facts load and before
         any model work (the config itself was checked when it was read)."""
-        for setting in self.config.settings:
+        for setting in self.work.settings:
             facts = run_facts.load_spec(run_facts.resolve_paths(self.config, setting))
             where = f"setting {setting.name!r}"
             if setting.category and setting.category.strip() not in facts.count_by_answer():
@@ -310,7 +315,7 @@ class Experiment:
     def grid_pass(self, data: dict, skipped: dict[str, str], failed: dict[str, str]) -> None:
         """One pass over the grid: every unfinished cell that no live process holds is computed."""
         for seed in self.config.seeds:
-            for setting in self.config.settings:
+            for setting in self.work.settings:
                 tag = run_facts.setting_tag(setting)
                 try:
                     with stage("known-facts filter", absorb=True):
@@ -348,7 +353,7 @@ class Experiment:
         """The grid, resumed where the folder stands; ``report=False``: only the cells (a worker
         of several sharing the folder, whose driver writes the report)."""
         self.check()
-        self.memory = run_guard(self.config)
+        self.memory = run_guard(self.work)
         self.memory.before_load()  # refuse a run that would not fit before anything is loaded or written
         _ = self.lm  # a model that does not load fails before the run folder is written
         if self.config.cpu_bf16:
@@ -393,7 +398,8 @@ class Experiment:
 
 
 # what may change in a run folder's config once work is in it: added seeds and FLU variants
-# compute only their own cells, and the analysis reads the cells without changing them
+# compute only their own cells, and the analysis reads the cells without changing them; settings
+# may be added too (``_changed_keys`` compares them by name), but not changed
 OPEN_KEYS = ("seeds", "analysis", "localization.variants")
 
 
@@ -406,13 +412,15 @@ def _fixed(config: dict) -> dict:
         for part in parents:
             node = node[part]
         node.pop(leaf, None)
+    out["settings"] = {s["name"]: s for s in out["settings"]}
     return out
 
 
 def _changed_keys(stored, new, path: str = "") -> list[str]:
-    """The key paths where two configs differ."""
+    """The key paths where two configs differ; a setting that ``new`` adds is no difference."""
     if isinstance(stored, dict) and isinstance(new, dict):
-        return [k for key in sorted(set(stored) | set(new), key=str)
+        keys = set(stored) | (set(new) if path != "settings" else set())
+        return [k for key in sorted(keys, key=str)
                 for k in _changed_keys(stored.get(key), new.get(key), f"{path}.{key}" if path else str(key))]
     return [] if stored == new else [path or "the config"]
 
@@ -429,5 +437,5 @@ def _write_config(path: Path, config: dict) -> None:
         if changed and work:
             more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
             raise MechunlearnError(f"{path.parent} holds a run with a different config ({', '.join(changed[:5])}{more} "
-                                   f"differ; only {', '.join(OPEN_KEYS)} may change); use another --out folder")
+                                   f"differ; only {', '.join(OPEN_KEYS)} may change, and settings be added); use another --out folder")
     write_json_atomic(path, json.loads(json.dumps(config)))
