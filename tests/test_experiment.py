@@ -282,8 +282,18 @@ def test_missing_data_files_fail_before_any_work(tiny_dir, tmp_path):
 def test_cli_overrides_and_setting_filter(tmp_path):
     from mechunlearn.experiment import only_settings, parse_overrides
 
-    assert parse_overrides(["seeds=[0, 1]", "facts.limit=50", "facts.data=x.csv"]) == {
-        "seeds": [0, 1], "facts": {"limit": 50, "data": "x.csv"}}
+    over = load_config("paper", parse_overrides(["seeds=[0, 1]", "facts.limit=50", "facts.data=x.csv"]))
+    assert over.seeds == (0, 1) and over.facts.limit == 50 and over.facts.data == "x.csv"
+    # a mapping replaces the config's mapping: {} empties it, where merging would change nothing
+    variants = tmp_path / "variants.yaml"
+    variants.write_text("localization: {variants: {span: {span: true}}}\ntraining: {default: {steps: 7, lr: 0.01}}\n")
+    assert load_config(variants).localization.variants
+    cleared = load_config(variants, parse_overrides(["localization.variants={}", "training.default={steps: 5}"]))
+    assert not cleared.localization.variants and cleared.training.default == {"steps": 5}
+    assert load_config(variants, parse_overrides(["training.default.steps=5"])).training.default == {"steps": 5,
+                                                                                                     "lr": 0.01}
+    with pytest.raises(MechunlearnError, match="conflicts"):
+        parse_overrides(["facts={limit: 5}", "facts.data=x.csv"])
     with pytest.raises(MechunlearnError, match="KEY=VALUE"):
         parse_overrides(["seeds"])
     cfg = load_config("paper")

@@ -185,10 +185,20 @@ class RunConfig:
                        for line in self.edit_config(m, s, 0).inert()})
 
 
+@dataclass(frozen=True)
+class Replacing:
+    """An override's value that replaces the config's value at its key, a mapping too (``--set
+    localization.variants={}`` removes the variants instead of merging nothing into them)."""
+    value: object
+
+
 def _merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in (over or {}).items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        if isinstance(v, Replacing):
+            out[k] = copy.deepcopy(v.value)
+        else:
+            out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -418,7 +428,8 @@ def _checked(make, where: str):
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    """``a.b=VALUE`` pairs (VALUE read as YAML) as a nested mapping for :func:`load_config`."""
+    """``a.b=VALUE`` pairs (VALUE read as YAML) as a nested mapping for :func:`load_config`; each
+    VALUE replaces the config's value at its key (set one key of a mapping with a longer path)."""
     out: dict = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -431,7 +442,7 @@ def parse_overrides(pairs: list[str]) -> dict:
             if not isinstance(node, dict):
                 raise ConfigError(f"override {pair!r} conflicts with another one")
         try:
-            node[leaf] = yaml.safe_load(value)
+            node[leaf] = Replacing(yaml.safe_load(value))
         except yaml.YAMLError:
             raise ConfigError(f"override {pair!r}: the value is not valid YAML") from None
     return out
