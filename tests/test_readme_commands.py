@@ -102,4 +102,4 @@ def test_readme_commands_run_from_a_clone(tmp_path, monkeypatch, capsys):
     assert rebuilt.keys() == edited.keys() and all((rebuilt[k] == edited[k]).all() for k in edited)
     evaluation = json.loads(Path("eval.json").read_text())
     assert {"relearn.error", "probe.truth", "softprompt.error"} <= set(evaluation["aggregates"])
-    assert sum("run paper" in c for c, _ in ran) == 2 and len(skipped) == len(SKIPPED)
+    assert sum("run paper" in c for c, _ in ran) == 3 and len(skipped) == len(SKIPPED)
