@@ -27,7 +27,9 @@ def run(
     set_: list[str] = typer.Option([], "--set", help="Override a config value: KEY.PATH=YAML, e.g. seeds=[0,1,2] "
                                    "or data_dir=../shared/data. The value replaces the config's (a mapping too: "
                                    "localization.variants={} removes the variants). Repeatable."),
-    settings: str | None = typer.Option(None, "--settings", help="Compute only these settings' cells (comma-separated names); the run folder keeps the whole config, so a later run with other settings (or none) resumes it."),
+    settings: str | None = typer.Option(None, "--settings", help="Compute only these settings' cells "
+                                        "(comma-separated names); the run folder keeps the whole config, so a later "
+                                        "run with other settings (or none) resumes it."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the memory estimate and the forward/backward "
                                  "passes of each stage, and exit without loading the weights or writing anything."),
     stop_on_failure: bool = typer.Option(False, "--stop-on-failure", help="Stop at a cell whose training "

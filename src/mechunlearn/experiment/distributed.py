@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from mechunlearn.errors import MechunlearnError
-from mechunlearn.experiment.config import RunConfig, from_dict, only_settings
+from mechunlearn.experiment.config import RunConfig, from_dict
 from mechunlearn.experiment.plan import plan
 from mechunlearn.experiment.runner import Experiment
 from mechunlearn.report import write_report
@@ -50,7 +50,8 @@ def run_on_ray(config: RunConfig, out: str | Path, workers: int, address: str | 
 
     console = console or Console(stderr=True)
     out = Path(out)
-    Experiment(config, out, console, only).check()
+    driver = Experiment(config, out, console, only)
+    driver.check()
     cuda = torch.cuda.is_available() and config.device in (None, "cuda")
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=True,
@@ -58,7 +59,7 @@ def run_on_ray(config: RunConfig, out: str | Path, workers: int, address: str | 
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
     Worker = _worker(threads=cpus)
     options = {"num_gpus": 1, "num_cpus": 1} if cuda else {"num_cpus": cpus}
-    every = {f"{s}__{m}__s{seed}" for s, m, seed in plan(only_settings(config, only) if only else config).cells}
+    every = {f"{s}__{m}__s{seed}" for s, m, seed in plan(driver.work).cells}
 
     def missing() -> list[str]:
         return sorted(every - {p.stem for p in (out / "cells").glob("*.json")})
