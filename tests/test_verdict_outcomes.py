@@ -9,7 +9,7 @@ import pytest
 from mechunlearn.cli.app import invoke
 from mechunlearn.io import write_json_atomic
 from mechunlearn.report.analysis import AnalysisSpec, fact_values
-from mechunlearn.report.planner import plan
+from mechunlearn.report.planner import lines, plan
 from mechunlearn.report.stats import seeds_needed
 from mechunlearn.report.verdicts import one_seed_note, verdicts
 
@@ -100,6 +100,8 @@ def test_the_planner_splits_the_spread_and_counts_seeds(tmp_path):
     s = planned["settings"]["s"]
     assert s["seeds so far"] == 8 and s["seeds for every MDE <= delta"] == row["seeds_for_delta"]
     assert s["arms per seed"] == 2 and s["seconds per trained cell"] == 60.0
+    said = next(line for line in lines(planned) if line.startswith("s: "))
+    assert f"with 64 facts per seed: {row['seeds_for_delta_at_64_facts']}, if the per-fact spread stays" in said
 
     assert invoke(["plan", str(tmp_path), "--delta", "0.1"]) == 0
     assert invoke(["plan", str(tmp_path / "nothing")]) == 2

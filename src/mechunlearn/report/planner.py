@@ -48,7 +48,8 @@ def lines(planned: dict) -> list[str]:
             cost = f" (about {hours:.1f} h of trained cells at this run's median cell time)"
         out.append(f"{setting}: {s['seeds so far']} seed(s) so far; every primary MDE reaches delta at "
                    f"{total or 'more than 10,000 or unknown'} seeds{cost}; with 64 facts per seed: "
-                   f"{s['seeds at 64 facts'] or 'unknown (needs per-fact rows for every endpoint)'}.")
+                   f"{s['seeds at 64 facts'] or 'unknown (needs per-fact rows for every endpoint)'}, if the per-fact "
+                   "spread stays as it is here (a 64-fact pilot checks it; docs/analysis.md).")
         for r in [r for r in planned["rows"] if r["setting"] == setting]:
             mde = "–" if r.get("mde") is None else f"{r['mde']:.3f}"
             split = ("" if r.get("fact_sd") is None or r.get("seed_sd") is None
