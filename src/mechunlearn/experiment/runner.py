@@ -399,7 +399,7 @@ class Experiment:
 
 # what may change in a run folder's config once work is in it: added seeds and FLU variants
 # compute only their own cells, and the analysis reads the cells without changing them; settings
-# may be added too (``_changed_keys`` compares them by name), but not changed
+# may be added too (``_write_config`` compares the ones both configs name), but not changed
 OPEN_KEYS = ("seeds", "analysis", "localization.variants")
 
 
@@ -417,10 +417,9 @@ def _fixed(config: dict) -> dict:
 
 
 def _changed_keys(stored, new, path: str = "") -> list[str]:
-    """The key paths where two configs differ; a setting that ``new`` adds is no difference."""
+    """The key paths where two configs differ."""
     if isinstance(stored, dict) and isinstance(new, dict):
-        keys = set(stored) | (set(new) if path != "settings" else set())
-        return [k for key in sorted(keys, key=str)
+        return [k for key in sorted(set(stored) | set(new), key=str)
                 for k in _changed_keys(stored.get(key), new.get(key), f"{path}.{key}" if path else str(key))]
     return [] if stored == new else [path or "the config"]
 
@@ -430,12 +429,15 @@ def _write_config(path: Path, config: dict) -> None:
     corrected config may replace a failed start's."""
     if path.exists():
         try:
-            changed = _changed_keys(_fixed(read_json(path)), _fixed(config))
+            stored, new = _fixed(read_json(path)), _fixed(config)
+            new["settings"] = {k: v for k, v in new["settings"].items() if k in stored["settings"]}  # added: new cells
+            changed = _changed_keys(stored, new)
         except (ValueError, MechunlearnError, AttributeError, TypeError):
             changed = ["(its config.json cannot be read)"]
         work = [p for d in ("cells", "localizations") for p in (path.parent / d).glob("*.json")]
         if changed and work:
             more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
             raise MechunlearnError(f"{path.parent} holds a run with a different config ({', '.join(changed[:5])}{more} "
-                                   f"differ; only {', '.join(OPEN_KEYS)} may change, and settings be added); use another --out folder")
+                                   f"differ; only {', '.join(OPEN_KEYS)} may change, and settings be added); "
+                                   "use another --out folder")
     write_json_atomic(path, json.loads(json.dumps(config)))
