@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -427,6 +428,39 @@ def test_the_sweep_chooses_on_facts_that_are_never_evaluated(tiny_dir, tmp_path)
         used = {f.id for s in (carve.forget, carve.maintain_train, carve.maintain_test) for f in s}
         assert len(carve.forget) == 4 and not used & evaluated_ids(split)
         assert {f.id for f in carve.forget}.isdisjoint(f.id for f in carve.maintain_test)
+
+
+def test_a_trial_step_on_the_carve_sees_the_share_of_facts_an_arm_step_sees(tiny_llama, tiny_dir, tmp_path):
+    """A forget set of 16 facts in batches of 4: a trial step sees a quarter of the carve's stand-in
+    facts. Before, it took 4 of them too, a larger share, so the carve reached the target in fewer
+    steps than the arm could and the ladder chose too low a rate for 64 facts. A forget set of one
+    batch keeps its batch, and the chosen config keeps the arm's batch."""
+    from types import SimpleNamespace
+
+    from mechunlearn.edit.sweep import carve_batch_size, sweep, validation_split
+    from mechunlearn.experiment.facts import seed_facts
+    from mechunlearn.facts import load_facts
+
+    assert carve_batch_size(16, 64, 34) == 9 and carve_batch_size(4, 16, 6) == 2
+    assert carve_batch_size(16, 16, 10) == 16 and carve_batch_size(1, 64, 3) == 1
+    cfg = load_config(_config(tiny_dir, tmp_path))
+    facts = load_facts("sports").subset(load_facts("sports").facts[::10])
+    for forget, batch in ((16, 4), (4, 4)):
+        split = seed_facts(cfg, facts, SettingSpec(name="s", objective="edit", forget=forget), 0).splits[0]
+        n_carve = len(validation_split(split).forget)
+        seen = []
+
+        def train_fn(lm, carve, c, seen=seen):
+            seen.append(c.forget_batch_size)
+            return SimpleNamespace(target={"reached": True, "steps": 3}, history=[])
+
+        edit_cfg = cfg.edit_config("random", cfg.settings[0], 0)
+        chosen, record = sweep(replace(edit_cfg, forget_batch_size=batch), {"lr": [1e-4, 1e-3]}, split,
+                               lambda: tiny_llama, train_fn)
+        assert len(split.forget) == forget and (n_carve, forget) in ((12, 16), (4, 4))
+        expected = 3 if forget == 16 else batch  # 12 stand-in facts in batches of 3: a quarter a step
+        assert seen == [expected, expected] and chosen.forget_batch_size == batch
+        assert [t.get("carve_forget_batch_size") for t in record["trials"]] == [expected if forget == 16 else None] * 2
 
 
 def test_a_corrupt_cell_is_named_and_computed_again(tiny_dir, tmp_path):

@@ -4,13 +4,17 @@ The validation carve comes out of the maintain-train facts of the split (which n
 attack or localization reads): a third of them become stand-in facts to edit (their own edit
 targets, or the setting's category target), a fifth of the rest the maintain-validation facts, and
 the remainder the maintain-train facts of the trial edits. Every combination of the swept values
-trains one trial edit on that carve; the choice follows the stated rule. The blocks of a sequential
+trains one trial edit on that carve; the choice follows the stated rule. A trial step sees the share
+of the stand-in facts that the arm's step sees of its forget set (a forget set four batches long:
+a quarter of the carve a step), so that steps to the target on the carve stand for steps on the
+forget set. The blocks of a sequential
 setting share their maintain-train facts: their carve is one block-sized trial edit, and the chosen
 values train every block."""
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -48,6 +52,14 @@ def validation_split(split: Split) -> Split:
                  "validation")
 
 
+def carve_batch_size(forget_batch_size: int, n_forget: int, n_carve: int) -> int:
+    """The forget batch of a trial step on ``n_carve`` stand-in facts that covers the share of them
+    that a batch of ``forget_batch_size`` covers of ``n_forget`` facts."""
+    if forget_batch_size >= n_forget:
+        return forget_batch_size
+    return max(1, math.ceil(n_carve * forget_batch_size / n_forget))
+
+
 def strength(lm, facts, objective: str) -> float:
     p_true, p_new = answer_probs(lm.model, lm.tokenizer, facts)
     return float(p_new.mean()) if objective == "edit" else 1 - float(p_true.mean())
@@ -66,13 +78,15 @@ def sweep(cfg: EditConfig, grid_spec: dict, split: Split, fresh_model: Callable,
     for values in itertools.product(*grid.values()):
         chosen = dict(zip(grid, values, strict=True))
         candidate = replace(cfg, **chosen)
+        on_carve = carve_batch_size(candidate.forget_batch_size, len(split.forget), len(carve.forget))
         lm = fresh_model()
-        result = train_fn(lm, carve, candidate)
+        result = train_fn(lm, carve, replace(candidate, forget_batch_size=on_carve))
         maintain = float(answer_probs(lm.model, lm.tokenizer, carve.maintain_test)[0].mean())
         target = getattr(result, "target", None) or {}
         trials.append({"values": chosen, "forget_score": strength(lm, carve.forget, cfg.objective),
                        "maintain_val_p_true": maintain, "maintain_drop": before - maintain,
-                       "reached": target.get("reached"), "steps": target.get("steps", len(result.history))})
+                       "reached": target.get("reached"), "steps": target.get("steps", len(result.history)),
+                       **({"carve_forget_batch_size": on_carve} if on_carve != candidate.forget_batch_size else {})})
     best = choose(trials, max_drop, with_target=cfg.target is not None)
     rule = (RULE_TARGET if cfg.target is not None else RULE_STRENGTH).format(drop=max_drop)
     ids = {k: [f.id for f in getattr(carve, k)] for k in ("forget", "maintain_train", "maintain_test")}
