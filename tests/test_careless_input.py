@@ -384,4 +384,7 @@ def test_edit_and_run_warn_of_a_value_that_nothing_reads(ws, tmp_path, capsys):
     assert [line for line in lines if line.startswith("warning")] == [
         "warning: setting 'a': mask_threshold 0.5 has no effect without weight_mask",
         "warning: setting 'b': mask_threshold 0.7 has no effect without weight_mask"]
+    status, lines = run(["run", tmp_path / "c.yaml", "--out", tmp_path / "r", "--settings", "b", "--dry-run"], capsys)
+    assert status == 0 and [line for line in lines if line.startswith("warning")] == [
+        "warning: setting 'b': mask_threshold 0.7 has no effect without weight_mask"]  # not of a setting left out
     assert not (tmp_path / "r").exists()

@@ -47,7 +47,7 @@ def run(
     resolved = load_config(config, parse_overrides(set_))
     only = [s.strip() for s in settings.split(",") if s.strip()] if settings else None
     work = only_settings(resolved, only) if only else resolved  # the folder keeps the whole config
-    for line in resolved.inert():
+    for line in work.inert():
         console.print(f"[yellow]warning:[/yellow] {escape(line)}", soft_wrap=True)
     if dry_run:
         from mechunlearn.experiment.estimate import run_guard
