@@ -101,6 +101,29 @@ def relearn(lm: LoadedModel, split: Split, config: RelearnConfig | None = None, 
         check_cpu_bf16(lm.device)
     start = time.perf_counter()
     train, held_out, rule = attack_halves(split, config.seed)
+    fold = _relearn_fold(lm, split, train, held_out, config, progress)
+    curve = fold["curve"]
+    return {
+        "config": {**asdict(config), "learning_rate": config.learning_rate},
+        "halves": rule,
+        "train_facts": fold["train_facts"],
+        "eval_facts": fold["eval_facts"],
+        "maintain_facts": fold["maintain_facts"],
+        "curve": curve,
+        "losses": fold["losses"],
+        "p_true_before": curve[0]["p_true"],
+        "p_true_after": curve[-1]["p_true"],
+        "relearning_error": curve[-1]["relearning_error"],
+        "train_p_true_after": fold["train_p_true_after"],  # did the attack fit the facts it trained on?
+        "rows": fold["rows"],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _relearn_fold(lm: LoadedModel, split: Split, train: FactSet, held_out: FactSet, config: RelearnConfig,
+                  progress: bool) -> dict:
+    """A copy of the model relearns ``train`` (with maintain facts and general text); the curve of
+    P(true) on ``held_out``."""
     with seeded(config.seed):
         maintain_order = torch.randperm(len(split.maintain_train)).tolist()[: config.n_maintain]
     maintain = [split.maintain_train.facts[i] for i in maintain_order]
@@ -144,19 +167,7 @@ def relearn(lm: LoadedModel, split: Split, config: RelearnConfig | None = None, 
     with stage("relearning evaluation"):
         fitted = evaluate_facts(attacked, train, formats[:1], seed=config.seed).aggregates()[formats[0]]
     del attacked, model, optimizer, params
-    return {
-        "config": {**asdict(config), "learning_rate": config.learning_rate},
-        "halves": rule,
-        "train_facts": [f.id for f in train],
-        "eval_facts": [f.id for f in held_out],
-        "maintain_facts": [f.id for f in maintain],
-        "curve": curve,
-        "losses": losses,
-        "p_true_before": curve[0]["p_true"],
-        "p_true_after": curve[-1]["p_true"],
-        "relearning_error": curve[-1]["relearning_error"],
-        "train_p_true_after": fitted["p_true"],  # did the attack fit the facts it trained on?
-        "rows": results.to_json()["rows"],
-        "seconds": time.perf_counter() - start,
-    }
+    return {"train_facts": [f.id for f in train], "eval_facts": [f.id for f in held_out],
+            "maintain_facts": [f.id for f in maintain], "curve": curve, "losses": losses,
+            "train_p_true_after": fitted["p_true"], "rows": results.to_json()["rows"]}
 
