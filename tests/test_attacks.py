@@ -181,6 +181,33 @@ def test_relearning_brings_back_only_what_the_model_carries(tiny_llama, cue):
         assert result["p_true_after"] < result["p_true_before"] + 0.1
 
 
+def test_two_relearning_folds_score_every_edited_fact_once(tiny_llama):
+    """``folds: 2``: the first fold is the one-fold attack itself; the second trains on the half the
+    first scored and scores the half it trained on; every pooled number is the mean over all the
+    edited facts. An edit evaluated on held-out facts has no halves to swap."""
+    facts = made_up(24, seed=2, cue=True, labels=list(ANSWERS4) * 6)
+    split = make_split(facts[:10], facts[:10], facts[16:21], facts[21:])
+    config = RelearnConfig(method="full", lr=3e-3, steps=10, eval_every=5, n_maintain=2)
+    one = relearn(tiny_llama, split, config)
+    two = relearn(tiny_llama, split, RelearnConfig(**{**config.__dict__, "folds": 2}))
+    first, second = two["folds"]
+    assert first["curve"] == one["curve"] and first["eval_facts"] == one["eval_facts"]
+    assert second["eval_facts"] == first["train_facts"] and second["train_facts"] == first["eval_facts"]
+    assert sorted(two["eval_facts"]) == sorted(f.id for f in facts[:10]) and len(two["rows"]) == 10
+    assert two["p_true_after"] == pytest.approx(sum(r["p_true"] for r in two["rows"]) / 10, abs=1e-9)
+    assert two["relearning_error"] == pytest.approx(1 - two["p_true_after"])
+    n1, n2 = len(first["eval_facts"]), len(second["eval_facts"])
+    for i, step in enumerate([0, 5, 10]):
+        pooled = (first["curve"][i]["p_true"] * n1 + second["curve"][i]["p_true"] * n2) / (n1 + n2)
+        assert two["curve"][i]["step"] == step and two["curve"][i]["p_true"] == pytest.approx(pooled, abs=1e-9)
+    assert "halves swapped" in two["halves"] and "folds" not in one
+    with pytest.raises(MechunlearnError, match="held-out facts"):
+        relearn(tiny_llama, make_split(facts[:8], facts[8:16], facts[16:21], facts[21:]),
+                RelearnConfig(method="full", steps=1, folds=2))
+    with pytest.raises(MechunlearnError, match="folds must be 1 or 2"):
+        RelearnConfig(folds=3)
+
+
 def test_probe_reads_a_planted_linear_feature(tiny_llama):
     facts = made_up(120, seed=3, cue=True)
     split = make_split(facts[:12], facts[:12], facts[12:90], facts[90:])

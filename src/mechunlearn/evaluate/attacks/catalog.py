@@ -33,8 +33,13 @@ class RelearnConfig:
     eval_formats: tuple[str, ...] = ("train",)
     seed: int = 0
     cpu_bf16: bool = False  # the steps in bf16 autocast on a CPU with native bf16; the evaluations stay fp32
+    # 2: the attack runs again with the halves swapped, so every edited fact is scored once, on twice
+    # the facts per seed, at twice the attack's cost (1: the paper's one attack)
+    folds: int = 1
 
     def __post_init__(self):
+        if self.folds not in (1, 2) or isinstance(self.folds, bool):
+            raise MechunlearnError(f"relearning folds must be 1 or 2, got {self.folds!r}")
         if self.method not in RELEARN_METHODS:
             raise MechunlearnError(f"unknown relearning method {self.method!r}: use one of {RELEARN_METHODS}")
         for name in ("rank", "steps", "eval_every"):

@@ -95,13 +95,22 @@ def _curve_point(lm: LoadedModel, held_out: FactSet, step: int, formats, seed: i
 
 def relearn(lm: LoadedModel, split: Split, config: RelearnConfig | None = None, progress: bool = False) -> dict:
     """Relearn the truth on one half of the edited facts (a copy of the model is trained) and
-    report the curve of P(true) on the other half after every ``eval_every`` steps."""
+    report the curve of P(true) on the other half after every ``eval_every`` steps. With
+    ``folds=2`` a second copy relearns the other half, and every number is the mean over all the
+    edited facts, each scored by the attack that did not train on it."""
     config = config or RelearnConfig()
     if config.cpu_bf16:
         check_cpu_bf16(lm.device)
     start = time.perf_counter()
     train, held_out, rule = attack_halves(split, config.seed)
-    fold = _relearn_fold(lm, split, train, held_out, config, progress)
+    folds = [_relearn_fold(lm, split, train, held_out, config, progress)]
+    if config.folds == 2:
+        if set(folds[0]["train_facts"]) - {f.id for f in split.forget_eval}:
+            raise MechunlearnError("relearning folds: 2 swaps the halves of facts that were edited and evaluated; "
+                                   "this edit is evaluated on held-out facts it never trained on: use folds: 1")
+        folds.append(_relearn_fold(lm, split, held_out, train, config, progress))
+        rule += "; then the halves swapped, so that every edited fact is scored (2 folds)"
+    fold = folds[0] if len(folds) == 1 else _pooled(folds, config.eval_formats)
     curve = fold["curve"]
     return {
         "config": {**asdict(config), "learning_rate": config.learning_rate},
@@ -117,7 +126,34 @@ def relearn(lm: LoadedModel, split: Split, config: RelearnConfig | None = None, 
         "train_p_true_after": fold["train_p_true_after"],  # did the attack fit the facts it trained on?
         "rows": fold["rows"],
         "seconds": time.perf_counter() - start,
+        **({"folds": [{k: f[k] for k in ("train_facts", "eval_facts", "curve", "losses")} for f in folds]}
+           if len(folds) > 1 else {}),
     }
+
+
+ROW_FIELD = {"p_true": "p_true", "relearning_error": "p_true", "p_new": "p_new", "accuracy": "correct"}
+
+
+def _pooled(folds: list[dict], formats: tuple[str, ...]) -> dict:
+    """Folds as one attack: every curve value and the fit are means over the facts of all folds
+    (each fold's mean weighted by the facts it averages)."""
+    def mean(values_weights):
+        pairs = [(v, w) for v, w in values_weights if v is not None and w]
+        return sum(v * w for v, w in pairs) / sum(w for _, w in pairs) if pairs else None
+
+    def point(i: int, key: str):
+        fmt, _, name = key.rpartition(".")
+        fmt = fmt or formats[0]
+        return mean((f["curve"][i][key], sum(r["format"] == fmt and r[ROW_FIELD[name]] is not None for r in f["rows"]))
+                    for f in folds)
+
+    curve = [{key: p0[key] if key == "step" else point(i, key) for key in p0} for i, p0 in enumerate(folds[0]["curve"])]
+    return {"train_facts": [i for f in folds for i in f["train_facts"]],
+            "eval_facts": [i for f in folds for i in f["eval_facts"]],
+            "maintain_facts": folds[0]["maintain_facts"], "curve": curve,
+            "losses": [sum(step) / len(step) for step in zip(*(f["losses"] for f in folds), strict=True)],
+            "train_p_true_after": mean((f["train_p_true_after"], len(f["train_facts"])) for f in folds),
+            "rows": [r for f in folds for r in f["rows"]]}
 
 
 def _relearn_fold(lm: LoadedModel, split: Split, train: FactSet, held_out: FactSet, config: RelearnConfig,
