@@ -74,6 +74,8 @@ def test_grid_runs_with_equal_budgets_and_a_report(tiny_dir, tmp_path):
     assert abs(budgets["random"] - one_mlp) <= 4096  # whole matrices: the closest prefix of its ranking
     assert {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in tiny_dir.iterdir()} == source
     assert (out / "report.html").exists() and (out / "data.json").exists()
+    assert ("Relearning attack: lora rank 4, 2 steps at lr 0.0002, 1 fold(s) on seeded halves of the 4 edited facts."
+            in (out / "report.html").read_text())  # how the attack ran, without its seed
     edited = table.set_index("method").loc["all_mlps"]
     assert edited["edit.train.p_new"] != table.set_index("method").loc["unedited"]["edit.train.p_new"]
 

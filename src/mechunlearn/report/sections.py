@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -68,6 +69,9 @@ def at_a_glance(cells: list[dict], found: list[dict], spec: AnalysisSpec) -> lis
                                                 for seed, v in gaps.items())
                      + ". Each comparison pairs the seeds both of its arms have (a run still computing, or cells "
                        "that failed).")
+    relearning = relearn_settings(cells)
+    if relearning:
+        items.append(f"Relearning attack: {'; '.join(relearning)}.")
     targets = training.targets_used(cells)
     missed = training.unreached_seeds(cells)
     trained = sum(1 for c in cells if c["method"] != BASE)
@@ -91,6 +95,20 @@ def at_a_glance(cells: list[dict], found: list[dict], spec: AnalysisSpec) -> lis
         items.append("Verdict: none; the run has no primary comparison (FLU and a compared method on a declared "
                      f"endpoint: {spec.describe()}).")
     return ["<h2>At a glance</h2><ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"]
+
+
+def relearn_settings(cells: list[dict]) -> list[str]:
+    """How the relearning attack ran, once per distinct setting (its seed left out)."""
+    seen: dict[str, None] = {}
+    for c in cells:
+        r = ((c.get("evaluation") or {}).get("attacks") or {}).get("relearn")
+        if r:
+            cfg = r["config"]
+            rank = f" rank {cfg['rank']}" if cfg["method"] == "lora" else ""
+            halves = re.sub(r" \(seed \d+\)", "", r.get("halves", ""))
+            seen[f"{cfg['method']}{rank}, {cfg['steps']} steps at lr {cfg['learning_rate']:g}, "
+                 f"{cfg.get('folds', 1)} fold(s) on {halves}"] = None
+    return list(seen)
 
 
 def mmlu_at_chance(cells: list[dict]) -> list[str]:

@@ -109,7 +109,7 @@ def relearn(lm: LoadedModel, split: Split, config: RelearnConfig | None = None, 
             raise MechunlearnError("relearning folds: 2 swaps the halves of facts that were edited and evaluated; "
                                    "this edit is evaluated on held-out facts it never trained on: use folds: 1")
         folds.append(_relearn_fold(lm, split, held_out, train, config, progress))
-        rule += "; then the halves swapped, so that every edited fact is scored (2 folds)"
+        rule += "; then the halves swapped, so that every edited fact is scored once"
     fold = folds[0] if len(folds) == 1 else _pooled(folds, config.eval_formats)
     curve = fold["curve"]
     return {
