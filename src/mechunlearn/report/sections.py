@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import html
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -105,7 +104,7 @@ def relearn_settings(cells: list[dict]) -> list[str]:
         if r:
             cfg = r["config"]
             rank = f" rank {cfg['rank']}" if cfg["method"] == "lora" else ""
-            halves = re.sub(r" \(seed \d+\)", "", r.get("halves", ""))
+            halves = r.get("halves", "").replace(f" (seed {cfg['seed']})", "")
             seen[f"{cfg['method']}{rank}, {cfg['steps']} steps at lr {cfg['learning_rate']:g}, "
                  f"{cfg.get('folds', 1)} fold(s) on {halves}"] = None
     return list(seen)

@@ -103,11 +103,11 @@ def relearn(lm: LoadedModel, split: Split, config: RelearnConfig | None = None, 
         check_cpu_bf16(lm.device)
     start = time.perf_counter()
     train, held_out, rule = attack_halves(split, config.seed)
+    if config.folds == 2 and {f.id for f in train} - {f.id for f in split.forget_eval}:
+        raise MechunlearnError("relearning folds: 2 swaps the halves of facts that were edited and evaluated; "
+                               "this edit is evaluated on held-out facts it never trained on: use folds: 1")
     folds = [_relearn_fold(lm, split, train, held_out, config, progress)]
     if config.folds == 2:
-        if set(folds[0]["train_facts"]) - {f.id for f in split.forget_eval}:
-            raise MechunlearnError("relearning folds: 2 swaps the halves of facts that were edited and evaluated; "
-                                   "this edit is evaluated on held-out facts it never trained on: use folds: 1")
         folds.append(_relearn_fold(lm, split, held_out, train, config, progress))
         rule += "; then the halves swapped, so that every edited fact is scored once"
     fold = folds[0] if len(folds) == 1 else _pooled(folds, config.eval_formats)
