@@ -4,6 +4,7 @@ doubling anything."""
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -76,6 +77,9 @@ def test_grid_runs_with_equal_budgets_and_a_report(tiny_dir, tmp_path):
     assert (out / "report.html").exists() and (out / "data.json").exists()
     assert ("Relearning attack: lora rank 4, 2 steps at lr 0.0002, 1 fold(s) on seeded halves of the 4 edited facts."
             in (out / "report.html").read_text())  # how the attack ran, without its seed
+    assert re.search(r"Probe: (logistic regression over the answers \(C 1\)|a ridge map to the answer embeddings "
+                     r"\(true answer or edit target\)) on each layer&#x27;s residual, trained on .+?; headline: mean "
+                     r"over the upper half of the 4 layers", (out / "report.html").read_text())
     edited = table.set_index("method").loc["all_mlps"]
     assert edited["edit.train.p_new"] != table.set_index("method").loc["unedited"]["edit.train.p_new"]
 

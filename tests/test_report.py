@@ -378,3 +378,26 @@ def test_the_report_says_when_the_unedited_model_is_at_chance_on_mmlu(run_dir):
     text = html.unescape(write_report(run_dir).read_text())
     assert ("edit16, seed 0: the unedited model is at chance on MMLU (accuracy 0.286, chance 0.291, p = 0.62 for "
             "being above it), so MMLU cannot show a side effect of an edit here.") in text
+
+
+def test_the_report_says_how_every_attack_ran_once_per_distinct_setting(run_dir):
+    probe = {"config": {"C": 1.0, "form": "auto", "train_on": "auto", "headline": "upper_half", "seed": 0},
+             "form": "classes", "train_on": "maintain+forget_half", "headline_rule": "mean over layers 2-3"}
+    softprompt = {"config": {"max_norm_ratio": 0.1, "steps": 10, "lr": 0.1, "restarts": 3,
+                             "eval_formats": ["train", "qa"], "seed": 0}}
+    for path in (run_dir / "cells").glob("*.json"):
+        cell = json.loads(path.read_text())
+        seed_probe = {**probe, "config": {**probe["config"], "seed": cell["seed"]}}
+        if cell["seed"] == 2:  # a different setting of the probe in one seed is listed beside the other
+            seed_probe = {**seed_probe, "form": "pairwise", "train_on": "maintain"}
+        cell["evaluation"] = {"attacks": {"probe": seed_probe, "softprompt": softprompt}}
+        path.write_text(json.dumps(cell))
+    text = html.unescape(write_report(run_dir).read_text())
+    glance = " ".join(re.sub(r"<[^>]+>", " ", text[text.index("At a glance"):text.index("What the comparison found")]).split())
+    assert ("Probe: logistic regression over the answers (C 1) on each layer's residual, trained on the maintain facts "
+            "and the first half of the edited facts, read on the other half; headline: mean over layers 2-3; a ridge "
+            "map to the answer embeddings (true answer or edit target) on each layer's residual, trained on the "
+            "maintain facts; headline: mean over layers 2-3.") in glance
+    assert ("Soft-prompt attack: an embedding perturbation bounded at 0.1 x the mean input-embedding norm, 10 Adam "
+            "steps at lr 0.1, mean over 3 restart(s), scored on train, qa.") in glance
+    assert "Relearning attack" not in glance  # no cell ran it

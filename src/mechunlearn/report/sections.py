@@ -68,9 +68,8 @@ def at_a_glance(cells: list[dict], found: list[dict], spec: AnalysisSpec) -> lis
                                                 for seed, v in gaps.items())
                      + ". Each comparison pairs the seeds both of its arms have (a run still computing, or cells "
                        "that failed).")
-    relearning = relearn_settings(cells)
-    if relearning:
-        items.append(f"Relearning attack: {'; '.join(relearning)}.")
+    for name, described in attack_settings(cells).items():
+        items.append(f"{name}: {'; '.join(described)}.")
     targets = training.targets_used(cells)
     missed = training.unreached_seeds(cells)
     trained = sum(1 for c in cells if c["method"] != BASE)
@@ -96,18 +95,47 @@ def at_a_glance(cells: list[dict], found: list[dict], spec: AnalysisSpec) -> lis
     return ["<h2>At a glance</h2><ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"]
 
 
-def relearn_settings(cells: list[dict]) -> list[str]:
-    """How the relearning attack ran, once per distinct setting (its seed left out)."""
-    seen: dict[str, None] = {}
+def attack_settings(cells: list[dict]) -> dict[str, list[str]]:
+    """How each attack ran, once per distinct setting (the seed left out), by the attack's name."""
+    seen: dict[str, dict[str, None]] = {}
     for c in cells:
-        r = ((c.get("evaluation") or {}).get("attacks") or {}).get("relearn")
-        if r:
-            cfg = r["config"]
-            rank = f" rank {cfg['rank']}" if cfg["method"] == "lora" else ""
-            halves = r.get("halves", "").replace(f" (seed {cfg['seed']})", "")
-            seen[f"{cfg['method']}{rank}, {cfg['steps']} steps at lr {cfg['learning_rate']:g}, "
-                 f"{cfg.get('folds', 1)} fold(s) on {halves}"] = None
-    return list(seen)
+        attacks = (c.get("evaluation") or {}).get("attacks") or {}
+        for name, key, describe in _ATTACK_DESCRIPTIONS:
+            result = attacks.get(key)
+            if result and result.get("config"):
+                seen.setdefault(name, {})[describe(result)] = None
+    return {name: list(seen[name]) for name, _, _ in _ATTACK_DESCRIPTIONS if name in seen}
+
+
+def _relearn_setting(r: dict) -> str:
+    cfg = r["config"]
+    rank = f" rank {cfg['rank']}" if cfg["method"] == "lora" else ""
+    halves = r.get("halves", "").replace(f" (seed {cfg['seed']})", "")
+    return (f"{cfg['method']}{rank}, {cfg['steps']} steps at lr {cfg['learning_rate']:g}, "
+            f"{cfg.get('folds', 1)} fold(s) on {halves}")
+
+
+def _probe_setting(p: dict) -> str:
+    cfg = p["config"]
+    form = p.get("form") or cfg["form"]
+    trained = p.get("train_on") or cfg["train_on"]
+    headline = p.get("headline_rule") or cfg["headline"]
+    trained = ("the maintain facts and the first half of the edited facts, read on the other half"
+               if trained == "maintain+forget_half" else f"the {trained} facts")
+    reader = (f"logistic regression over the answers (C {cfg['C']:g})" if form == "classes"
+              else "a ridge map to the answer embeddings (true answer or edit target)")
+    return f"{reader} on each layer's residual, trained on {trained}; headline: {headline}"
+
+
+def _softprompt_setting(r: dict) -> str:
+    cfg = r["config"]
+    return (f"an embedding perturbation bounded at {cfg['max_norm_ratio']:g} x the mean input-embedding norm, "
+            f"{cfg['steps']} Adam steps at lr {cfg['lr']:g}, mean over {cfg['restarts']} restart(s), scored on "
+            f"{', '.join(cfg['eval_formats'])}")
+
+
+_ATTACK_DESCRIPTIONS = (("Relearning attack", "relearn", _relearn_setting), ("Probe", "probe", _probe_setting),
+                        ("Soft-prompt attack", "softprompt", _softprompt_setting))
 
 
 def mmlu_at_chance(cells: list[dict]) -> list[str]:
