@@ -10,7 +10,7 @@ from mechunlearn.cli.app import invoke
 from mechunlearn.io import write_json_atomic
 from mechunlearn.report.analysis import AnalysisSpec, fact_values
 from mechunlearn.report.planner import lines, plan
-from mechunlearn.report.stats import seeds_needed
+from mechunlearn.report.stats import sd_upper, seeds_needed
 from mechunlearn.report.verdicts import one_seed_note, verdicts
 
 
@@ -100,9 +100,25 @@ def test_the_planner_splits_the_spread_and_counts_seeds(tmp_path):
     s = planned["settings"]["s"]
     assert s["seeds so far"] == 8 and s["seeds for every MDE <= delta"] == row["seeds_for_delta"]
     assert s["arms per seed"] == 2 and s["seconds per trained cell"] == 60.0
+    confident = seeds_needed(sd_upper(row["sd"], 8), 0.05, 0.05)
+    assert row["seeds_for_delta_confident"] == confident > row["seeds_for_delta"]
+    assert s["seeds with confidence in the spread"] == confident
     said = next(line for line in lines(planned) if line.startswith("s: "))
     assert f"with 64 facts per seed: {row['seeds_for_delta_at_64_facts']}, if the per-fact spread stays" in said
+    assert f"; {confident} seeds reach it with 80% confidence in this pilot's spread;" in said
 
     assert invoke(["plan", str(tmp_path), "--delta", "0.1"]) == 0
     assert invoke(["plan", str(tmp_path / "nothing")]) == 2
     assert not math.isnan(row["mde"])
+
+
+def test_the_upper_limit_of_a_pilots_spread_covers_the_true_spread_in_80_percent_of_pilots():
+    rng = np.random.default_rng(7)
+    for n in (3, 10, 30):
+        pilots = rng.normal(0.0, 0.07, (4000, n))
+        upper = np.array([sd_upper(float(np.std(p, ddof=1)), n) for p in pilots])
+        point = np.std(pilots, axis=1, ddof=1)
+        assert 0.78 <= np.mean(upper >= 0.07) <= 0.82  # planned on the limit: enough in 80% of pilots
+        assert np.mean(point >= 0.07) < 0.5  # planned on the estimate: enough in fewer than half
+    assert sd_upper(0.1, 10) == pytest.approx(0.1 * math.sqrt(9 / 5.380053), rel=1e-5)  # chi2(9) 20% quantile
+    assert math.isnan(sd_upper(0.1, 1))

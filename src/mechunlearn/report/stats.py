@@ -128,3 +128,12 @@ def seeds_needed(sd: float, delta: float, alpha: float, target_power: float = 0.
         mid = (low + high) // 2
         low, high = (low, mid) if mde(sd, mid, alpha, target_power) <= delta else (mid, high)
     return high
+
+
+def sd_upper(sd: float, n: int, confidence: float = 0.8) -> float:
+    """The one-sided upper confidence limit of a standard deviation estimated from ``n`` values
+    (chi-square, n - 1 degrees of freedom): planning seeds with it reaches the target power with
+    probability ``confidence`` over pilots, where the estimate itself reaches it about half the time."""
+    if n < 2 or math.isnan(sd):
+        return math.nan
+    return sd * math.sqrt((n - 1) / stats.chi2.ppf(1 - confidence, n - 1))
