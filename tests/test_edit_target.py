@@ -319,3 +319,21 @@ def test_cli_lr_ladder_trains_again_at_the_rate_the_validation_carve_chooses(sha
                                                       "--target", "0"))
     assert code == 2 and "no target" in err
     assert not (sharp_on_disk / "bad").exists()
+
+
+def test_past_the_drop_bound_the_ladder_prefers_a_rate_that_reached_the_target():
+    from mechunlearn.edit.sweep import choose
+
+    def trial(lr, drop, reached, score, steps=30):
+        return {"values": {"lr": lr}, "maintain_drop": drop, "reached": reached, "forget_score": score, "steps": steps}
+
+    # none keeps the 0.05 bound: 1e-3 reached the target, 3e-3 missed it with a smaller drop
+    past = [trial(3e-4, 0.090, False, 0.82), trial(1e-3, 0.098, True, 0.90, 22), trial(3e-3, 0.068, False, 0.875)]
+    assert choose(past, 0.05, with_target=True)["values"] == {"lr": 1e-3}
+    assert choose(past, 0.05, with_target=False)["values"] == {"lr": 3e-3}  # no target: the smallest drop
+    missed = [{**t, "reached": False} for t in past]
+    assert choose(missed, 0.05, with_target=True)["values"] == {"lr": 3e-3}  # none reached: the smallest drop
+    # within the bound the rule is unchanged: reached first (fewest steps), else the highest strength
+    within = [trial(1e-3, 0.04, True, 0.90, 22), trial(3e-3, 0.03, True, 0.91, 12), trial(3e-4, 0.01, False, 0.95)]
+    assert choose(within, 0.05, with_target=True)["values"] == {"lr": 3e-3}
+    assert choose([{**t, "reached": False} for t in within], 0.05, with_target=True)["values"] == {"lr": 3e-4}

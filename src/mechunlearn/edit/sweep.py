@@ -25,7 +25,8 @@ from mechunlearn.facts import Split, answer_probs
 
 RULE_TARGET = ("among the candidates that reach the training-strength target on the validation carve and keep "
                "the maintain-validation P(true) drop <= {drop}, the fewest steps, then the smallest drop; if none "
-               "reaches it, the highest strength within the drop bound; else the smallest drop")
+               "reaches it, the highest strength within the drop bound; if none keeps the bound, the smallest "
+               "drop among the candidates that reach the target, else among all")
 LADDER_RULE = ("an arm that misses the training target within the step cap at the configured lr (a sequential arm: "
                "in any block) is trained again, every block from the original weights, at one of the learning rates "
                "{ladder}, chosen on the validation carve by the sweep rule of its setting")
@@ -103,7 +104,9 @@ def choose(trials: list[dict], max_drop: float, with_target: bool) -> dict:
             return min(reached, key=lambda t: (t["steps"], t["maintain_drop"]))
     if within:
         return max(within, key=lambda t: t["forget_score"])
-    return min(trials, key=lambda t: t["maintain_drop"])
+    # past the bound, the drop no longer tells a fair candidate from an unfair one; the target does
+    reached = [t for t in trials if t["reached"]] if with_target else []
+    return min(reached or trials, key=lambda t: t["maintain_drop"])
 
 
 def first_attempt(results: list[TrainResult]) -> dict:
