@@ -353,6 +353,7 @@ class Experiment:
         """The grid, resumed where the folder stands; ``report=False``: only the cells (a worker
         of several sharing the folder, whose driver writes the report)."""
         self.check()
+        code_fingerprint()  # cached: the cells name the code this process started with, not later edits
         self.memory = run_guard(self.work)
         self.memory.before_load()  # refuse a run that would not fit before anything is loaded or written
         _ = self.lm  # a model that does not load fails before the run folder is written
