@@ -110,9 +110,11 @@ def attack_settings(cells: list[dict]) -> dict[str, list[str]]:
 def _relearn_setting(r: dict) -> str:
     cfg = r["config"]
     rank = f" rank {cfg['rank']}" if cfg["method"] == "lora" else ""
-    halves = r.get("halves", "").replace(f" (seed {cfg['seed']})", "")
+    # the halves without their seed, and without the second fold's swap, which the fold count says
+    halves = r.get("halves", "").replace(f" (seed {cfg['seed']})", "").split("; then")[0]
+    folds = cfg.get("folds", 1)
     return (f"{cfg['method']}{rank}, {cfg['steps']} steps at lr {cfg['learning_rate']:g}, "
-            f"{cfg.get('folds', 1)} fold(s) on {halves}")
+            f"{folds} fold(s) on {halves}" + ("; each half trained on once and scored once" if folds == 2 else ""))
 
 
 def _probe_setting(p: dict) -> str:
