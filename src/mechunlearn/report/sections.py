@@ -124,8 +124,8 @@ def _probe_setting(p: dict) -> str:
     headline = p.get("headline_rule") or cfg["headline"]
     trained = ("the maintain facts and the first half of the edited facts, read on the other half"
                if trained == "maintain+forget_half" else f"the {trained} facts")
-    reader = (f"logistic regression over the answers (C {cfg['C']:g})" if form == "classes"
-              else "a ridge map to the answer embeddings (true answer or edit target)")
+    reader = {"classes": f"logistic regression over the answers (C {cfg['C']:g})",
+              "pairwise": "a ridge map to the answer embeddings (true answer or edit target)"}.get(form, f"{form} form")
     return f"{reader} on each layer's residual, trained on {trained}; headline: {headline}"
 
 
