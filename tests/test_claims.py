@@ -67,6 +67,7 @@ def test_two_processes_started_at_once_compute_every_cell_exactly_once(config_pa
     done = [_computed(o) for o in outputs]
     every = [f"edit4 · {m} · seed {s}" for s in (0, 1) for m in ("unedited", "random", "all_mlps")]
     assert sorted(done[0] + done[1]) == sorted(every)  # each cell by exactly one of them
+    assert sum("scoring facts" in o for o in outputs) == 1  # the known-facts filter too; the other reads it
     assert not list(out.rglob("*.claim")) and (out / "report.html").exists()
 
     alone = tmp_path / "alone"

@@ -105,19 +105,20 @@ class Experiment:
         if key not in self._known:
             facts = run_facts.load_spec(spec)
             # the scoring is kept in the run folder (the folder's config fixes the model), so an
-            # interrupted run does not score again
+            # interrupted run does not score again, and processes sharing the folder score it once
             saved = self.out / "known" / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]}.json"
-            if saved.is_file():
-                record = read_json(saved)
-                ids = set(record["known_ids"])
-                self._known[key] = (facts.subset([f for f in facts if f.id in ids], f"{facts.name} (known)"),
-                                    record["info"])
-                return self._known[key]
-            lm = self.fresh_model()  # never an edited cell's weights
-            report = filter_known(lm.model, lm.tokenizer, facts, spec.threshold, progress=True)
-            self._known[key] = (report.known, {**report.to_json(), "dataset": spec.dataset, "data": spec.data})
-            write_json_atomic(saved, {"key": list(key), "known_ids": [f.id for f in report.known],
-                                      "info": self._known[key][1]})
+            with claims.wait_for(saved.with_suffix(".claim")):
+                if saved.is_file():
+                    record = read_json(saved)
+                    ids = set(record["known_ids"])
+                    self._known[key] = (facts.subset([f for f in facts if f.id in ids], f"{facts.name} (known)"),
+                                        record["info"])
+                    return self._known[key]
+                lm = self.fresh_model()  # never an edited cell's weights
+                report = filter_known(lm.model, lm.tokenizer, facts, spec.threshold, progress=True)
+                self._known[key] = (report.known, {**report.to_json(), "dataset": spec.dataset, "data": spec.data})
+                write_json_atomic(saved, {"key": list(key), "known_ids": [f.id for f in report.known],
+                                          "info": self._known[key][1]})
         return self._known[key]
 
     def check(self) -> None:
