@@ -62,6 +62,9 @@ def test_a_clear_win_a_clear_loss_equivalence_and_too_few_seeds():
 def test_a_real_but_negligible_difference_is_still_better_and_equivalence_needs_the_margin():
     tiny = _primary(_experiment(0.01, 20, fact_sd=0.002))
     assert tiny["outcome"] == "better" and tiny["p_equivalence_holm"] < 0.05  # both: a win smaller than delta
+    assert tiny["within_delta"] and "The difference is smaller than the ±0.05 that matters: its 90.0% interval" in tiny["text"]
+    clear = _primary(_experiment(0.2, 10))
+    assert not clear["within_delta"] and "smaller than" not in clear["text"]
     wide = _primary(_experiment(0.0, 10, salt=2), delta=0.001)
     assert wide["outcome"] == "inconclusive"
 

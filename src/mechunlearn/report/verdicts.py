@@ -140,6 +140,7 @@ def _decide(family: list[dict], spec: AnalysisSpec) -> None:
         else:
             r["outcome"] = "inconclusive"
         r["significant"] = r["outcome"] in ("better", "worse")
+        r["within_delta"] = r["significant"] and pe <= spec.alpha  # a real difference, smaller than delta
         r["text"] = _sentence(r)
 
 
@@ -167,21 +168,28 @@ def _sentence(r: dict) -> str:
                  f"{r['comparisons']} primary comparison{'s' if r['comparisons'] != 1 else ''}") if r["n"] > 1 else seeds
     needed = r.get("seeds_for_delta")
     need = f"about {needed} seeds" if needed else "more than 10,000 seeds"
-    if r["outcome"] == "better":
-        return f"{name}: {ours} better than {theirs} by {r['advantage']:.3f} ({corrected}; Holm p = {r['p_holm']:.2g})."
-    if r["outcome"] == "worse":
-        return f"{name}: {ours} worse than {theirs} by {-r['advantage']:.3f} ({corrected}; Holm p = {r['p_holm']:.2g})."
+    if r["outcome"] in ("better", "worse"):
+        which = "better than" if r["outcome"] == "better" else "worse than"
+        text = f"{name}: {ours} {which} {theirs} by {abs(r['advantage']):.3f} ({corrected}; Holm p = {r['p_holm']:.2g})."
+        if r["within_delta"]:
+            text += (f" The difference is smaller than the ±{r['delta']:g} that matters: its {_equivalence_interval(r)} "
+                     f"(equivalence Holm p = {r['p_equivalence_holm']:.2g}).")
+        return text
     if r["outcome"] == "equivalent":
-        low, high = r["equivalence_interval"]
         return (f"{name}: {ours} and {theirs} equivalent within ±{r['delta']:g}: difference {r['advantage']:+.3f}, "
-                f"its {1 - 2 * (1 - r['confidence']):.1%} interval {low:+.3f} to {high:+.3f} lies inside ±{r['delta']:g} "
-                f"({seeds}, {r['comparisons']} primary comparison{'s' if r['comparisons'] != 1 else ''}; equivalence "
-                f"Holm p = {r['p_equivalence_holm']:.2g}).")
+                f"its {_equivalence_interval(r)} ({seeds}, {r['comparisons']} primary "
+                f"comparison{'s' if r['comparisons'] != 1 else ''}; equivalence Holm p = {r['p_equivalence_holm']:.2g}).")
     if r["outcome"] == "inconclusive":
         return (f"{name}: inconclusive between {ours} and {theirs}: difference {r['advantage']:+.3f} ({corrected}). "
                 f"The smallest difference this run detects with {r['power']:.0%} power is {r['mde']:.3f}; {need} would "
                 f"bring it to {r['delta']:g}.")
     return f"{name}: {ours} {'ahead of' if r['advantage'] > 0 else 'behind'} {theirs} by {abs(r['advantage']):.3f} ({seeds}, descriptive)."
+
+
+def _equivalence_interval(r: dict) -> str:
+    low, high = r["equivalence_interval"]
+    return (f"{1 - 2 * (1 - r['confidence']):.1%} interval {low:+.3f} to {high:+.3f} lies inside "
+            f"±{r['delta']:g}")
 
 
 def one_seed_note(rows: list[dict]) -> str | None:
