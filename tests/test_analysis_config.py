@@ -30,6 +30,29 @@ def test_seeds_added_to_a_run_folder_compute_only_the_new_cells(tiny_grid, tmp_p
         Experiment(changed, out).run()
 
 
+def test_methods_added_to_a_run_folder_compute_only_their_own_arms(tiny_grid, tmp_path, one_thread):
+    out = tmp_path / "run"
+    loc = {"n_facts": 6, "probe_facts": 0, "budget": {"match": None, "params": 20000, "rule": "under"}}
+    Experiment(load_config(tiny_grid(seeds=[0], localization={**loc, "methods": ["random"]})), out).run()
+    first = {p.name: (p.read_text(), p.stat().st_mtime_ns) for p in (out / "cells").glob("*.json")}
+    assert sorted(first) == ["edit4__random__s0.json", "edit4__unedited__s0.json"]
+
+    training = {"target": None, "per_method": {"all_mlps": {"lr": 2e-4}},
+                "default": {"steps": 1, "forget_batch_size": 4, "maintain_batch_size": 4, "general_batch_size": 1,
+                            "general_length": 16}}
+    more = tiny_grid(seeds=[0], localization={**loc, "methods": ["all_mlps", "random"]}, training=training)
+    Experiment(load_config(more), out).run()
+    cells = {p.name: p for p in (out / "cells").glob("*.json")}
+    assert sorted(cells) == ["edit4__all_mlps__s0.json", *first]
+    assert all((cells[n].read_text(), cells[n].stat().st_mtime_ns) == first[n] for n in first)
+    assert json.loads((out / "config.json").read_text())["localization"]["methods"] == ["all_mlps", "random"]
+    assert json.loads(cells["edit4__all_mlps__s0.json"].read_text())["train"]["config"]["lr"] == 2e-4
+
+    dropped = tiny_grid(seeds=[0], localization={**loc, "methods": ["all_mlps"]}, training=training)
+    with pytest.raises(MechunlearnError, match=r"different config \(localization.methods differ"):
+        Experiment(load_config(dropped), out).run()
+
+
 def test_settings_run_one_at_a_time_share_one_folder(tiny_grid, tmp_path, one_thread):
     """``--settings``: the folder keeps the whole config, so each subset resumes the same run."""
     two = [{"name": "edit4", "objective": "edit", "forget": 4}, {"name": "unlearn4", "objective": "log1m", "forget": 4}]

@@ -401,7 +401,8 @@ class Experiment:
 
 # what may change in a run folder's config once work is in it: added seeds and FLU variants
 # compute only their own cells, and the analysis reads the cells without changing them; settings
-# may be added too (``_write_config`` compares the ones both configs name), but not changed
+# and localization methods may be added too (``_write_config`` compares the ones both configs
+# name: no arm's cells depend on which other arms run), but not changed
 OPEN_KEYS = ("seeds", "analysis", "localization.variants")
 
 
@@ -426,6 +427,14 @@ def _changed_keys(stored, new, path: str = "") -> list[str]:
     return [] if stored == new else [path or "the config"]
 
 
+def _drop_added_methods(stored: dict, new: dict) -> None:
+    """``new`` without the localization methods ``stored`` does not run, and their parameters."""
+    kept = set(stored["localization"]["methods"])
+    new["localization"]["methods"] = [m for m in new["localization"]["methods"] if m in kept]
+    for section, key in (("localization", "params"), ("training", "per_method")):
+        new[section][key] = {m: v for m, v in new[section][key].items() if m in kept}
+
+
 def _write_config(path: Path, config: dict) -> None:
     """A run folder keeps its config, but for ``OPEN_KEYS``, once work is in it; before that a
     corrected config may replace a failed start's."""
@@ -433,6 +442,7 @@ def _write_config(path: Path, config: dict) -> None:
         try:
             stored, new = _fixed(read_json(path)), _fixed(config)
             new["settings"] = {k: v for k, v in new["settings"].items() if k in stored["settings"]}  # added: new cells
+            _drop_added_methods(stored, new)
             changed = _changed_keys(stored, new)
         except (ValueError, MechunlearnError, AttributeError, TypeError):
             changed = ["(its config.json cannot be read)"]
@@ -440,6 +450,7 @@ def _write_config(path: Path, config: dict) -> None:
         if changed and work:
             more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
             raise MechunlearnError(f"{path.parent} holds a run with a different config ({', '.join(changed[:5])}{more} "
-                                   f"differ; only {', '.join(OPEN_KEYS)} may change, and settings be added); "
+                                   f"differ; only {', '.join(OPEN_KEYS)} may change, and settings and "
+                                   "localization methods be added); "
                                    "use another --out folder")
     write_json_atomic(path, json.loads(json.dumps(config)))
