@@ -549,9 +549,9 @@ def test_report_names_what_is_wrong_with_a_run_folder(tiny_dir, tmp_path, capsys
     assert "edit4__all_mlps__s0.json lacks the keys of a cell" in report(out)
     other = load_config(_config(tiny_dir, tmp_path), {"seeds": [1]})
     cell.write_text(text)
-    with pytest.raises(MechunlearnError, match=r"holds a run with a different config \(evaluation.attacks, "
-                       r"localization.methods differ; only seeds, analysis, localization.variants may change, "
-                       r"and settings be added\)"):
+    with pytest.raises(MechunlearnError, match=r"holds a run with a different config \(evaluation.attacks differ; "
+                       r"only seeds, analysis, localization.variants may change, and settings and localization "
+                       r"methods be added\)"):
         Experiment(other, out).run()
 
 
