@@ -115,6 +115,27 @@ def test_the_planner_splits_the_spread_and_counts_seeds(tmp_path):
     assert not math.isnan(row["mde"])
 
 
+def test_the_planner_plans_a_focused_run_against_fewer_methods(tmp_path, capsys):
+    cells = _experiment(0.0, 6, seed_sd=0.03, fact_sd=0.3, salt=6)
+    cells += [{**c, "method": "attribution_patching"} for c in cells if c["method"] == "causal_tracing"]
+    for c in cells:
+        write_json_atomic(tmp_path / "cells" / f"{c['setting']}__{c['method']}__s{c['seed']}.json", c)
+    both = {r["vs"]: r for r in plan(tmp_path)["rows"]}
+    focused = plan(tmp_path, AnalysisSpec(against=("causal_tracing",)))["rows"]
+    assert sorted(both) == ["attribution_patching", "causal_tracing"] and both["causal_tracing"]["comparisons"] == 2
+    assert [(r["vs"], r["comparisons"]) for r in focused] == [("causal_tracing", 1)]
+    assert focused[0]["seeds_for_delta"] == seeds_needed(focused[0]["sd"], 0.05, 0.05)
+    assert focused[0]["seeds_for_delta"] < both["causal_tracing"]["seeds_for_delta"]  # alpha / 1, not alpha / 2
+
+    capsys.readouterr()
+    assert invoke(["plan", str(tmp_path), "--against", "causal_tracing"]) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert "FLU against causal_tracing" in said and f"seeds for delta: {focused[0]['seeds_for_delta']}" in said
+    assert "attribution patching" not in said
+    assert invoke(["plan", str(tmp_path), "--against", "causal_tracng"]) == 2
+    assert "causal_tracng is not an arm FLU is compared with" in " ".join(capsys.readouterr().err.split())
+
+
 def test_the_upper_limit_of_a_pilots_spread_covers_the_true_spread_in_80_percent_of_pilots():
     rng = np.random.default_rng(7)
     for n in (3, 10, 30):

@@ -108,6 +108,9 @@ def plan(
     run_dir: Path = typer.Argument(..., help="A finished run (a pilot of 2 or more seeds) written by 'run' or 'demo'."),
     delta: float | None = typer.Option(None, "--delta", help="The smallest difference that matters (default: the "
                                        "run's analysis.delta)."),
+    against: str | None = typer.Option(None, "--against", help="Plan a focused run: FLU against only these methods "
+                                       "(comma-separated, e.g. causal_tracing), so that Holm corrects over their "
+                                       "comparisons alone (default: the run's analysis.against)."),
 ):
     """How many seeds each primary comparison needs for its minimum detectable effect to reach delta."""
     from dataclasses import replace
@@ -115,6 +118,7 @@ def plan(
     if not (run_dir / "cells").is_dir():
         raise typer.BadParameter(f"{run_dir} is not a run folder (no cells/)")
     from mechunlearn.report.analysis import AnalysisSpec
+    from mechunlearn.report.methods import OURS
     from mechunlearn.report.planner import lines, plan
 
     spec = AnalysisSpec.of_run(run_dir)
@@ -122,5 +126,13 @@ def plan(
         if not delta > 0:
             raise typer.BadParameter(f"--delta must be > 0, got {delta}")
         spec = replace(spec, delta=delta, delta_per_metric={})
+    if against is not None:
+        held = {p.stem.split("__")[1] for p in (run_dir / "cells").glob("*__*__*.json")}
+        names = tuple(m.strip() for m in against.split(",") if m.strip())
+        unknown = [m for m in names if m not in held or m == OURS]
+        if unknown or not names:
+            raise typer.BadParameter(f"--against {against!r}: {', '.join(unknown) or 'no method'} is not an arm FLU is "
+                                     f"compared with in this run (it holds {', '.join(sorted(held - {OURS}))})")
+        spec = replace(spec, against=names)
     for line in lines(plan(run_dir, spec)):
         console.print(line, highlight=False, markup=False)
