@@ -30,7 +30,7 @@ def test_seeds_added_to_a_run_folder_compute_only_the_new_cells(tiny_grid, tmp_p
         Experiment(changed, out).run()
 
 
-def test_methods_added_to_a_run_folder_compute_only_their_own_arms(tiny_grid, tmp_path, one_thread):
+def test_methods_added_to_a_run_folder_compute_only_their_own_arms(tiny_grid, tmp_path, one_thread, capsys):
     out = tmp_path / "run"
     loc = {"n_facts": 6, "probe_facts": 0, "budget": {"match": None, "params": 20000, "rule": "under"}}
     Experiment(load_config(tiny_grid(seeds=[0], localization={**loc, "methods": ["random"]})), out).run()
@@ -41,12 +41,21 @@ def test_methods_added_to_a_run_folder_compute_only_their_own_arms(tiny_grid, tm
                 "default": {"steps": 1, "forget_batch_size": 4, "maintain_batch_size": 4, "general_batch_size": 1,
                             "general_length": 16}}
     more = tiny_grid(seeds=[0], localization={**loc, "methods": ["all_mlps", "random"]}, training=training)
+    capsys.readouterr()
     Experiment(load_config(more), out).run()
+    said = " ".join(capsys.readouterr().err.split())
+    assert "methods added to this run folder (all_mlps) join its default primary family" in said
     cells = {p.name: p for p in (out / "cells").glob("*.json")}
     assert sorted(cells) == ["edit4__all_mlps__s0.json", *first]
     assert all((cells[n].read_text(), cells[n].stat().st_mtime_ns) == first[n] for n in first)
     assert json.loads((out / "config.json").read_text())["localization"]["methods"] == ["all_mlps", "random"]
     assert json.loads(cells["edit4__all_mlps__s0.json"].read_text())["train"]["config"]["lr"] == 2e-4
+
+    declared = tiny_grid(seeds=[0], localization={**loc, "methods": ["all_mlps", "random", "everything"]},
+                         training=training, analysis={"against": ["random"]})
+    Experiment(load_config(declared), out).run()
+    assert "methods added" not in capsys.readouterr().err  # the family stays the one declared
+    assert (out / "cells" / "edit4__everything__s0.json").exists()
 
     dropped = tiny_grid(seeds=[0], localization={**loc, "methods": ["all_mlps"]}, training=training)
     with pytest.raises(MechunlearnError, match=r"different config \(localization.methods differ"):

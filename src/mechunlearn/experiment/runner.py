@@ -367,7 +367,11 @@ class Experiment:
             return self._run(report)
 
     def _run(self, report: bool) -> Path | None:
-        _write_config(self.out / "config.json", self.config.to_json())
+        added = _write_config(self.out / "config.json", self.config.to_json())
+        if added and self.config.analysis.against is None:
+            self.console.print(f"[yellow]methods added to this run folder ({', '.join(added)}) join its default "
+                               "primary family, so Holm corrects over more comparisons than before; to keep the "
+                               "family declared before, set analysis.against[/yellow]")
         data = read_json(self.out / "data.json") if (self.out / "data.json").exists() else {}
         data["localization_rule"] = run_facts.LOCALIZATION_RULE
         skipped: dict[str, str] = {}
@@ -427,22 +431,27 @@ def _changed_keys(stored, new, path: str = "") -> list[str]:
     return [] if stored == new else [path or "the config"]
 
 
-def _drop_added_methods(stored: dict, new: dict) -> None:
-    """``new`` without the localization methods ``stored`` does not run, and their parameters."""
+def _drop_added_methods(stored: dict, new: dict) -> list[str]:
+    """``new`` without the localization methods ``stored`` does not run, and their parameters;
+    returns those methods."""
     kept = set(stored["localization"]["methods"])
+    added = [m for m in new["localization"]["methods"] if m not in kept]
     new["localization"]["methods"] = [m for m in new["localization"]["methods"] if m in kept]
     for section, key in (("localization", "params"), ("training", "per_method")):
         new[section][key] = {m: v for m, v in new[section][key].items() if m in kept}
+    return added
 
 
-def _write_config(path: Path, config: dict) -> None:
+def _write_config(path: Path, config: dict) -> list[str]:
     """A run folder keeps its config, but for ``OPEN_KEYS``, once work is in it; before that a
-    corrected config may replace a failed start's."""
+    corrected config may replace a failed start's. Returns the localization methods added to a
+    folder that holds work."""
+    added: list[str] = []
     if path.exists():
         try:
             stored, new = _fixed(read_json(path)), _fixed(config)
             new["settings"] = {k: v for k, v in new["settings"].items() if k in stored["settings"]}  # added: new cells
-            _drop_added_methods(stored, new)
+            added = _drop_added_methods(stored, new)
             changed = _changed_keys(stored, new)
         except (ValueError, MechunlearnError, AttributeError, TypeError):
             changed = ["(its config.json cannot be read)"]
@@ -453,4 +462,6 @@ def _write_config(path: Path, config: dict) -> None:
                                    f"differ; only {', '.join(OPEN_KEYS)} may change, and settings and "
                                    "localization methods be added); "
                                    "use another --out folder")
+        added = added if work else []
     write_json_atomic(path, json.loads(json.dumps(config)))
+    return added
