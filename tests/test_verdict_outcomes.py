@@ -1,7 +1,9 @@
 """The four outcomes of a primary comparison on constructed results, the one-seed sentence, and the
 planner on a constructed pilot whose seed-level and fact-level spread are known."""
 
+import html
 import math
+import re
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from mechunlearn.cli.app import invoke
 from mechunlearn.io import write_json_atomic
 from mechunlearn.report.analysis import AnalysisSpec, fact_values
+from mechunlearn.report.html import write_report
 from mechunlearn.report.planner import lines, plan
 from mechunlearn.report.stats import sd_upper, seeds_needed
 from mechunlearn.report.verdicts import one_seed_note, verdicts
@@ -22,7 +25,7 @@ def _cell(method, seed, values, relearn=None):
         metrics["relearn.error"] = float(np.mean(relearn))
         evaluation["attacks"]["relearn"] = {"config": {"formats": ["train"]}, "rows": [
             {"id": f"f{i}", "format": "train", "p_true": 1 - e, "p_new": None} for i, e in enumerate(relearn)]}
-    return {"setting": "s", "method": method, "seed": seed, "n_params": 10, "metrics": metrics,
+    return {"setting": "s", "method": method, "seed": seed, "n_params": 10, "metrics": metrics, "curves": {},
             "evaluation": evaluation, "seconds": 60.0}
 
 
@@ -65,6 +68,15 @@ def test_a_real_but_negligible_difference_is_still_better_and_equivalence_needs_
     assert tiny["within_delta"] and "The difference is smaller than the ±0.05 that matters: its 90.0% interval" in tiny["text"]
     clear = _primary(_experiment(0.2, 10))
     assert not clear["within_delta"] and "smaller than" not in clear["text"]
+
+
+def test_the_report_says_how_many_differences_found_are_smaller_than_delta(tmp_path):
+    for c in _experiment(0.01, 20, fact_sd=0.002):
+        write_json_atomic(tmp_path / "cells" / f"{c['setting']}__{c['method']}__s{c['seed']}.json", c)
+    text = " ".join(re.sub(r"<[^>]+>", " ", html.unescape(write_report(tmp_path).read_text())).split())
+    assert ("Verdict on the 1 primary comparisons (FLU better / worse / equivalent / inconclusive): 1 / 0 / 0 / 0 "
+            "(1 of the 1 better or worse by less than delta); each below.") in text
+    assert "better, within ±0.05" in text  # the table's outcome column
     wide = _primary(_experiment(0.0, 10, salt=2), delta=0.001)
     assert wide["outcome"] == "inconclusive"
 

@@ -86,9 +86,13 @@ def at_a_glance(cells: list[dict], found: list[dict], spec: AnalysisSpec) -> lis
         items.append(f"Verdict: none. {note}")
     elif primary:
         counts = {o: sum(v["outcome"] == o for v in primary) for o in ("better", "worse", "equivalent", "inconclusive")}
+        small = sum(bool(v.get("within_delta")) for v in primary)
         items.append(f"Verdict on the {len(primary)} primary comparisons (FLU better / worse / equivalent / "
                      f"inconclusive): {counts['better']} / {counts['worse']} / {counts['equivalent']} / "
-                     f"{counts['inconclusive']}; each below.")
+                     f"{counts['inconclusive']}"
+                     + (f" ({small} of the {counts['better'] + counts['worse']} better or worse by less than "
+                        "delta)" if small else "")
+                     + "; each below.")
     else:
         items.append("Verdict: none; the run has no primary comparison (FLU and a compared method on a declared "
                      f"endpoint: {spec.describe()}).")
