@@ -68,6 +68,8 @@ def test_a_real_but_negligible_difference_is_still_better_and_equivalence_needs_
     assert tiny["within_delta"] and "The difference is smaller than the ±0.05 that matters: its 90.0% interval" in tiny["text"]
     clear = _primary(_experiment(0.2, 10))
     assert not clear["within_delta"] and "smaller than" not in clear["text"]
+    wide = _primary(_experiment(0.0, 10, salt=2), delta=0.001)
+    assert wide["outcome"] == "inconclusive"
 
 
 def test_the_report_says_how_many_differences_found_are_smaller_than_delta(tmp_path):
@@ -77,8 +79,6 @@ def test_the_report_says_how_many_differences_found_are_smaller_than_delta(tmp_p
     assert ("Verdict on the 1 primary comparisons (FLU better / worse / equivalent / inconclusive): 1 / 0 / 0 / 0 "
             "(1 of the 1 better or worse by less than delta); each below.") in text
     assert "better, within ±0.05" in text  # the table's outcome column
-    wide = _primary(_experiment(0.0, 10, salt=2), delta=0.001)
-    assert wide["outcome"] == "inconclusive"
 
 
 def test_one_seed_gives_one_sentence_with_a_lower_bound_from_the_fact_spread():
@@ -144,8 +144,10 @@ def test_the_planner_plans_a_focused_run_against_fewer_methods(tmp_path, capsys)
     said = " ".join(capsys.readouterr().err.split())
     assert "FLU against causal_tracing" in said and f"seeds for delta: {focused[0]['seeds_for_delta']}" in said
     assert "attribution patching" not in said
-    assert invoke(["plan", str(tmp_path), "--against", "causal_tracng"]) == 2
-    assert "causal_tracng is not an arm FLU is compared with" in " ".join(capsys.readouterr().err.split())
+    for wrong in ("causal_tracng", "unedited", "fact_lookup"):
+        assert invoke(["plan", str(tmp_path), "--against", wrong]) == 2
+        assert (f"{wrong} is not an arm FLU is compared with in this run (it holds attribution_patching, "
+                "causal_tracing)") in " ".join(capsys.readouterr().err.split())
 
 
 def test_the_upper_limit_of_a_pilots_spread_covers_the_true_spread_in_80_percent_of_pilots():

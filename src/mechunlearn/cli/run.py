@@ -118,7 +118,7 @@ def plan(
     if not (run_dir / "cells").is_dir():
         raise typer.BadParameter(f"{run_dir} is not a run folder (no cells/)")
     from mechunlearn.report.analysis import AnalysisSpec
-    from mechunlearn.report.methods import OURS
+    from mechunlearn.report.methods import BASE, OURS, split_arm
     from mechunlearn.report.planner import lines, plan
 
     spec = AnalysisSpec.of_run(run_dir)
@@ -127,12 +127,12 @@ def plan(
             raise typer.BadParameter(f"--delta must be > 0, got {delta}")
         spec = replace(spec, delta=delta, delta_per_metric={})
     if against is not None:
-        held = {p.stem.split("__")[1] for p in (run_dir / "cells").glob("*__*__*.json")}
+        held = {split_arm(p.stem.split("__")[1])[0] for p in (run_dir / "cells").glob("*__*__*.json")} - {OURS, BASE}
         names = tuple(m.strip() for m in against.split(",") if m.strip())
-        unknown = [m for m in names if m not in held or m == OURS]
+        unknown = [m for m in names if m not in held]
         if unknown or not names:
             raise typer.BadParameter(f"--against {against!r}: {', '.join(unknown) or 'no method'} is not an arm FLU is "
-                                     f"compared with in this run (it holds {', '.join(sorted(held - {OURS}))})")
+                                     f"compared with in this run (it holds {', '.join(sorted(held))})")
         spec = replace(spec, against=names)
     for line in lines(plan(run_dir, spec)):
         console.print(line, highlight=False, markup=False)

@@ -183,8 +183,8 @@ def comparison(found: list[dict], cells: list[dict], spec: AnalysisSpec) -> list
     if primary:
         parts.append(table(pd.DataFrame([{
             "setting": v["setting"], "primary endpoint": _metric_label(v["metric"]), "ours": label(v["ours"]),
-            "vs": label(v["vs"]),
-            "outcome": v["outcome"] + (f", within ±{v['delta']:g}" if v.get("within_delta") else ""), "difference": f"{v['advantage']:+.3f}",
+            "vs": label(v["vs"]), "outcome": v["outcome"] + (f", within ±{v['delta']:g}" if v.get("within_delta") else ""),
+            "difference": f"{v['advantage']:+.3f}",
             "corrected interval": _interval(v), "seeds": v["n"], "Holm p, difference": _num(v.get("p_holm")),
             "Holm p, equivalence": _num(v.get("p_equivalence_holm")), "MDE (80% power)": _num(v.get("mde"), ".3f"),
             "seeds for MDE = delta": _seeds(v),
